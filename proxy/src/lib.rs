@@ -1,0 +1,1 @@
+//! rw-proxy (to be written: see issue 2).

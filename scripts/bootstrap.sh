@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs what building and testing need on a fresh Debian machine; does nothing when all is there.
+#   scripts/bootstrap.sh          build + test needs (cmake for libz-ng-sys, cargo-nextest)
+#   scripts/bootstrap.sh --bench  also nginx, wrk and perf for `loadtest compare` and profiling
+set -euo pipefail
+
+packages=()
+command -v cmake >/dev/null 2>&1 || packages+=(cmake)
+command -v cc >/dev/null 2>&1 || packages+=(build-essential)
+if [ "${1:-}" = "--bench" ]; then
+  command -v nginx >/dev/null 2>&1 || packages+=(nginx)
+  command -v wrk >/dev/null 2>&1 || packages+=(wrk)
+  command -v perf >/dev/null 2>&1 || packages+=(linux-perf)
+fi
+
+if [ "${#packages[@]}" -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "bootstrap: installing ${packages[*]}" >&2
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${packages[@]}" >/dev/null
+fi
+
+if ! cargo nextest --version >/dev/null 2>&1; then
+  echo "bootstrap: installing cargo-nextest" >&2
+  cargo install --locked cargo-nextest
+fi
