@@ -1,1 +1,50 @@
-fn main() {}
+use clap::{Parser, Subcommand};
+
+use loadtest::logging::{self, LogFormat};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Demo storage nodes, load generator, failover scenarios and the nginx comparison.
+#[derive(Parser, Debug)]
+#[command(name = "loadtest", version, about)]
+struct Cli {
+    /// Log format on stderr (level from RUST_LOG, default info).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run one demo storage node (key-value API, shared log replication, epoch fencing).
+    Node(loadtest::node::NodeArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    logging::init(cli.log_format);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("loadtest: cannot start the tokio runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async move {
+        match cli.command {
+            Command::Node(args) => loadtest::node::run(args).await.map(|()| 0u8),
+        }
+    });
+    match result {
+        Ok(code) => std::process::ExitCode::from(code),
+        Err(e) => {
+            eprintln!("loadtest: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

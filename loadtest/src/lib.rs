@@ -1,0 +1,8 @@
+//! loadtest: demo storage nodes, the load generator, failover scenarios and the nginx
+//! comparison (see README.md). The binary is a thin clap front over these modules.
+
+pub mod httpc;
+pub mod logging;
+pub mod node;
+pub mod procs;
+pub mod signals;

@@ -1,0 +1,299 @@
+//! The HTTP face of a demo node. GET /kv and /whoami are on the benchmark path: they take one
+//! read lock and copy nothing but a `Bytes` handle.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use bytes::Bytes;
+use serde_json::json;
+use tokio::sync::{mpsc, oneshot};
+
+use super::committer::{WriteError, WriteOp};
+use super::fence::Refusal;
+use super::log::OpKind;
+use super::promotion::Promotion;
+use super::store::Store;
+
+pub const EPOCH_HEADER: &str = "x-writer-epoch";
+pub const NODE_HEADER: &str = "x-node";
+
+pub struct Node {
+    pub name: String,
+    pub name_header: HeaderValue,
+    pub store: Arc<Store>,
+    pub promotion: Arc<Promotion>,
+    pub ready: AtomicBool,
+    pub writes: mpsc::Sender<WriteOp>,
+}
+
+pub fn router(node: Arc<Node>) -> Router {
+    Router::new()
+        .route("/kv/{key}", get(get_kv).put(put_kv).delete(delete_kv))
+        .route("/whoami", get(whoami))
+        .route("/health", get(health))
+        .route("/health/ready", get(ready))
+        .route("/admin/ready", post(set_ready).get(ready))
+        .route(
+            "/eclipse-datagrid/activate-distributor/start",
+            post(promotion_start),
+        )
+        .route(
+            "/eclipse-datagrid/activate-distributor/finish",
+            post(promotion_finish),
+        )
+        .route("/eclipse-datagrid/distributor", get(distributor))
+        .route("/replication/offset", get(offset))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(64 * 1024 * 1024))
+        .with_state(node)
+}
+
+pub fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    (
+        status,
+        axum::Json(json!({"error": code, "message": message.into()})),
+    )
+        .into_response()
+}
+
+async fn not_found() -> Response {
+    error(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+}
+
+async fn get_kv(State(node): State<Arc<Node>>, Path(key): Path<String>) -> Response {
+    match node.store.get(&key) {
+        Some(value) => Response::builder()
+            .status(StatusCode::OK)
+            .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+            .header(NODE_HEADER, node.name_header.clone())
+            .body(Body::from(value))
+            .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response()),
+        None => {
+            let mut r = error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no key {key:?}"),
+            );
+            r.headers_mut()
+                .insert(NODE_HEADER, node.name_header.clone());
+            r
+        }
+    }
+}
+
+async fn put_kv(
+    State(node): State<Arc<Node>>,
+    Path(key): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let value = match String::from_utf8(body.to_vec()) {
+        Ok(v) => v,
+        Err(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_value",
+                "the value must be UTF-8 text (the log stores it as a JSON string)",
+            )
+        }
+    };
+    write(node, key, OpKind::Put, Some(value), &headers).await
+}
+
+async fn delete_kv(
+    State(node): State<Arc<Node>>,
+    Path(key): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    write(node, key, OpKind::Delete, None, &headers).await
+}
+
+/// Missing or unreadable `X-Writer-Epoch` is a malformed request for a storage node that only
+/// takes writes through a proxy: 400 with (code, message).
+fn request_epoch(headers: &HeaderMap) -> Result<u64, (&'static str, &'static str)> {
+    let Some(raw) = headers.get(EPOCH_HEADER) else {
+        return Err((
+            "missing_epoch",
+            "a write needs an X-Writer-Epoch header (the proxy adds it)",
+        ));
+    };
+    raw.to_str()
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .ok_or((
+            "invalid_epoch",
+            "X-Writer-Epoch must be a non-negative integer",
+        ))
+}
+
+async fn write(
+    node: Arc<Node>,
+    key: String,
+    op: OpKind,
+    value: Option<String>,
+    headers: &HeaderMap,
+) -> Response {
+    let epoch = match request_epoch(headers) {
+        Ok(e) => e,
+        Err((code, msg)) => return error(StatusCode::BAD_REQUEST, code, msg),
+    };
+    let (reply, rx) = oneshot::channel();
+    let w = WriteOp {
+        epoch,
+        op,
+        key: key.clone(),
+        value,
+        reply,
+    };
+    if node.writes.send(w).await.is_err() {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "the node is stopping",
+        );
+    }
+    let result = match rx.await {
+        Ok(r) => r,
+        Err(_) => {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "commit_lost",
+                "the committer stopped",
+            )
+        }
+    };
+    match result {
+        Ok(acc) => {
+            let body = json!({"key": key, "epoch": acc.epoch, "seq": acc.seq, "node": node.name});
+            let mut r = (StatusCode::OK, axum::Json(body)).into_response();
+            let h = r.headers_mut();
+            h.insert(NODE_HEADER, node.name_header.clone());
+            h.insert(EPOCH_HEADER, HeaderValue::from(acc.epoch));
+            r
+        }
+        Err(WriteError::Refused(refusal)) => {
+            let mut body = serde_json::to_value(&refusal).unwrap_or_else(|_| json!({}));
+            body["message"] = json!(refusal.message());
+            body["node"] = json!(node.name);
+            let status = match refusal {
+                Refusal::StaleEpoch { .. } | Refusal::NotWriter => StatusCode::CONFLICT,
+            };
+            let mut r = (status, axum::Json(body)).into_response();
+            r.headers_mut()
+                .insert(NODE_HEADER, node.name_header.clone());
+            r
+        }
+        Err(WriteError::Io(msg)) => error(StatusCode::INTERNAL_SERVER_ERROR, "log_io", msg),
+    }
+}
+
+async fn whoami(State(node): State<Arc<Node>>) -> Response {
+    let (applied, last_writer) = {
+        let kv = node.store.kv();
+        (kv.applied, kv.last_writer.clone())
+    };
+    let promoted = node.promotion.is_promoted();
+    let role = if promoted
+        || (!node.promotion.required()
+            && last_writer
+                .as_ref()
+                .is_some_and(|(n, e)| *n == node.name && *e == node.store.highest_epoch()))
+    {
+        "writer"
+    } else {
+        "reader"
+    };
+    let body = json!({
+        "name": node.name,
+        "role": role,
+        "promoted": promoted,
+        "ready": node.ready.load(Ordering::Relaxed),
+        "highest_epoch": node.store.highest_epoch(),
+        "applied_offset": applied,
+        "last_writer": last_writer.map(|(n, e)| json!({"node": n, "epoch": e})),
+    });
+    let mut r = axum::Json(body).into_response();
+    r.headers_mut()
+        .insert(NODE_HEADER, node.name_header.clone());
+    r
+}
+
+async fn health() -> Response {
+    axum::Json(json!({"status": "ok"})).into_response()
+}
+
+async fn ready(State(node): State<Arc<Node>>) -> Response {
+    let ready = node.ready.load(Ordering::Relaxed);
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(json!({"ready": ready}))).into_response()
+}
+
+/// Body `true` or `false` (JSON or plain text, whitespace ignored).
+async fn set_ready(State(node): State<Arc<Node>>, body: Bytes) -> Response {
+    let v = match std::str::from_utf8(&body).map(str::trim) {
+        Ok("true") => true,
+        Ok("false") => false,
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_body",
+                "POST /admin/ready takes a body of true or false",
+            )
+        }
+    };
+    let was = node.ready.swap(v, Ordering::Relaxed);
+    if was != v {
+        tracing::info!(ready = v, "readiness switched");
+    }
+    axum::Json(json!({"ready": v})).into_response()
+}
+
+fn text_bool(v: bool) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain")],
+        if v { "true" } else { "false" },
+    )
+        .into_response()
+}
+
+async fn promotion_start(State(node): State<Arc<Node>>) -> Response {
+    let state = node.promotion.start();
+    tracing::info!(?state, "promotion requested");
+    text_bool(true)
+}
+
+async fn promotion_finish(State(node): State<Arc<Node>>) -> Response {
+    let n = node.clone();
+    // Catching up may wait for the replica lock held by a commit in progress: not on a
+    // runtime thread.
+    let done = tokio::task::spawn_blocking(move || {
+        n.promotion.finish(|| {
+            let mut rep = n.store.replica();
+            if let Err(e) = n.store.poll(&mut rep, true) {
+                tracing::error!(error = %e, "catching up before promotion failed");
+            }
+        })
+    })
+    .await
+    .unwrap_or(false);
+    text_bool(done)
+}
+
+async fn distributor(State(node): State<Arc<Node>>) -> Response {
+    text_bool(node.promotion.is_promoted())
+}
+
+async fn offset(State(node): State<Arc<Node>>) -> Response {
+    let applied = node.store.kv().applied;
+    axum::Json(json!({"offset": applied})).into_response()
+}

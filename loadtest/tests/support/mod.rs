@@ -1,0 +1,66 @@
+//! Shared by the integration tests: real processes on 127.0.0.1, stopped by a Drop guard.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use loadtest::httpc::HttpClient;
+use loadtest::procs::{free_port, wait_for, Group};
+
+/// Generous: the machine is small and shared.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+pub fn loadtest_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_loadtest")
+}
+
+pub fn client() -> HttpClient {
+    HttpClient::new(Duration::from_secs(20))
+}
+
+/// Starts `loadtest node` and waits until it answers /health. Returns its base URL.
+pub async fn start_node(group: &mut Group, name: &str, log: &Path, extra: &[&str]) -> String {
+    let port = free_port().unwrap();
+    let mut cmd = Command::new(loadtest_bin());
+    cmd.args([
+        "node",
+        "--name",
+        name,
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+    ])
+    .arg("--log")
+    .arg(log)
+    .args(extra)
+    .stdin(Stdio::null());
+    group.spawn(name, cmd).unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let c = client();
+    let health = format!("{url}/health");
+    wait_for(&format!("{name} /health"), WAIT, || {
+        let c = c.clone();
+        let health = health.clone();
+        async move { c.get(&health).await.ok().filter(|r| r.status == 200) }
+    })
+    .await
+    .unwrap();
+    url
+}
+
+pub async fn put(url: &str, key: &str, value: &str, epoch: Option<u64>) -> loadtest::httpc::Reply {
+    let e = epoch.map(|e| e.to_string());
+    let mut headers = vec![];
+    if let Some(e) = &e {
+        headers.push(("X-Writer-Epoch", e.as_str()));
+    }
+    client()
+        .send(
+            http::Method::PUT,
+            &format!("{url}/kv/{key}"),
+            &headers,
+            value.to_owned(),
+        )
+        .await
+        .unwrap()
+}
