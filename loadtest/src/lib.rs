@@ -5,4 +5,5 @@ pub mod httpc;
 pub mod logging;
 pub mod node;
 pub mod procs;
+pub mod run;
 pub mod signals;

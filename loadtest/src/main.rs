@@ -20,6 +20,8 @@ struct Cli {
 enum Command {
     /// Run one demo storage node (key-value API, shared log replication, epoch fencing).
     Node(loadtest::node::NodeArgs),
+    /// Send load to a URL (open or closed loop) and report throughput, latency and errors.
+    Run(loadtest::run::RunArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -38,6 +40,7 @@ fn main() -> std::process::ExitCode {
     let result = rt.block_on(async move {
         match cli.command {
             Command::Node(args) => loadtest::node::run(args).await.map(|()| 0u8),
+            Command::Run(args) => loadtest::run::main(args).await,
         }
     });
     match result {

@@ -1,0 +1,747 @@
+//! `loadtest run`: the load generator.
+//!
+//! Closed loop (`--connections C`): C workers, each with one keep-alive connection, send the
+//! next request as soon as the previous one is answered; latency is measured from the send.
+//!
+//! Open loop (`--rate R`): request i is due at `start + i/R` whatever happened before
+//! ([`intended_offset`]). Workers claim the next index from a shared counter; a worker that is
+//! late sends at once, and latency is measured from the intended time, so a stall shows up in
+//! the percentiles instead of silently lowering the rate (no coordinated omission). The rate is
+//! served by `--connections` connections (default 64). Tokio's timer has 1 ms resolution, so
+//! open-loop latency includes up to ~1 ms of timer slack; use closed loop for sub-millisecond
+//! comparisons. The `service` histogram (from the actual send) is reported next to it.
+
+pub mod conn;
+pub mod history;
+pub mod stats;
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue, HOST};
+use http::{Method, Request, StatusCode};
+use http_body_util::Full;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use tokio::time::Instant;
+
+use conn::{Conn, ErrorKind};
+use history::WriteRecord;
+use stats::{fmt_us, summarize, LatencySummary, OpClass, Stats};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct RunArgs {
+    /// Base URL, e.g. http://127.0.0.1:8080. Keys go to <url>/kv/<key>; a URL with a path uses
+    /// that path as the prefix instead (http://h:p/api/kv/ -> /api/kv/<key>).
+    #[arg(long)]
+    pub url: String,
+    /// Open loop: this many requests per second, on a fixed schedule.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Closed loop: this many connections, each sending back to back. With --rate: the
+    /// connections that carry the open-loop schedule (default 64).
+    #[arg(long)]
+    pub connections: Option<usize>,
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    pub duration: Duration,
+    /// Share of reads (GET) among requests; the rest are writes (PUT).
+    #[arg(long, default_value_t = 0.9)]
+    pub read_ratio: f64,
+    /// Number of distinct keys.
+    #[arg(long, default_value_t = 1000)]
+    pub keys: u64,
+    /// Bytes per written value.
+    #[arg(long, default_value_t = 100)]
+    pub value_size: usize,
+    /// Per-request timeout (connect + response).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    pub timeout: Duration,
+    /// Extra request header, "Name: value" (repeatable), e.g. "X-Writer-Epoch: 1" to write to
+    /// a demo node directly.
+    #[arg(long = "header")]
+    pub headers: Vec<String>,
+    /// Write every key once before measuring, so reads find values.
+    #[arg(long)]
+    pub prefill: bool,
+    /// Every write goes to a key of its own (w<worker>-<n>), so that a read-back can check
+    /// each acknowledged write.
+    #[arg(long)]
+    pub unique_write_keys: bool,
+    /// Write one JSON line per write (key, value, epoch, times, outcome) to this file.
+    #[arg(long)]
+    pub history: Option<PathBuf>,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// No progress bar even on a terminal.
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(tag = "mode", rename_all = "lowercase")]
+pub enum Mode {
+    Open { rate: f64, connections: usize },
+    Closed { connections: usize },
+}
+
+impl Mode {
+    pub fn connections(&self) -> usize {
+        match *self {
+            Mode::Open { connections, .. } | Mode::Closed { connections } => connections,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub addr: SocketAddr,
+    /// Host header value.
+    pub authority: String,
+    /// Ends with '/'.
+    pub prefix: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct LoadConfig {
+    pub target: Target,
+    pub mode: Mode,
+    pub duration: Duration,
+    pub read_ratio: f64,
+    pub keys: u64,
+    pub value_size: usize,
+    pub timeout: Duration,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub unique_write_keys: bool,
+    pub record_history: bool,
+    pub progress: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Latencies {
+    pub all: LatencySummary,
+    pub read: LatencySummary,
+    pub write: LatencySummary,
+    /// From the actual send (closed loop: the same as `all`).
+    pub service: LatencySummary,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    pub url: String,
+    #[serde(flatten)]
+    pub mode: Mode,
+    pub duration_s: f64,
+    /// Wall time from the start until the last response.
+    pub elapsed_s: f64,
+    pub started_unix_ms: u64,
+    pub requests: u64,
+    pub requests_per_s: f64,
+    pub ok_reads: u64,
+    pub ok_writes: u64,
+    pub not_found: u64,
+    pub read_errors: u64,
+    pub write_errors: u64,
+    pub errors: BTreeMap<String, u64>,
+    pub latency: Latencies,
+}
+
+pub struct RunOutcome {
+    pub report: RunReport,
+    pub history: Vec<WriteRecord>,
+}
+
+/// Offset of request `i` from the start on an open-loop schedule of `rate` per second.
+pub fn intended_offset(i: u64, rate: f64) -> Duration {
+    Duration::from_secs_f64(i as f64 / rate)
+}
+
+pub async fn parse_target(url: &str) -> anyhow::Result<Target> {
+    let uri: http::Uri = url
+        .parse()
+        .with_context(|| format!("--url {url:?}: not a URL"))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some(other) => bail!("--url {url:?}: scheme {other} is not supported (http only)"),
+        None => bail!("--url {url:?}: needs a scheme, e.g. http://127.0.0.1:8080"),
+    }
+    let authority = uri
+        .authority()
+        .ok_or_else(|| anyhow!("--url {url:?}: no host"))?
+        .clone();
+    let port = authority.port_u16().unwrap_or(80);
+    let addr = tokio::net::lookup_host((authority.host(), port))
+        .await
+        .with_context(|| format!("--url {url:?}: cannot resolve {}", authority.host()))?
+        .next()
+        .ok_or_else(|| anyhow!("--url {url:?}: {} resolves to nothing", authority.host()))?;
+    let path = uri.path();
+    let prefix = if path.is_empty() || path == "/" {
+        "/kv/".to_owned()
+    } else if path.ends_with('/') {
+        path.to_owned()
+    } else {
+        format!("{path}/")
+    };
+    Ok(Target {
+        addr,
+        authority: authority.to_string(),
+        prefix,
+    })
+}
+
+pub fn parse_header(h: &str) -> anyhow::Result<(HeaderName, HeaderValue)> {
+    let (name, value) = h
+        .split_once(':')
+        .ok_or_else(|| anyhow!("--header {h:?}: expected \"Name: value\""))?;
+    let name = HeaderName::from_bytes(name.trim().as_bytes())
+        .with_context(|| format!("--header {h:?}: invalid header name"))?;
+    let value = HeaderValue::from_str(value.trim())
+        .with_context(|| format!("--header {h:?}: invalid header value"))?;
+    Ok((name, value))
+}
+
+impl RunArgs {
+    pub async fn to_config(&self) -> anyhow::Result<LoadConfig> {
+        let mode = match (self.rate, self.connections) {
+            (Some(rate), c) => {
+                if !(rate > 0.0 && rate.is_finite()) {
+                    bail!("--rate {rate}: must be a positive number of requests per second");
+                }
+                Mode::Open {
+                    rate,
+                    connections: c.unwrap_or(64),
+                }
+            }
+            (None, c) => Mode::Closed {
+                connections: c.unwrap_or(16),
+            },
+        };
+        if mode.connections() == 0 {
+            bail!("--connections 0: needs at least one connection");
+        }
+        if !(0.0..=1.0).contains(&self.read_ratio) {
+            bail!("--read-ratio {}: must be between 0 and 1", self.read_ratio);
+        }
+        if self.keys == 0 {
+            bail!("--keys 0: needs at least one key");
+        }
+        if self.duration.is_zero() {
+            bail!("--duration 0s: must be positive");
+        }
+        let headers = self
+            .headers
+            .iter()
+            .map(|h| parse_header(h))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(LoadConfig {
+            target: parse_target(&self.url).await?,
+            mode,
+            duration: self.duration,
+            read_ratio: self.read_ratio,
+            keys: self.keys,
+            value_size: self.value_size,
+            timeout: self.timeout,
+            headers,
+            unique_write_keys: self.unique_write_keys,
+            record_history: self.history.is_some(),
+            progress: !self.no_progress && !self.json && std::io::stdout().is_terminal(),
+        })
+    }
+}
+
+/// `loadtest run`.
+pub async fn main(args: RunArgs) -> anyhow::Result<u8> {
+    let cfg = args.to_config().await?;
+    if args.prefill {
+        prefill(&cfg).await?;
+    }
+    let outcome = execute(cfg, &args.url).await;
+    if let Some(path) = &args.history {
+        history::write_jsonl(path, &outcome.history)?;
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&outcome.report)?);
+    } else {
+        print!("{}", render_text(&outcome.report));
+    }
+    Ok(
+        if outcome.report.requests > 0 && outcome.report.requests == total_errors(&outcome.report) {
+            1
+        } else {
+            0
+        },
+    )
+}
+
+fn total_errors(r: &RunReport) -> u64 {
+    r.read_errors + r.write_errors
+}
+
+struct Shared {
+    cfg: LoadConfig,
+    start: Instant,
+    next: AtomicU64,
+    done: AtomicU64,
+    failed: AtomicU64,
+}
+
+struct WorkerOut {
+    stats: Stats,
+    history: Vec<WriteRecord>,
+}
+
+/// Runs the load described by `cfg` and returns the report (and the write history when
+/// `cfg.record_history`). Never fails: every failure is a counted outcome.
+pub async fn execute(cfg: LoadConfig, url: &str) -> RunOutcome {
+    let started_unix_ms = crate::node::log::now_ms();
+    let connections = cfg.mode.connections();
+    let progress = cfg.progress;
+    let duration = cfg.duration;
+    let shared = Arc::new(Shared {
+        cfg,
+        start: Instant::now(),
+        next: AtomicU64::new(0),
+        done: AtomicU64::new(0),
+        failed: AtomicU64::new(0),
+    });
+    let ticker = progress.then(|| tokio::spawn(progress_bar(shared.clone(), duration)));
+    let workers: Vec<_> = (0..connections)
+        .map(|id| tokio::spawn(worker(id, shared.clone())))
+        .collect();
+    let mut stats = Stats::default();
+    let mut hist = Vec::new();
+    for w in workers {
+        match w.await {
+            Ok(out) => {
+                stats.merge(&out.stats);
+                hist.extend(out.history);
+            }
+            Err(e) => tracing::error!(error = %e, "a load worker panicked"),
+        }
+    }
+    if let Some(t) = ticker {
+        t.abort();
+        let _ = t.await;
+    }
+    let elapsed = shared.start.elapsed();
+    hist.sort_by_key(|r| (r.intended_us, r.worker));
+    let requests = stats.completed();
+    let report = RunReport {
+        url: url.to_owned(),
+        mode: shared.cfg.mode,
+        duration_s: duration.as_secs_f64(),
+        elapsed_s: elapsed.as_secs_f64(),
+        started_unix_ms,
+        requests,
+        requests_per_s: requests as f64 / elapsed.as_secs_f64().max(1e-9),
+        ok_reads: stats.ok_reads,
+        ok_writes: stats.ok_writes,
+        not_found: stats.not_found,
+        read_errors: stats.read_errors,
+        write_errors: stats.write_errors,
+        errors: stats.errors.iter().map(|(k, v)| (k.label(), *v)).collect(),
+        latency: Latencies {
+            all: summarize(&stats.latency),
+            read: summarize(&stats.latency_read),
+            write: summarize(&stats.latency_write),
+            service: summarize(&stats.service),
+        },
+    };
+    RunOutcome {
+        report,
+        history: hist,
+    }
+}
+
+fn value_for(worker: usize, n: u64, size: usize) -> String {
+    let mut v = format!("{worker}:{n}:");
+    if v.len() < size {
+        v.extend(std::iter::repeat_n('x', size - v.len()));
+    }
+    v
+}
+
+pub fn build_request(
+    target: &Target,
+    headers: &[(HeaderName, HeaderValue)],
+    method: Method,
+    key: &str,
+    body: Bytes,
+) -> Request<Full<Bytes>> {
+    let mut req = Request::new(Full::new(body));
+    *req.method_mut() = method;
+    *req.uri_mut() = format!("{}{}", target.prefix, key)
+        .parse()
+        .unwrap_or_else(|_| http::Uri::from_static("/"));
+    let h = req.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&target.authority) {
+        h.insert(HOST, v);
+    }
+    for (k, v) in headers {
+        h.insert(k.clone(), v.clone());
+    }
+    req
+}
+
+fn micros(d: Duration) -> u64 {
+    d.as_micros() as u64
+}
+
+async fn worker(id: usize, shared: Arc<Shared>) -> WorkerOut {
+    let cfg = &shared.cfg;
+    let mut rng = SmallRng::seed_from_u64(rand::rng().random());
+    let mut conn: Option<Conn> = None;
+    let mut stats = Stats::default();
+    let mut history = Vec::new();
+    let mut writes: u64 = 0;
+    let end = shared.start + cfg.duration;
+    loop {
+        let intended = match cfg.mode {
+            Mode::Open { rate, .. } => {
+                let i = shared.next.fetch_add(1, Ordering::Relaxed);
+                let off = intended_offset(i, rate);
+                if off >= cfg.duration {
+                    break;
+                }
+                let t = shared.start + off;
+                tokio::time::sleep_until(t).await;
+                t
+            }
+            Mode::Closed { .. } => {
+                let now = Instant::now();
+                if now >= end {
+                    break;
+                }
+                now
+            }
+        };
+        let is_read = rng.random::<f64>() < cfg.read_ratio;
+        let (class, method, key, value) = if is_read {
+            let k = rng.random_range(0..cfg.keys);
+            (OpClass::Read, Method::GET, format!("k{k}"), None)
+        } else {
+            writes += 1;
+            let key = if cfg.unique_write_keys {
+                format!("w{id}-{writes}")
+            } else {
+                format!("k{}", rng.random_range(0..cfg.keys))
+            };
+            let v = value_for(id, writes, cfg.value_size);
+            (OpClass::Write, Method::PUT, key, Some(v))
+        };
+        let body = value.clone().map(Bytes::from).unwrap_or_default();
+        let req = build_request(&cfg.target, &cfg.headers, method, &key, body);
+
+        let result = send_one(&mut conn, cfg, req).await;
+        let acked_at = Instant::now();
+        let sent = result.sent_at;
+        let latency = micros(acked_at - intended);
+        let service = micros(acked_at - sent);
+        let (outcome, status, epoch, node) = match result.response {
+            Ok(resp) => {
+                let status = resp.status;
+                let ok = status.is_success();
+                if ok {
+                    stats.record(class, latency, service);
+                } else if class == OpClass::Read && status == StatusCode::NOT_FOUND {
+                    stats.record_not_found(latency, service);
+                } else {
+                    stats.error(class, ErrorKind::Status(status.as_u16()));
+                }
+                let (epoch, node) = if class == OpClass::Write && cfg.record_history {
+                    (
+                        response_epoch(&resp, ok),
+                        header_str(&resp.headers, "x-node"),
+                    )
+                } else {
+                    (None, None)
+                };
+                let outcome = if ok {
+                    "ok".to_owned()
+                } else {
+                    ErrorKind::Status(status.as_u16()).label()
+                };
+                (outcome, Some(status.as_u16()), epoch, node)
+            }
+            Err(kind) => {
+                stats.error(class, kind);
+                (kind.label(), None, None, None)
+            }
+        };
+        shared.done.fetch_add(1, Ordering::Relaxed);
+        if outcome != "ok" && !(class == OpClass::Read && status == Some(404)) {
+            shared.failed.fetch_add(1, Ordering::Relaxed);
+            if conn.is_none() && matches!(cfg.mode, Mode::Closed { .. }) {
+                // Nothing listening: do not spin on connect errors.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        if class == OpClass::Write && cfg.record_history {
+            history.push(WriteRecord {
+                worker: id,
+                key,
+                value: value.unwrap_or_default(),
+                intended_us: micros(intended - shared.start),
+                sent_us: micros(sent - shared.start),
+                ack_us: micros(acked_at - shared.start),
+                status,
+                outcome,
+                epoch,
+                node,
+            });
+        }
+    }
+    WorkerOut { stats, history }
+}
+
+struct SendResult {
+    sent_at: Instant,
+    response: Result<conn::Response, ErrorKind>,
+}
+
+/// Sends on the worker's connection, (re)connecting first when needed. A broken or timed out
+/// connection is dropped, never reused: its state is unknown.
+async fn send_one(
+    conn: &mut Option<Conn>,
+    cfg: &LoadConfig,
+    req: Request<Full<Bytes>>,
+) -> SendResult {
+    let start = Instant::now();
+    if conn.as_ref().is_none_or(|c| !c.usable()) {
+        *conn = None;
+        match Conn::connect(cfg.target.addr, cfg.timeout).await {
+            Ok(c) => *conn = Some(c),
+            Err(kind) => {
+                return SendResult {
+                    sent_at: start,
+                    response: Err(kind),
+                }
+            }
+        }
+    }
+    let sent_at = Instant::now();
+    let remaining = cfg.timeout.saturating_sub(sent_at - start);
+    let response = match conn.as_mut() {
+        Some(c) => match tokio::time::timeout(remaining, c.send(req)).await {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(kind)) => Err(kind),
+            Err(_) => Err(ErrorKind::Timeout),
+        },
+        None => Err(ErrorKind::Connect),
+    };
+    if response.is_err() {
+        *conn = None;
+    }
+    SendResult { sent_at, response }
+}
+
+fn header_str(h: &http::HeaderMap, name: &str) -> Option<String> {
+    h.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
+}
+
+fn response_epoch(resp: &conn::Response, ok: bool) -> Option<u64> {
+    if let Some(e) = header_str(&resp.headers, "x-writer-epoch").and_then(|s| s.parse().ok()) {
+        return Some(e);
+    }
+    if !ok {
+        return None;
+    }
+    serde_json::from_slice::<serde_json::Value>(&resp.body)
+        .ok()?
+        .get("epoch")?
+        .as_u64()
+}
+
+async fn progress_bar(shared: Arc<Shared>, duration: Duration) {
+    let bar = indicatif::ProgressBar::new(duration.as_millis() as u64);
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {msg}")
+    {
+        bar.set_style(style);
+    }
+    let mut last_done = 0;
+    let mut last_t = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tick.tick().await;
+        let done = shared.done.load(Ordering::Relaxed);
+        let failed = shared.failed.load(Ordering::Relaxed);
+        let now = Instant::now();
+        let rate = (done - last_done) as f64 / (now - last_t).as_secs_f64().max(1e-6);
+        last_done = done;
+        last_t = now;
+        bar.set_position((now - shared.start).as_millis().min(duration.as_millis()) as u64);
+        bar.set_message(format!("{rate:>9.0} req/s  {done} done  {failed} failed"));
+        if now - shared.start >= duration + Duration::from_secs(60) {
+            break;
+        }
+    }
+    bar.finish_and_clear();
+}
+
+/// Writes every key once (k0..k<keys>) with `cfg.mode.connections()` connections in parallel.
+pub async fn prefill(cfg: &LoadConfig) -> anyhow::Result<()> {
+    let next = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for id in 0..cfg.mode.connections().min(64) {
+        let next = next.clone();
+        let cfg = cfg.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut conn = None;
+            let mut failed: Vec<String> = Vec::new();
+            loop {
+                let k = next.fetch_add(1, Ordering::Relaxed);
+                if k >= cfg.keys {
+                    break;
+                }
+                let body = Bytes::from(value_for(id, k, cfg.value_size));
+                let req = build_request(
+                    &cfg.target,
+                    &cfg.headers,
+                    Method::PUT,
+                    &format!("k{k}"),
+                    body,
+                );
+                let r = send_one(&mut conn, &cfg, req).await;
+                match r.response {
+                    Ok(resp) if resp.status.is_success() => {}
+                    Ok(resp) => failed.push(format!(
+                        "k{k}: HTTP {} {}",
+                        resp.status,
+                        String::from_utf8_lossy(&resp.body)
+                    )),
+                    Err(kind) => failed.push(format!("k{k}: {}", kind.label())),
+                }
+            }
+            failed
+        }));
+    }
+    let mut failed = Vec::new();
+    for t in tasks {
+        failed.extend(t.await.unwrap_or_else(|e| vec![format!("task: {e}")]));
+    }
+    if let Some(first) = failed.first() {
+        bail!(
+            "--prefill: {} of {} writes failed, first: {first}",
+            failed.len(),
+            cfg.keys
+        );
+    }
+    Ok(())
+}
+
+pub fn render_text(r: &RunReport) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let mode = match r.mode {
+        Mode::Open { rate, connections } => {
+            format!("open loop, {rate} req/s target, {connections} connections")
+        }
+        Mode::Closed { connections } => format!("closed loop, {connections} connections"),
+    };
+    let _ = writeln!(s, "target     {}  ({mode})", r.url);
+    let _ = writeln!(
+        s,
+        "requests   {} in {:.2}s = {:.0} req/s",
+        r.requests, r.elapsed_s, r.requests_per_s
+    );
+    let _ = writeln!(
+        s,
+        "ok         {} reads ({} not found), {} writes",
+        r.ok_reads + r.not_found,
+        r.not_found,
+        r.ok_writes
+    );
+    if r.errors.is_empty() {
+        let _ = writeln!(s, "errors     none");
+    } else {
+        let list: Vec<String> = r.errors.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let _ = writeln!(
+            s,
+            "errors     {} reads, {} writes: {}",
+            r.read_errors,
+            r.write_errors,
+            list.join(" ")
+        );
+    }
+    let _ = writeln!(
+        s,
+        "latency    {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "count", "p50", "p90", "p99", "p99.9", "max"
+    );
+    for (name, l) in [
+        ("all", &r.latency.all),
+        ("read", &r.latency.read),
+        ("write", &r.latency.write),
+        ("service", &r.latency.service),
+    ] {
+        if l.count == 0 {
+            continue;
+        }
+        let _ = writeln!(
+            s,
+            "  {name:<8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            l.count,
+            fmt_us(l.p50_us),
+            fmt_us(l.p90_us),
+            fmt_us(l.p99_us),
+            fmt_us(l.p999_us),
+            fmt_us(l.max_us)
+        );
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn open_loop_schedule_is_fixed_by_index_and_rate() {
+        assert_eq!(intended_offset(0, 100.0), Duration::ZERO);
+        assert_eq!(intended_offset(100, 100.0), Duration::from_secs(1));
+        assert_eq!(intended_offset(5, 1000.0), Duration::from_millis(5));
+    }
+
+    #[test]
+    fn values_are_unique_and_sized() {
+        let a = value_for(1, 2, 20);
+        assert_eq!(a.len(), 20);
+        assert!(a.starts_with("1:2:"));
+        assert_ne!(value_for(1, 3, 20), a);
+        assert_eq!(
+            value_for(12, 345, 2),
+            "12:345:",
+            "never cut the unique part"
+        );
+    }
+
+    #[test]
+    fn headers_parse_and_errors_name_the_flag() {
+        let (n, v) = parse_header("X-Writer-Epoch: 7").unwrap();
+        assert_eq!(n, "x-writer-epoch");
+        assert_eq!(v, "7");
+        let e = parse_header("nocolon").unwrap_err().to_string();
+        assert!(e.contains("--header"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn url_path_becomes_the_key_prefix() {
+        let t = parse_target("http://127.0.0.1:8080").await.unwrap();
+        assert_eq!(t.prefix, "/kv/");
+        assert_eq!(t.authority, "127.0.0.1:8080");
+        let t = parse_target("http://127.0.0.1:8080/api/kv").await.unwrap();
+        assert_eq!(t.prefix, "/api/kv/");
+        assert!(parse_target("https://127.0.0.1").await.is_err());
+        assert!(parse_target("127.0.0.1:80").await.is_err());
+    }
+}

@@ -1,0 +1,162 @@
+//! `loadtest run` against a real demo node.
+
+mod support;
+
+use std::collections::HashMap;
+use std::process::Command;
+
+use loadtest::node::log::{read_all, Line};
+use loadtest::procs::{free_port, Group};
+use loadtest::run::history::read_jsonl;
+use support::*;
+
+fn run_json(args: &[&str]) -> (i32, serde_json::Value) {
+    let out = Command::new(loadtest_bin())
+        .arg("run")
+        .args(args)
+        .arg("--json")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let v = serde_json::from_str(&stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {stdout}\nstderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.code().unwrap_or(-1), v)
+}
+
+#[tokio::test]
+async fn closed_loop_history_matches_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("stream.log");
+    let hist = dir.path().join("history.jsonl");
+    let mut g = Group::new();
+    let a = start_node(&mut g, "node-a", &log, &[]).await;
+
+    let (code, report) = tokio::task::spawn_blocking({
+        let a = a.clone();
+        let hist = hist.clone();
+        move || {
+            run_json(&[
+                "--url",
+                &a,
+                "--connections",
+                "4",
+                "--duration",
+                "1s",
+                "--read-ratio",
+                "0.5",
+                "--keys",
+                "50",
+                "--value-size",
+                "32",
+                "--header",
+                "X-Writer-Epoch: 1",
+                "--unique-write-keys",
+                "--history",
+                hist.to_str().unwrap(),
+            ])
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(report["mode"], "closed");
+    assert_eq!(report["connections"], 4);
+    assert!(report["requests"].as_u64().unwrap() > 0, "{report}");
+    assert_eq!(report["write_errors"], 0, "{report}");
+    assert_eq!(report["read_errors"], 0, "{report}");
+    let writes = report["ok_writes"].as_u64().unwrap();
+    assert!(writes > 0, "{report}");
+    assert!(report["latency"]["all"]["p99_us"].as_u64().unwrap() > 0);
+
+    let history = read_jsonl(&hist).unwrap();
+    assert_eq!(history.len() as u64, writes);
+    let logged: HashMap<String, (String, u64)> = read_all(&log)
+        .unwrap()
+        .into_iter()
+        .filter_map(|l| match l {
+            Line::Record(r) => Some((r.key, (r.value.unwrap_or_default(), r.epoch))),
+            Line::Corrupt { .. } => None,
+        })
+        .collect();
+    for w in &history {
+        assert!(w.acked(), "{w:?}");
+        assert_eq!(w.epoch, Some(1));
+        assert_eq!(w.node.as_deref(), Some("node-a"));
+        assert_eq!(w.value.len(), 32);
+        assert!(w.sent_us <= w.ack_us);
+        assert_eq!(logged.get(&w.key), Some(&(w.value.clone(), 1)), "{w:?}");
+    }
+    g.shutdown(WAIT);
+}
+
+#[tokio::test]
+async fn open_loop_sends_exactly_the_scheduled_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("stream.log");
+    let mut g = Group::new();
+    let a = start_node(&mut g, "node-a", &log, &[]).await;
+    let (code, report) = tokio::task::spawn_blocking(move || {
+        run_json(&[
+            "--url",
+            &a,
+            "--rate",
+            "200",
+            "--connections",
+            "8",
+            "--duration",
+            "1s",
+            "--read-ratio",
+            "1",
+            "--prefill",
+            "--keys",
+            "20",
+            "--header",
+            "X-Writer-Epoch: 1",
+        ])
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(report["mode"], "open");
+    assert_eq!(report["rate"], 200.0);
+    // Indices 0..199 have intended times in [0, 1s).
+    assert_eq!(report["requests"], 200, "{report}");
+    assert_eq!(
+        report["ok_reads"], 200,
+        "prefilled: every read finds its key"
+    );
+    assert_eq!(report["ok_writes"], 0);
+    g.shutdown(WAIT);
+}
+
+#[tokio::test]
+async fn nothing_listening_counts_connect_errors_and_exits_non_zero() {
+    let port = free_port().unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let (code, report) = tokio::task::spawn_blocking(move || {
+        run_json(&["--url", &url, "--connections", "2", "--duration", "300ms"])
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 1, "{report}");
+    assert!(
+        report["errors"]["connect"].as_u64().unwrap() > 0,
+        "{report}"
+    );
+    assert_eq!(report["latency"]["all"]["count"], 0);
+}
+
+#[test]
+fn bad_flags_are_named() {
+    let out = Command::new(loadtest_bin())
+        .args(["run", "--url", "http://127.0.0.1:1", "--read-ratio", "2"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--read-ratio"), "{err}");
+}
