@@ -1,0 +1,22 @@
+//! Test support shared by writer-election's integration tests.
+//!
+//! Every integration test file is its own crate and includes this module with `mod support;`,
+//! so most items are unused in any one of them: dead code is allowed here on purpose.
+#![allow(dead_code, unused_imports)]
+
+#[cfg(feature = "server")]
+pub mod fake_k8s;
+
+use std::time::{Duration, Instant};
+
+/// Polls `condition` every 20 ms until it holds; panics naming `what` after `timeout`.
+/// Use generous timeouts: the test machine is small and shared.
+pub async fn wait_until(timeout: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !condition() {
+        if Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting until {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
