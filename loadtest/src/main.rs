@@ -22,6 +22,8 @@ enum Command {
     Node(loadtest::node::NodeArgs),
     /// Send load to a URL (open or closed loop) and report throughput, latency and errors.
     Run(loadtest::run::RunArgs),
+    /// Start 3 nodes + writer-election + rw-proxy on 127.0.0.1 until Ctrl-C.
+    Demo(loadtest::demo::DemoArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -41,6 +43,7 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Node(args) => loadtest::node::run(args).await.map(|()| 0u8),
             Command::Run(args) => loadtest::run::main(args).await,
+            Command::Demo(args) => loadtest::demo::main(args, cli.log_format).await,
         }
     });
     match result {

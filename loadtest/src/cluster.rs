@@ -1,0 +1,502 @@
+//! A whole single-machine cluster as child processes: N demo nodes sharing one log,
+//! writer-election (static discovery, state file, promotion calls, switchover token) and
+//! rw-proxy. Used by `loadtest demo`, `loadtest failover` and the tests.
+//!
+//! Everything lives in one temporary directory (configs, the shared log, the election state,
+//! the token, each child's log file) that goes away with the [`Cluster`].
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use serde_json::json;
+use writer_election::topology::Topology;
+
+use crate::httpc::HttpClient;
+use crate::logging::LogFormat;
+use crate::procs::{free_port, Group};
+
+/// Where the rw-proxy / writer-election / loadtest binaries are.
+#[derive(Debug, Clone)]
+pub struct Binaries {
+    pub loadtest: PathBuf,
+    pub rw_proxy: PathBuf,
+    pub writer_election: PathBuf,
+}
+
+pub const BUILD_HINT: &str = "cargo build --release --bins";
+
+impl Binaries {
+    /// Looks in `bin_dir`, else next to the running executable (target/<profile>/).
+    pub fn find(bin_dir: Option<&Path>) -> anyhow::Result<Binaries> {
+        let exe = std::env::current_exe().context("locating the loadtest executable")?;
+        let dir = match bin_dir {
+            Some(d) => d.to_path_buf(),
+            None => exe
+                .parent()
+                .map(Path::to_path_buf)
+                .ok_or_else(|| anyhow!("{} has no parent directory", exe.display()))?,
+        };
+        let pick = |name: &str| -> anyhow::Result<PathBuf> {
+            let p = dir.join(name);
+            if p.is_file() {
+                Ok(p)
+            } else {
+                Err(anyhow!(
+                    "{name} not found in {}: build the binaries first with `{BUILD_HINT}` \
+                     (or point --bin-dir at the directory that holds them)",
+                    dir.display()
+                ))
+            }
+        };
+        let loadtest = match bin_dir {
+            Some(_) => pick("loadtest").unwrap_or(exe),
+            None => exe,
+        };
+        Ok(Binaries {
+            loadtest,
+            rw_proxy: pick("rw-proxy")?,
+            writer_election: pick("writer-election")?,
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    pub nodes: usize,
+    /// First node port (nodes get base, base+1, ...); None = free ports.
+    pub base_port: Option<u16>,
+    pub proxy_port: Option<u16>,
+    pub admin_port: Option<u16>,
+    pub election_port: Option<u16>,
+    pub bin_dir: Option<PathBuf>,
+    /// Extra arguments for every `loadtest node`, e.g. ["--lag", "50ms"].
+    pub node_args: Vec<String>,
+    pub probe_interval: Duration,
+    pub probe_timeout: Duration,
+    pub failure_threshold: u32,
+    pub promotion_delay: Duration,
+    pub hold_writes: Duration,
+    /// name | oldest | most_caught_up
+    pub candidate_order: String,
+    /// Give rw-proxy a static topology instead of election_url (also the fallback when the
+    /// rw-proxy build does not accept election_url yet).
+    pub force_static: bool,
+    pub log_format: LogFormat,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        ClusterOptions {
+            nodes: 3,
+            base_port: None,
+            proxy_port: None,
+            admin_port: None,
+            election_port: None,
+            bin_dir: None,
+            node_args: Vec::new(),
+            // Fast enough to show a sub-second failover on one machine, slow enough not to
+            // flap on a busy 2-core box.
+            probe_interval: Duration::from_millis(200),
+            probe_timeout: Duration::from_millis(150),
+            failure_threshold: 2,
+            promotion_delay: Duration::from_millis(50),
+            hold_writes: Duration::from_secs(5),
+            candidate_order: "most_caught_up".into(),
+            force_static: false,
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub name: String,
+    /// host:port
+    pub address: String,
+    pub url: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TopologyMode {
+    Election,
+    Static,
+}
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub group: Group,
+    pub bins: Binaries,
+    pub nodes: Vec<NodeInfo>,
+    pub proxy_url: String,
+    pub admin_url: String,
+    pub election_url: String,
+    pub stream_log: PathBuf,
+    pub token: String,
+    pub token_file: PathBuf,
+    pub topology_mode: TopologyMode,
+    pub client: HttpClient,
+}
+
+fn duration_str(d: Duration) -> String {
+    format!("{}ms", d.as_millis())
+}
+
+/// Refuses fixed ports that are taken, naming the flag to change.
+fn check_port_free(port: u16, flag: &str) -> anyhow::Result<()> {
+    TcpListener::bind(("127.0.0.1", port))
+        .map(drop)
+        .map_err(|e| {
+            anyhow!("port {port} on 127.0.0.1 is not free ({e}): choose another with {flag}")
+        })
+}
+
+fn port_or_free(p: Option<u16>, flag: &str) -> anyhow::Result<u16> {
+    match p {
+        Some(p) => {
+            check_port_free(p, flag)?;
+            Ok(p)
+        }
+        None => free_port(),
+    }
+}
+
+pub fn election_config(
+    opts: &ClusterOptions,
+    listen: u16,
+    nodes: &[NodeInfo],
+    state_file: &Path,
+    token_file: &Path,
+) -> serde_json::Value {
+    let mut election = json!({ "candidate_order": opts.candidate_order, "min_ready_nodes": 1 });
+    if opts.candidate_order == "most_caught_up" {
+        election["progress"] = json!({ "path": "/replication/offset", "json_pointer": "/offset" });
+    }
+    json!({
+        "listen": format!("127.0.0.1:{listen}"),
+        "discovery": { "static": { "nodes": nodes.iter().map(|n| json!({"name": n.name, "address": n.address})).collect::<Vec<_>>() } },
+        "probe": {
+            "path": "/health/ready",
+            "interval": duration_str(opts.probe_interval),
+            "timeout": duration_str(opts.probe_timeout),
+            "failure_threshold": opts.failure_threshold,
+            "success_threshold": 1
+        },
+        "election": election,
+        "state": { "file": state_file },
+        "promotion": {
+            "start": { "method": "POST", "path": "/eclipse-datagrid/activate-distributor/start" },
+            "finish": { "method": "POST", "path": "/eclipse-datagrid/activate-distributor/finish",
+                        "until_body": "true", "interval": "20ms", "timeout": "10s" },
+            "check": { "path": "/eclipse-datagrid/distributor", "expect_body": "true" }
+        },
+        "switchover": { "token_file": token_file }
+    })
+}
+
+pub fn proxy_config(
+    opts: &ClusterOptions,
+    listen: u16,
+    admin: u16,
+    topology: serde_json::Value,
+) -> serde_json::Value {
+    json!({
+        "listen": format!("127.0.0.1:{listen}"),
+        "admin_listen": format!("127.0.0.1:{admin}"),
+        "topology": topology,
+        "failover": { "hold_writes": duration_str(opts.hold_writes) },
+        "access_log": "errors"
+    })
+}
+
+pub fn static_topology(nodes: &[NodeInfo]) -> serde_json::Value {
+    let node = |n: &NodeInfo| json!({"name": n.name, "address": n.address});
+    json!({ "static": {
+        "writer": nodes.first().map(node),
+        "readers": nodes.iter().skip(1).map(node).collect::<Vec<_>>()
+    }})
+}
+
+/// JSON is YAML: writing configs as JSON spares a YAML emitter and gets quoting right.
+fn write_config(path: &Path, v: &serde_json::Value) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(v)?;
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+fn child_command(
+    program: &Path,
+    log_file: &Path,
+    log_format: LogFormat,
+) -> anyhow::Result<Command> {
+    let out = std::fs::File::create(log_file)
+        .with_context(|| format!("creating {}", log_file.display()))?;
+    let err = out.try_clone()?;
+    let mut cmd = Command::new(program);
+    cmd.stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .arg("--log-format")
+        .arg(log_format.as_str());
+    Ok(cmd)
+}
+
+/// Last lines of a child's log, for error messages.
+pub fn log_tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+impl Cluster {
+    pub async fn start(opts: &ClusterOptions) -> anyhow::Result<Cluster> {
+        if opts.nodes == 0 {
+            bail!("a cluster needs at least one node");
+        }
+        let bins = Binaries::find(opts.bin_dir.as_deref())?;
+        let dir = tempfile::Builder::new()
+            .prefix("loadtest-cluster-")
+            .tempdir()
+            .context("creating a temporary directory")?;
+        let d = dir.path().to_path_buf();
+        let stream_log = d.join("stream.log");
+        let token = format!("demo-{:032x}", rand::random::<u128>());
+        let token_file = d.join("switchover-token");
+        std::fs::write(&token_file, &token).context("writing the switchover token")?;
+
+        let mut nodes = Vec::new();
+        for i in 0..opts.nodes {
+            let port = match opts.base_port {
+                Some(b) => {
+                    let p = b.checked_add(i as u16).ok_or_else(|| {
+                        anyhow!("--base-port {b}: no room for {} nodes", opts.nodes)
+                    })?;
+                    check_port_free(p, "--base-port")?;
+                    p
+                }
+                None => free_port()?,
+            };
+            let address = format!("127.0.0.1:{port}");
+            nodes.push(NodeInfo {
+                name: format!("node-{}", i + 1),
+                url: format!("http://{address}"),
+                address,
+            });
+        }
+        let election_port = port_or_free(opts.election_port, "--election-port")?;
+        let proxy_port = port_or_free(opts.proxy_port, "--proxy-port")?;
+        let admin_port = port_or_free(opts.admin_port, "--admin-port")?;
+
+        let mut cluster = Cluster {
+            dir,
+            group: Group::new(),
+            bins,
+            nodes,
+            proxy_url: format!("http://127.0.0.1:{proxy_port}"),
+            admin_url: format!("http://127.0.0.1:{admin_port}"),
+            election_url: format!("http://127.0.0.1:{election_port}"),
+            stream_log,
+            token,
+            token_file,
+            topology_mode: TopologyMode::Election,
+            client: HttpClient::new(Duration::from_secs(5)),
+        };
+
+        // Nodes first: the election probes them from its first second.
+        for n in cluster.nodes.clone() {
+            let mut cmd = child_command(
+                &cluster.bins.loadtest,
+                &d.join(format!("{}.log", n.name)),
+                opts.log_format,
+            )?;
+            cmd.args(["node", "--name", &n.name, "--listen", &n.address])
+                .arg("--log")
+                .arg(&cluster.stream_log)
+                .arg("--require-promotion")
+                .arg("--promotion-delay")
+                .arg(duration_str(opts.promotion_delay))
+                .args(&opts.node_args);
+            cluster.group.spawn(&n.name, cmd)?;
+        }
+        for n in cluster.nodes.clone() {
+            cluster
+                .wait_healthy(&n.name, &format!("{}/health", n.url))
+                .await?;
+        }
+
+        // The proxy: election_url if this rw-proxy build takes it, else a static topology.
+        let proxy_cfg = d.join("proxy.yaml");
+        let live = proxy_config(
+            opts,
+            proxy_port,
+            admin_port,
+            json!({"election_url": cluster.election_url}),
+        );
+        write_config(&proxy_cfg, &live)?;
+        let mut opts = opts.clone();
+        if opts.force_static || !cluster.proxy_config_ok(&proxy_cfg)? {
+            if !opts.force_static {
+                tracing::warn!(
+                    "this rw-proxy does not accept topology.election_url yet: using a static \
+                     topology (writer {}); writer changes will not reach the proxy",
+                    cluster.nodes[0].name
+                );
+            }
+            let st = proxy_config(
+                &opts,
+                proxy_port,
+                admin_port,
+                static_topology(&cluster.nodes),
+            );
+            write_config(&proxy_cfg, &st)?;
+            if !cluster.proxy_config_ok(&proxy_cfg)? {
+                bail!(
+                    "rw-proxy --check rejects the generated config {}: {}",
+                    proxy_cfg.display(),
+                    cluster.proxy_check_output(&proxy_cfg)?
+                );
+            }
+            cluster.topology_mode = TopologyMode::Static;
+            // The static proxy writes to the first node: the election must promote that one.
+            opts.candidate_order = "name".into();
+        }
+        let state_file = d.join("election-state.json");
+        let election_cfg = d.join("election.yaml");
+        write_config(
+            &election_cfg,
+            &election_config(
+                &opts,
+                election_port,
+                &cluster.nodes,
+                &state_file,
+                &cluster.token_file,
+            ),
+        )?;
+
+        let mut cmd = child_command(
+            &cluster.bins.writer_election,
+            &d.join("writer-election.log"),
+            opts.log_format,
+        )?;
+        cmd.arg("--config").arg(&election_cfg);
+        cluster.group.spawn("writer-election", cmd)?;
+        cluster.wait_writer_elected().await?;
+
+        let mut cmd = child_command(
+            &cluster.bins.rw_proxy,
+            &d.join("rw-proxy.log"),
+            opts.log_format,
+        )?;
+        cmd.arg("--config").arg(&proxy_cfg);
+        cluster.group.spawn("rw-proxy", cmd)?;
+        let ready = format!("{}/health/ready", cluster.admin_url);
+        cluster.wait_healthy("rw-proxy", &ready).await?;
+        Ok(cluster)
+    }
+
+    fn proxy_check_output(&self, cfg: &Path) -> anyhow::Result<String> {
+        let out = Command::new(&self.bins.rw_proxy)
+            .arg("--check")
+            .arg("--config")
+            .arg(cfg)
+            .output()
+            .with_context(|| format!("running {} --check", self.bins.rw_proxy.display()))?;
+        Ok(format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+
+    fn proxy_config_ok(&self, cfg: &Path) -> anyhow::Result<bool> {
+        let st = Command::new(&self.bins.rw_proxy)
+            .arg("--check")
+            .arg("--config")
+            .arg(cfg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .with_context(|| format!("running {} --check", self.bins.rw_proxy.display()))?;
+        Ok(st.success())
+    }
+
+    pub fn child_log(&self, name: &str) -> PathBuf {
+        self.dir.path().join(format!("{name}.log"))
+    }
+
+    /// Polls `url` until it answers 200; fails early, with the child's last log lines, if the
+    /// child exits.
+    async fn wait_healthy(&mut self, name: &str, url: &str) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(r) = self.client.get(url).await {
+                if r.status == 200 {
+                    return Ok(());
+                }
+            }
+            if let Some((n, st)) = self.group.reap().into_iter().next() {
+                bail!(
+                    "{n} exited during start-up ({st}); its log:\n{}",
+                    log_tail(&self.child_log(&n), 20)
+                );
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!(
+                    "{name} did not answer 200 on {url} within 60s; its log:\n{}",
+                    log_tail(&self.child_log(name), 20)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn wait_writer_elected(&mut self) -> anyhow::Result<Topology> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(t) = self.topology().await {
+                if t.writer.is_some() {
+                    return Ok(t);
+                }
+            }
+            if let Some((n, st)) = self.group.reap().into_iter().next() {
+                bail!(
+                    "{n} exited during start-up ({st}); its log:\n{}",
+                    log_tail(&self.child_log(&n), 20)
+                );
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!(
+                    "writer-election elected no writer within 60s; its log:\n{}",
+                    log_tail(&self.child_log("writer-election"), 20)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn topology(&self) -> anyhow::Result<Topology> {
+        let r = self
+            .client
+            .get(&format!("{}/v1/topology", self.election_url))
+            .await?;
+        if r.status != 200 {
+            bail!("GET /v1/topology: HTTP {}: {}", r.status, r.text());
+        }
+        serde_json::from_slice(&r.body).context("GET /v1/topology: not a topology document")
+    }
+
+    pub fn node(&self, name: &str) -> Option<&NodeInfo> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+
+    pub fn pid(&self, name: &str) -> Option<u32> {
+        self.group.get(name).map(|c| c.pid())
+    }
+
+    /// SIGTERM to every child, SIGKILL after `grace`, wait for all. The directory goes when
+    /// the Cluster is dropped.
+    pub fn stop(&mut self, grace: Duration) {
+        self.group.shutdown(grace);
+    }
+}

@@ -1,0 +1,156 @@
+//! `loadtest demo`: the README's first command. A whole cluster on 127.0.0.1 until Ctrl-C.
+
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use crate::cluster::{Cluster, ClusterOptions, TopologyMode};
+use crate::logging::LogFormat;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct DemoArgs {
+    /// rw-proxy traffic port.
+    #[arg(long, default_value_t = 8080)]
+    pub proxy_port: u16,
+    /// rw-proxy admin port (/health, /health/ready, /metrics).
+    #[arg(long, default_value_t = 9901)]
+    pub admin_port: u16,
+    /// writer-election port (/v1/topology, /v1/switchover, /metrics).
+    #[arg(long, default_value_t = 8081)]
+    pub election_port: u16,
+    /// First demo node port; the nodes get base, base+1, ...
+    #[arg(long, default_value_t = 9001)]
+    pub base_port: u16,
+    #[arg(long, default_value_t = 3)]
+    pub nodes: usize,
+    /// Directory holding rw-proxy and writer-election (default: next to this executable).
+    #[arg(long)]
+    pub bin_dir: Option<PathBuf>,
+    /// Simulated replication lag of the nodes.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
+    pub lag: Duration,
+    /// Give rw-proxy a static topology instead of following writer-election.
+    #[arg(long)]
+    pub static_topology: bool,
+}
+
+fn now() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
+pub async fn main(args: DemoArgs, log_format: LogFormat) -> anyhow::Result<u8> {
+    let opts = ClusterOptions {
+        nodes: args.nodes,
+        base_port: Some(args.base_port),
+        proxy_port: Some(args.proxy_port),
+        admin_port: Some(args.admin_port),
+        election_port: Some(args.election_port),
+        bin_dir: args.bin_dir.clone(),
+        node_args: if args.lag.is_zero() {
+            vec![]
+        } else {
+            vec![
+                "--lag".into(),
+                humantime::format_duration(args.lag).to_string(),
+            ]
+        },
+        force_static: args.static_topology,
+        log_format,
+        ..ClusterOptions::default()
+    };
+    eprintln!(
+        "starting {} nodes, writer-election and rw-proxy ...",
+        args.nodes
+    );
+    let mut cluster = Cluster::start(&opts).await?;
+    print!("{}", banner(&cluster));
+
+    let follower = tokio::spawn(crate::topo::follow(
+        cluster.election_url.clone(),
+        |old, new| {
+            for line in crate::topo::describe_change(old, new) {
+                println!("{}  {line}", now());
+            }
+        },
+    ));
+
+    let stop = crate::signals::terminated();
+    tokio::pin!(stop);
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = tick.tick() => {
+                for (name, status) in cluster.group.reap() {
+                    println!("{}  {name} exited ({status})", now());
+                }
+            }
+        }
+    }
+    follower.abort();
+    eprintln!("stopping every child ...");
+    let dir = cluster.dir.path().display().to_string();
+    tokio::task::block_in_place(|| cluster.stop(Duration::from_secs(10)));
+    drop(cluster);
+    eprintln!("stopped; removed {dir}");
+    Ok(0)
+}
+
+fn banner(c: &Cluster) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let p = &c.proxy_url;
+    let _ = writeln!(s);
+    let _ = writeln!(s, "cluster is up (Ctrl-C stops everything)");
+    let _ = writeln!(s, "  rw-proxy          {p}   (admin {})", c.admin_url);
+    let _ = writeln!(
+        s,
+        "  writer-election   {}   (topology {}/v1/topology)",
+        c.election_url, c.election_url
+    );
+    for n in &c.nodes {
+        let pid = c.pid(&n.name).map(|p| p.to_string()).unwrap_or_default();
+        let _ = writeln!(s, "  {:<17} {}   (pid {pid})", n.name, n.url);
+    }
+    let _ = writeln!(s, "  files             {}", c.dir.path().display());
+    if c.topology_mode == TopologyMode::Static {
+        let _ = writeln!(
+            s,
+            "  NOTE: rw-proxy runs with a static topology (writer {}): writer changes do not reach it",
+            c.nodes[0].name
+        );
+    }
+    let _ = writeln!(s);
+    let _ = writeln!(s, "try:");
+    let _ = writeln!(s, "  curl -X PUT --data 'hello' {p}/kv/greeting");
+    let _ = writeln!(s, "  curl {p}/kv/greeting");
+    let _ = writeln!(
+        s,
+        "  curl {p}/whoami                       # a reader answers"
+    );
+    let _ = writeln!(s, "  curl {}/v1/topology", c.election_url);
+    let _ = writeln!(s, "  curl {}/metrics", c.admin_url);
+    if let Some(n) = c.nodes.first() {
+        let _ = writeln!(
+            s,
+            "  curl -X POST --data false {}/admin/ready   # make {} unready",
+            n.url, n.name
+        );
+    }
+    let _ = writeln!(
+        s,
+        "  curl -X POST -H \"Authorization: Bearer $(cat {})\" --data '{{}}' {}/v1/switchover",
+        c.token_file.display(),
+        c.election_url
+    );
+    let _ = writeln!(
+        s,
+        "  kill -9 <pid of the writer>            # watch the failover below"
+    );
+    let _ = writeln!(
+        s,
+        "  {} run --url {p} --rate 500 --duration 30s",
+        c.bins.loadtest.display()
+    );
+    let _ = writeln!(s);
+    s
+}
