@@ -916,3 +916,68 @@ mod reqwest_free_http {
         }
     }
 }
+
+#[tokio::test]
+async fn kubeconfig_for_a_child_process_reaches_the_server() {
+    let api = start().await;
+    api.add_pod(StoragePod::new("storagenode-0").namespace("storage"));
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let path = dir.path().join("kubeconfig");
+    api.write_kubeconfig(&path, "storage")
+        .unwrap_or_else(|e| panic!("write kubeconfig: {e}"));
+    let kubeconfig = kube::config::Kubeconfig::read_from(&path)
+        .unwrap_or_else(|e| panic!("kube cannot read the kubeconfig: {e}"));
+    let options = kube::config::KubeConfigOptions::default();
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &options).await;
+    let config = config.unwrap_or_else(|e| panic!("kube rejects the kubeconfig: {e}"));
+    assert_eq!(config.default_namespace, "storage");
+    let client = kube::Client::try_from(config).unwrap_or_else(|e| panic!("client: {e}"));
+    let pods: Api<Pod> = Api::default_namespaced(client);
+    let names = pods
+        .list(&ListParams::default())
+        .await
+        .map(|l| l.items.iter().map(|p| p.name_any()).collect::<Vec<_>>());
+    assert_eq!(names.ok(), Some(vec!["storagenode-0".to_string()]));
+}
+
+/// The fake runs on its own thread: a test that blocks its runtime's only thread (here with a
+/// synchronous HTTP exchange on a current-thread runtime) still gets answers.
+#[tokio::test(flavor = "current_thread")]
+async fn serves_while_the_test_runtime_is_blocked() {
+    use std::io::{Read, Write};
+    let api = start().await;
+    api.add_pod(StoragePod::new("storagenode-0"));
+    let mut stream =
+        std::net::TcpStream::connect(api.addr()).unwrap_or_else(|e| panic!("connect: {e}"));
+    stream
+        .set_read_timeout(Some(PATIENCE))
+        .unwrap_or_else(|e| panic!("timeout: {e}"));
+    let request = "GET /api/v1/namespaces/default/pods/storagenode-0 HTTP/1.1\r\n\
+                   Host: 127.0.0.1\r\nConnection: close\r\n\r\n";
+    stream
+        .write_all(request.as_bytes())
+        .unwrap_or_else(|e| panic!("write: {e}"));
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .unwrap_or_else(|e| panic!("read: {e}"));
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(
+        response.contains("\"name\":\"storagenode-0\""),
+        "{response}"
+    );
+}
+
+#[tokio::test]
+async fn dropping_the_server_closes_it() {
+    let api = start().await;
+    let client = api.kube_client();
+    let addr = api.addr();
+    drop(api);
+    let pods: Api<Pod> = Api::default_namespaced(client);
+    wait_until(PATIENCE, "the port stops accepting", || {
+        std::net::TcpStream::connect(addr).is_err()
+    })
+    .await;
+    assert!(pods.list(&ListParams::default()).await.is_err());
+}

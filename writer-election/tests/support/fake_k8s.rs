@@ -41,7 +41,6 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
 use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
 
 pub use pods::{StoragePod, STORAGE_LABEL_KEY, STORAGE_LABEL_VALUE};
 pub use rbac::role_from_manifests;
@@ -164,31 +163,58 @@ fn untyped<T: Serialize>(object: &T) -> Value {
 }
 
 /// The running fake API server. Dropping it stops the server and closes every connection.
+///
+/// It serves from its own thread and tokio runtime, so it keeps answering while the test's
+/// runtime is blocked (waiting on a child process, a current-thread runtime busy elsewhere) and
+/// works the same under any runtime flavour the test picks.
 pub struct FakeApiServer {
     addr: SocketAddr,
     shared: Arc<Shared>,
-    accept: JoinHandle<()>,
 }
 
 impl Drop for FakeApiServer {
     fn drop(&mut self) {
+        // The server thread's accept loop and every connection end on this; the thread then
+        // drops its runtime by itself (a runtime cannot be dropped from async context).
         self.shared.shutdown.send_replace(true);
-        self.accept.abort();
     }
 }
 
 impl FakeApiServer {
-    /// Binds 127.0.0.1 on an ephemeral port and serves on the current tokio runtime.
+    /// Binds 127.0.0.1 on an ephemeral port and serves on a thread of its own.
     pub async fn start() -> io::Result<Self> {
-        let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+        let listener = std::net::TcpListener::bind(("127.0.0.1", 0))?;
+        listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared::new());
-        let accept = tokio::spawn(server::accept_loop(listener, shared.clone()));
-        Ok(Self {
-            addr,
-            shared,
-            accept,
-        })
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread_shared = shared.clone();
+        std::thread::Builder::new()
+            .name(format!("fake-k8s-api-{}", addr.port()))
+            .spawn(move || {
+                runtime.block_on(async move {
+                    match TcpListener::from_std(listener) {
+                        Ok(listener) => {
+                            let _ = ready_tx.send(Ok(()));
+                            server::accept_loop(listener, thread_shared).await;
+                        }
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                        }
+                    }
+                });
+            })?;
+        // Answers within microseconds: the thread only registers the listener.
+        match ready_rx.recv() {
+            Ok(Ok(())) => Ok(Self { addr, shared }),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(io::Error::other(
+                "fake API server thread died while starting",
+            )),
+        }
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -224,6 +250,28 @@ impl FakeApiServer {
                 self.url()
             ),
         }
+    }
+
+    /// A kubeconfig for this server (plain HTTP, no credentials) whose context defaults to
+    /// `namespace`: for a writer-election child process, via `KUBECONFIG`.
+    pub fn kubeconfig_yaml(&self, namespace: &str) -> String {
+        format!(
+            "apiVersion: v1\n\
+             kind: Config\n\
+             clusters:\n\
+             - name: fake\n  cluster:\n    server: {url}\n\
+             users:\n\
+             - name: fake\n  user: {{}}\n\
+             contexts:\n\
+             - name: fake\n  context:\n    cluster: fake\n    user: fake\n    namespace: {namespace:?}\n\
+             current-context: fake\n",
+            url = self.url()
+        )
+    }
+
+    /// Writes [`Self::kubeconfig_yaml`] to `path`.
+    pub fn write_kubeconfig(&self, path: &std::path::Path, namespace: &str) -> io::Result<()> {
+        std::fs::write(path, self.kubeconfig_yaml(namespace))
     }
 
     // ---- RBAC -------------------------------------------------------------------------------
