@@ -3,6 +3,7 @@
 
 pub mod cluster;
 pub mod demo;
+pub mod failover;
 pub mod httpc;
 pub mod logging;
 pub mod node;

@@ -24,6 +24,9 @@ enum Command {
     Run(loadtest::run::RunArgs),
     /// Start 3 nodes + writer-election + rw-proxy on 127.0.0.1 until Ctrl-C.
     Demo(loadtest::demo::DemoArgs),
+    /// Run a cluster under load, inject a fault on the writer, check that no acknowledged
+    /// write was lost and no epoch was accepted by two nodes.
+    Failover(loadtest::failover::FailoverArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -44,6 +47,7 @@ fn main() -> std::process::ExitCode {
             Command::Node(args) => loadtest::node::run(args).await.map(|()| 0u8),
             Command::Run(args) => loadtest::run::main(args).await,
             Command::Demo(args) => loadtest::demo::main(args, cli.log_format).await,
+            Command::Failover(args) => loadtest::failover::main(args, cli.log_format).await,
         }
     });
     match result {

@@ -302,13 +302,19 @@ struct WorkerOut {
 /// Runs the load described by `cfg` and returns the report (and the write history when
 /// `cfg.record_history`). Never fails: every failure is a counted outcome.
 pub async fn execute(cfg: LoadConfig, url: &str) -> RunOutcome {
+    execute_at(cfg, url.to_owned(), Instant::now()).await
+}
+
+/// [`execute`] with the schedule (and the history's clock) starting at `start`, so a caller
+/// can place its own events on the same clock.
+pub async fn execute_at(cfg: LoadConfig, url: String, start: Instant) -> RunOutcome {
     let started_unix_ms = crate::node::log::now_ms();
     let connections = cfg.mode.connections();
     let progress = cfg.progress;
     let duration = cfg.duration;
     let shared = Arc::new(Shared {
         cfg,
-        start: Instant::now(),
+        start,
         next: AtomicU64::new(0),
         done: AtomicU64::new(0),
         failed: AtomicU64::new(0),
@@ -336,7 +342,7 @@ pub async fn execute(cfg: LoadConfig, url: &str) -> RunOutcome {
     hist.sort_by_key(|r| (r.intended_us, r.worker));
     let requests = stats.completed();
     let report = RunReport {
-        url: url.to_owned(),
+        url,
         mode: shared.cfg.mode,
         duration_s: duration.as_secs_f64(),
         elapsed_s: elapsed.as_secs_f64(),

@@ -1,0 +1,379 @@
+//! The history check of a failover run, as plain functions over the client's write history and
+//! the shared log: what was acknowledged and lost, which epochs two nodes accepted, how long
+//! the client saw no writer, which writes failed or were held.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use serde::Serialize;
+
+use crate::node::log::{Line, Record};
+use crate::run::history::WriteRecord;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Fault {
+    Kill,
+    Hang,
+    Unready,
+    Switchover,
+}
+
+impl Fault {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Fault::Kill => "kill",
+            Fault::Hang => "hang",
+            Fault::Unready => "unready",
+            Fault::Switchover => "switchover",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct WriteSummary {
+    pub sent: u64,
+    pub acked: u64,
+    pub failed: u64,
+    pub failed_by_kind: BTreeMap<String, u64>,
+    /// Sent before the fault, answered (or failed) after it.
+    pub in_flight_at_fault: u64,
+    /// Acked by the new writer although sent between the fault and the new writer's first
+    /// ack: the proxy held them through the failover.
+    pub held: u64,
+    pub max_held_ms: f64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct LogSummary {
+    pub records: u64,
+    pub corrupt_lines: u64,
+    /// Epochs in which more than one node appended: `epoch -> nodes`.
+    pub epochs_on_two_nodes: BTreeMap<u64, Vec<String>>,
+    /// Records with an epoch lower than one before them in the log.
+    pub epoch_regressions: u64,
+    /// `node -> epochs it appended`, for the report.
+    pub epochs_by_node: BTreeMap<String, Vec<u64>>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Analysis {
+    pub writes: WriteSummary,
+    pub log: LogSummary,
+    /// Acknowledged writes whose key/value is not in the log (must be 0).
+    pub lost_acked_writes: u64,
+    pub lost_examples: Vec<String>,
+    /// Acknowledged writes whose epoch differs from the one the log has for them.
+    pub epoch_mismatches: u64,
+    /// Last ack from the old writer -> first ack from a new writer, as the client saw it.
+    pub client_failover_ms: Option<f64>,
+    pub last_old_ack_ms: Option<f64>,
+    pub first_new_ack_ms: Option<f64>,
+    /// Nodes that acknowledged writes after the fault, in order of first ack.
+    pub writers_after_fault: Vec<String>,
+}
+
+fn ms(us: u64) -> f64 {
+    (us as f64 / 1000.0 * 10.0).round() / 10.0
+}
+
+pub fn summarize_log(lines: &[Line]) -> LogSummary {
+    let mut s = LogSummary::default();
+    let mut by_epoch: BTreeMap<u64, BTreeSet<String>> = BTreeMap::new();
+    let mut by_node: BTreeMap<String, BTreeSet<u64>> = BTreeMap::new();
+    let mut highest = 0;
+    for l in lines {
+        match l {
+            Line::Record(r) => {
+                s.records += 1;
+                if r.epoch < highest {
+                    s.epoch_regressions += 1;
+                }
+                highest = highest.max(r.epoch);
+                by_epoch.entry(r.epoch).or_default().insert(r.node.clone());
+                by_node.entry(r.node.clone()).or_default().insert(r.epoch);
+            }
+            Line::Corrupt { .. } => s.corrupt_lines += 1,
+        }
+    }
+    s.epochs_on_two_nodes = by_epoch
+        .into_iter()
+        .filter(|(_, n)| n.len() > 1)
+        .map(|(e, n)| (e, n.into_iter().collect()))
+        .collect();
+    s.epochs_by_node = by_node
+        .into_iter()
+        .map(|(n, e)| (n, e.into_iter().collect()))
+        .collect();
+    s
+}
+
+/// `fault_us` is on the history's clock (µs since the load started). `old_writer` is the
+/// writer when the fault was injected.
+pub fn analyze(
+    history: &[WriteRecord],
+    lines: &[Line],
+    fault_us: u64,
+    old_writer: &str,
+) -> Analysis {
+    let mut a = Analysis {
+        log: summarize_log(lines),
+        ..Analysis::default()
+    };
+    let logged: HashMap<(&str, &str), &Record> = lines
+        .iter()
+        .filter_map(|l| match l {
+            Line::Record(r) => Some(((r.key.as_str(), r.value.as_deref().unwrap_or("")), r)),
+            Line::Corrupt { .. } => None,
+        })
+        .collect();
+
+    let w = &mut a.writes;
+    for h in history {
+        w.sent += 1;
+        if h.acked() {
+            w.acked += 1;
+        } else {
+            w.failed += 1;
+            *w.failed_by_kind.entry(h.outcome.clone()).or_default() += 1;
+        }
+        if h.sent_us <= fault_us && h.ack_us > fault_us {
+            w.in_flight_at_fault += 1;
+        }
+    }
+    for h in history.iter().filter(|h| h.acked()) {
+        match logged.get(&(h.key.as_str(), h.value.as_str())) {
+            None => {
+                a.lost_acked_writes += 1;
+                if a.lost_examples.len() < 10 {
+                    a.lost_examples.push(format!(
+                        "{} (acked at {} ms by {})",
+                        h.key,
+                        ms(h.ack_us),
+                        h.node.as_deref().unwrap_or("?")
+                    ));
+                }
+            }
+            Some(r) => {
+                if h.epoch.is_some_and(|e| e != r.epoch) {
+                    a.epoch_mismatches += 1;
+                }
+            }
+        }
+    }
+
+    // Who acknowledged: the node header if the path kept it, else the log's record.
+    let acked_by = |h: &WriteRecord| -> Option<String> {
+        h.node.clone().or_else(|| {
+            logged
+                .get(&(h.key.as_str(), h.value.as_str()))
+                .map(|r| r.node.clone())
+        })
+    };
+    let mut acks: Vec<(u64, String, &WriteRecord)> = history
+        .iter()
+        .filter(|h| h.acked())
+        .filter_map(|h| acked_by(h).map(|n| (h.ack_us, n, h)))
+        .collect();
+    acks.sort_by_key(|(t, _, _)| *t);
+    let last_old = acks
+        .iter()
+        .filter(|(_, n, _)| n == old_writer)
+        .map(|(t, _, _)| *t)
+        .max();
+    let first_new = acks
+        .iter()
+        .find(|(t, n, _)| n != old_writer && *t >= fault_us)
+        .map(|(t, _, _)| *t);
+    for (t, n, _) in &acks {
+        if *t >= fault_us && !a.writers_after_fault.contains(n) {
+            a.writers_after_fault.push(n.clone());
+        }
+    }
+    a.last_old_ack_ms = last_old.map(ms);
+    a.first_new_ack_ms = first_new.map(ms);
+    if let (Some(o), Some(n)) = (last_old, first_new) {
+        a.client_failover_ms = Some(ms(n.saturating_sub(o)));
+    }
+    if let Some(first_new) = first_new {
+        for (_, n, h) in &acks {
+            if n != old_writer && h.sent_us >= fault_us && h.sent_us < first_new {
+                a.writes.held += 1;
+                a.writes.max_held_ms = a.writes.max_held_ms.max(ms(h.ack_us - h.sent_us));
+            }
+        }
+    }
+    a
+}
+
+/// The pass/fail rules. Returns one sentence per failed check.
+pub fn failures(fault: Fault, a: &Analysis, old_writer: &str) -> Vec<String> {
+    let mut f = Vec::new();
+    if a.lost_acked_writes > 0 {
+        f.push(format!(
+            "{} acknowledged writes are not in the log (e.g. {})",
+            a.lost_acked_writes,
+            a.lost_examples.join(", ")
+        ));
+    }
+    if !a.log.epochs_on_two_nodes.is_empty() {
+        f.push(format!(
+            "epochs accepted by two nodes: {:?}",
+            a.log.epochs_on_two_nodes
+        ));
+    }
+    if a.log.epoch_regressions > 0 {
+        f.push(format!(
+            "{} log records have a lower epoch than an earlier record",
+            a.log.epoch_regressions
+        ));
+    }
+    if a.epoch_mismatches > 0 {
+        f.push(format!(
+            "{} acknowledged writes report another epoch than the log has",
+            a.epoch_mismatches
+        ));
+    }
+    if a.first_new_ack_ms.is_none() {
+        f.push(format!(
+            "no write was acknowledged by a node other than {old_writer} after the fault: no failover seen"
+        ));
+    }
+    match fault {
+        Fault::Switchover if a.writes.failed > 0 => f.push(format!(
+            "a planned switchover must fail no request, {} writes failed: {:?}",
+            a.writes.failed, a.writes.failed_by_kind
+        )),
+        Fault::Kill if a.writes.failed > a.writes.in_flight_at_fault => f.push(format!(
+            "{} writes failed but only {} were in flight at the kill",
+            a.writes.failed, a.writes.in_flight_at_fault
+        )),
+        _ => {}
+    }
+    f
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::log::OpKind;
+
+    fn rec(seq: u64, node: &str, epoch: u64, key: &str, value: &str) -> Line {
+        Line::Record(Record {
+            seq,
+            ts_ms: 0,
+            node: node.into(),
+            epoch,
+            op: OpKind::Put,
+            key: key.into(),
+            value: Some(value.into()),
+        })
+    }
+
+    fn w(
+        key: &str,
+        sent: u64,
+        ack: u64,
+        outcome: &str,
+        node: Option<&str>,
+        epoch: u64,
+    ) -> WriteRecord {
+        WriteRecord {
+            worker: 0,
+            key: key.into(),
+            value: format!("v-{key}"),
+            intended_us: sent,
+            sent_us: sent,
+            ack_us: ack,
+            status: Some(if outcome == "ok" { 200 } else { 503 }),
+            outcome: outcome.into(),
+            epoch: Some(epoch),
+            node: node.map(str::to_owned),
+        }
+    }
+
+    fn scenario() -> (Vec<WriteRecord>, Vec<Line>) {
+        // Fault at 1000 µs. a: acked by the old writer before; b: in flight at the kill,
+        // failed; c: sent after the fault, held, acked by the new writer; d: normal after.
+        let history = vec![
+            w("a", 100, 400, "ok", Some("node-1"), 1),
+            w("b", 900, 1200, "io", None, 0),
+            w("c", 1100, 250_000, "ok", Some("node-2"), 2),
+            w("d", 260_000, 260_500, "ok", Some("node-2"), 2),
+        ];
+        let log = vec![
+            rec(1, "node-1", 1, "a", "v-a"),
+            rec(2, "node-2", 2, "c", "v-c"),
+            rec(3, "node-2", 2, "d", "v-d"),
+        ];
+        (history, log)
+    }
+
+    #[test]
+    fn a_clean_kill_passes_and_measures_the_gap() {
+        let (h, l) = scenario();
+        let a = analyze(&h, &l, 1000, "node-1");
+        assert_eq!(a.lost_acked_writes, 0);
+        assert_eq!(a.writes.sent, 4);
+        assert_eq!(a.writes.acked, 3);
+        assert_eq!(a.writes.failed_by_kind.get("io"), Some(&1));
+        assert_eq!(a.writes.in_flight_at_fault, 1);
+        assert_eq!(a.writes.held, 1);
+        assert_eq!(a.writes.max_held_ms, 248.9);
+        assert_eq!(a.last_old_ack_ms, Some(0.4));
+        assert_eq!(a.first_new_ack_ms, Some(250.0));
+        assert_eq!(a.client_failover_ms, Some(249.6));
+        assert_eq!(a.writers_after_fault, vec!["node-2".to_owned()]);
+        assert!(failures(Fault::Kill, &a, "node-1").is_empty());
+        // The same history is a failure for a planned switchover: one write failed.
+        assert_eq!(failures(Fault::Switchover, &a, "node-1").len(), 1);
+    }
+
+    #[test]
+    fn a_lost_ack_and_a_shared_epoch_fail() {
+        let (h, mut l) = scenario();
+        l.remove(1); // c was acked but is not in the log
+        l.push(rec(4, "node-1", 2, "zombie", "x")); // old writer accepted epoch 2 as well
+        l.push(rec(5, "node-2", 1, "late", "x")); // and an epoch went backwards
+        let a = analyze(&h, &l, 1000, "node-1");
+        assert_eq!(a.lost_acked_writes, 1);
+        assert!(
+            a.lost_examples[0].starts_with("c "),
+            "{:?}",
+            a.lost_examples
+        );
+        assert_eq!(
+            a.log.epochs_on_two_nodes.get(&2),
+            Some(&vec!["node-1".to_owned(), "node-2".to_owned()])
+        );
+        assert_eq!(a.log.epoch_regressions, 1);
+        let f = failures(Fault::Kill, &a, "node-1");
+        assert_eq!(f.len(), 3, "{f:?}");
+    }
+
+    #[test]
+    fn no_new_writer_is_a_failure_and_node_falls_back_to_the_log() {
+        let history = vec![
+            w("a", 100, 400, "ok", None, 1),
+            w("b", 2000, 2400, "ok", None, 1),
+        ];
+        let log = vec![
+            rec(1, "node-1", 1, "a", "v-a"),
+            rec(2, "node-1", 1, "b", "v-b"),
+        ];
+        let a = analyze(&history, &log, 1000, "node-1");
+        assert_eq!(a.last_old_ack_ms, Some(2.4));
+        assert_eq!(a.first_new_ack_ms, None);
+        let f = failures(Fault::Unready, &a, "node-1");
+        assert_eq!(f.len(), 1);
+        assert!(f[0].contains("no failover"), "{f:?}");
+    }
+
+    #[test]
+    fn too_many_failures_for_a_kill() {
+        let (mut h, l) = scenario();
+        h.push(w("e", 5000, 5001, "http_503", None, 0));
+        let a = analyze(&h, &l, 1000, "node-1");
+        let f = failures(Fault::Kill, &a, "node-1");
+        assert!(f.iter().any(|s| s.contains("in flight")), "{f:?}");
+    }
+}
