@@ -1,1 +1,122 @@
-fn main() {}
+//! `writer-election --config FILE [--check] [--log-format json|text]`
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, ValueEnum};
+use tracing::{error, info};
+use tracing_subscriber::EnvFilter;
+use writer_election::config::{Discovery, ElectionConfig};
+use writer_election::{start, ServiceOptions};
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Elects the single writer of a storage cluster, records it durably and publishes the topology
+/// on /v1/topology.
+#[derive(Debug, Parser)]
+#[command(name = "writer-election", version)]
+struct Args {
+    /// The election config (YAML, see writer-election/README.md).
+    #[arg(long, short = 'c', env = "WRITER_ELECTION_CONFIG")]
+    config: PathBuf,
+    /// Validate the config and exit: 0 if valid, else 1 with the key and the problem.
+    #[arg(long)]
+    check: bool,
+    /// Log format (the level comes from RUST_LOG, default info).
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let cfg = match ElectionConfig::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("writer-election: {}: {e}", args.config.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    if args.check {
+        println!("writer-election: {}: ok", args.config.display());
+        return ExitCode::SUCCESS;
+    }
+    init_logging(args.log_format);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            error!(error = %e, "cannot start the runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(run(cfg))
+}
+
+async fn run(cfg: ElectionConfig) -> ExitCode {
+    let kube_client = if matches!(cfg.discovery(), Discovery::Kubernetes(_)) {
+        match kube::Client::try_default().await {
+            Ok(c) => Some(c),
+            Err(e) => {
+                error!(error = %e, "cannot build a Kubernetes client (in-cluster config or KUBECONFIG)");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        None
+    };
+    let handle = match start(
+        cfg,
+        ServiceOptions {
+            kube_client,
+            ..Default::default()
+        },
+    )
+    .await
+    {
+        Ok(h) => h,
+        Err(e) => {
+            error!(error = %e, "cannot start");
+            eprintln!("writer-election: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    shutdown_signal().await;
+    info!("stopping");
+    handle.stop().await;
+    ExitCode::SUCCESS
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -81,7 +81,10 @@ mod tests {
         let t: Topology = serde_json::from_str(doc).unwrap();
         assert_eq!(t.epoch, 7);
         assert_eq!(t.revision, 42);
-        assert_eq!(t.writer.as_ref().map(|w| w.name.as_str()), Some("storagenode-1"));
+        assert_eq!(
+            t.writer.as_ref().map(|w| w.name.as_str()),
+            Some("storagenode-1")
+        );
         assert_eq!(t.readers.len(), 1);
         assert_eq!(t.nodes[0].role, Role::Reader);
     }

@@ -1,0 +1,321 @@
+//! The HTTP API on `listen`: `/v1/topology` (with blocking queries), `/v1/switchover`, `/health`,
+//! `/health/ready`, `/metrics`. Errors are JSON: `{"error": "<code>", "message": "..."}`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use subtle::ConstantTimeEq;
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::warn;
+
+use crate::config::TokenSource;
+use crate::engine::{SwitchoverCmd, SwitchoverOutcome};
+use crate::leader::LeaderState;
+use crate::metrics::Metrics;
+use crate::publish::TopologyHub;
+use crate::topology::{Topology, REVISION_HEADER};
+
+/// Longest blocking query we hold open.
+pub const MAX_WAIT: Duration = Duration::from_secs(300);
+/// `wait` when a query gives `after` only.
+pub const DEFAULT_WAIT: Duration = Duration::from_secs(30);
+/// How long a switchover request waits for the engine (fencing + promotion can take a while).
+const SWITCHOVER_TIMEOUT: Duration = Duration::from_secs(120);
+
+#[derive(Clone)]
+pub struct AppState {
+    pub hub: Arc<TopologyHub>,
+    pub metrics: Arc<Metrics>,
+    pub switch_tx: mpsc::Sender<SwitchoverCmd>,
+    pub token: Option<TokenSource>,
+    pub ready: watch::Receiver<bool>,
+    pub leader: watch::Receiver<LeaderState>,
+    pub stop: watch::Receiver<bool>,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/topology", get(topology))
+        .route("/v1/switchover", post(switchover))
+        .route("/health", get(health))
+        .route("/health/ready", get(health_ready))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+pub fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    (
+        status,
+        Json(serde_json::json!({"error": code, "message": message.into()})),
+    )
+        .into_response()
+}
+
+async fn not_found() -> Response {
+    error(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+}
+
+#[derive(Debug, Deserialize)]
+struct TopologyQuery {
+    after: Option<String>,
+    wait: Option<String>,
+    /// The follower's id (used by the switchover drain of the next issue); accepted, not needed.
+    #[allow(dead_code)]
+    client: Option<String>,
+}
+
+/// `wait` as humantime ("30s") or plain seconds ("30").
+fn parse_wait(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let d = match s.parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => humantime::parse_duration(s).map_err(|e| format!("wait={s:?}: {e}"))?,
+    };
+    Ok(d.min(MAX_WAIT))
+}
+
+fn topology_response(t: &Topology) -> Response {
+    let mut resp = Json(t).into_response();
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&t.revision.to_string()) {
+        h.insert(REVISION_HEADER, v);
+    }
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+async fn topology(
+    State(st): State<AppState>,
+    q: Result<Query<TopologyQuery>, QueryRejection>,
+) -> Response {
+    let Query(q) = match q {
+        Ok(q) => q,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_query", e.body_text()),
+    };
+    let after = match q.after.as_deref().map(|a| a.trim().parse::<u64>()) {
+        None => None,
+        Some(Ok(a)) => Some(a),
+        Some(Err(_)) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_query",
+                "after must be a revision number (non-negative integer)",
+            )
+        }
+    };
+    let wait = match q.wait.as_deref().map(parse_wait) {
+        None => DEFAULT_WAIT,
+        Some(Ok(w)) => w,
+        Some(Err(e)) => return error(StatusCode::BAD_REQUEST, "bad_query", e),
+    };
+    let mut rx = st.hub.subscribe();
+    let Some(after) = after else {
+        let cur = rx.borrow().clone();
+        return topology_response(&cur);
+    };
+    st.metrics.blocking_queries.inc();
+    let _guard = GaugeGuard(&st.metrics);
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut stop = st.stop.clone();
+    loop {
+        let cur = rx.borrow_and_update().clone();
+        // `after` above our revision comes from another replica or an earlier process: answer
+        // at once so the client resynchronises instead of waiting for a number we may never reach.
+        if cur.revision != after {
+            return topology_response(&cur);
+        }
+        tokio::select! {
+            r = rx.changed() => if r.is_err() { return topology_response(&cur) },
+            _ = tokio::time::sleep_until(deadline) => return topology_response(&cur),
+            _ = stop.changed() => return topology_response(&cur),
+        }
+    }
+}
+
+struct GaugeGuard<'a>(&'a Metrics);
+
+impl Drop for GaugeGuard<'_> {
+    fn drop(&mut self) {
+        self.0.blocking_queries.dec();
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SwitchoverBody {
+    #[serde(default)]
+    to: Option<String>,
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+async fn switchover(State(st): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let Some(source) = &st.token else {
+        return error(
+            StatusCode::FORBIDDEN,
+            "switchover_disabled",
+            "switchover is disabled: no switchover.token_file or token_env is configured",
+        );
+    };
+    let expected = match source.read() {
+        Ok(t) => t,
+        Err(e) => {
+            warn!(error = %e, "switchover token unavailable");
+            return error(StatusCode::SERVICE_UNAVAILABLE, "token_unavailable", e);
+        }
+    };
+    let unauthorized = |msg: &str| {
+        let mut r = error(StatusCode::UNAUTHORIZED, "unauthorized", msg);
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        r
+    };
+    let Some(given) = bearer(&headers) else {
+        return unauthorized("needs Authorization: Bearer <token>");
+    };
+    if !bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
+        return unauthorized("invalid token");
+    }
+    let req: SwitchoverBody = if body.iter().all(|b| b.is_ascii_whitespace()) {
+        SwitchoverBody::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(b) => b,
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    format!("body must be {{\"to\": \"<node>\"}} or {{}}: {e}"),
+                )
+            }
+        }
+    };
+    let to = req
+        .to
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty());
+    let (reply, rx) = oneshot::channel();
+    if st
+        .switch_tx
+        .send(SwitchoverCmd { to, reply })
+        .await
+        .is_err()
+    {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "the service is stopping",
+        );
+    }
+    let outcome = match tokio::time::timeout(SWITCHOVER_TIMEOUT, rx).await {
+        Ok(Ok(o)) => o,
+        Ok(Err(_)) => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting_down",
+                "the service is stopping",
+            )
+        }
+        Err(_) => {
+            return error(
+                StatusCode::GATEWAY_TIMEOUT,
+                "timeout",
+                "the switchover did not complete in time; check /v1/topology",
+            )
+        }
+    };
+    match outcome {
+        SwitchoverOutcome::Switched(t) | SwitchoverOutcome::Unchanged(t) => topology_response(&t),
+        SwitchoverOutcome::Rejected(why) => error(StatusCode::CONFLICT, "not_a_candidate", why),
+        SwitchoverOutcome::NotLeader(leader) => {
+            let mut r = error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_leader",
+                match leader {
+                    Some(l) => format!("this replica does not decide; the leader is {l}"),
+                    None => "this replica does not decide and no leader is known".into(),
+                },
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            r
+        }
+        SwitchoverOutcome::Failed(why) => {
+            error(StatusCode::SERVICE_UNAVAILABLE, "switchover_failed", why)
+        }
+    }
+}
+
+async fn health() -> Response {
+    Json(serde_json::json!({"status": "ok"})).into_response()
+}
+
+async fn health_ready(State(st): State<AppState>) -> Response {
+    let ready = *st.ready.borrow();
+    let leader = st.leader.borrow().clone();
+    let body = serde_json::json!({
+        "ready": ready,
+        "leader": leader.leading_now(),
+        "leader_identity": leader.leader,
+        "revision": st.hub.current().revision,
+    });
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}
+
+async fn metrics(State(st): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        st.metrics.render(),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wait_parsing() {
+        assert_eq!(parse_wait("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_wait("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_wait("7").unwrap(), Duration::from_secs(7));
+        assert_eq!(parse_wait("1h").unwrap(), MAX_WAIT);
+        assert!(parse_wait("soon").is_err());
+    }
+
+    #[test]
+    fn bearer_parsing() {
+        let mut h = HeaderMap::new();
+        assert_eq!(bearer(&h), None);
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer abc"),
+        );
+        assert_eq!(bearer(&h), Some("abc"));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("bearer  abc "),
+        );
+        assert_eq!(bearer(&h), Some("abc"));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
+        assert_eq!(bearer(&h), None);
+    }
+}

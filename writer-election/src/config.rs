@@ -1,0 +1,1089 @@
+//! `election.yaml`: the keys of SPEC.md "Election config", parsed strictly.
+//!
+//! Unknown keys are rejected and every error names the key path (`probe.timeout`,
+//! `discovery.static.nodes[1].address`) and the reason, like `nginx -t`. Parsing checks the
+//! shape; [`ElectionConfig::validate`] checks what the shape cannot say (exactly one discovery
+//! mode, a state store that fits it, HA timings that keep a leader from outliving its lease).
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+use crate::decision::{CandidateOrder, ElectionPolicy, NamePattern};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// `key` is the dotted path of the offending key ("" for the document itself).
+    #[error("{}{reason}", if key.is_empty() { String::new() } else { format!("{key}: ") })]
+    Invalid { key: String, reason: String },
+}
+
+impl ConfigError {
+    fn invalid(key: impl Into<String>, reason: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// The key path the error is about, if it is about a key.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            ConfigError::Invalid { key, .. } => Some(key),
+            ConfigError::Read { .. } => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ElectionConfig {
+    #[serde(default = "defaults::listen")]
+    pub listen: SocketAddr,
+    pub discovery: DiscoveryConfig,
+    #[serde(default)]
+    pub probe: ProbeConfig,
+    #[serde(default)]
+    pub election: ElectionSection,
+    pub state: StateConfig,
+    #[serde(default)]
+    pub ha: HaConfig,
+    #[serde(default)]
+    pub promotion: PromotionConfig,
+    #[serde(default)]
+    pub fencing: FencingConfig,
+    #[serde(default)]
+    pub switchover: SwitchoverConfig,
+    #[serde(default)]
+    pub label_pods: LabelPodsConfig,
+}
+
+/// Exactly one of the three is set (checked by `validate`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiscoveryConfig {
+    #[serde(rename = "static")]
+    pub static_nodes: Option<StaticDiscovery>,
+    pub kubernetes: Option<KubernetesDiscovery>,
+    pub dns: Option<DnsDiscovery>,
+}
+
+/// The discovery mode, once validated.
+#[derive(Debug, Clone, Copy)]
+pub enum Discovery<'a> {
+    Static(&'a StaticDiscovery),
+    Kubernetes(&'a KubernetesDiscovery),
+    Dns(&'a DnsDiscovery),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticDiscovery {
+    pub nodes: Vec<StaticNode>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticNode {
+    pub name: String,
+    /// `host:port`
+    pub address: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesDiscovery {
+    /// Empty: the namespace of the service's own pod (service-account namespace file), else the
+    /// client's default namespace.
+    #[serde(default)]
+    pub namespace: String,
+    #[serde(default = "defaults::label_selector")]
+    pub label_selector: String,
+    /// A container port name (`http`) or number (`8080`).
+    #[serde(default = "defaults::port_ref")]
+    pub port: PortRef,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PortRef {
+    Name(String),
+    Number(u16),
+}
+
+impl<'de> Deserialize<'de> for PortRef {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Num(u64),
+            Str(String),
+        }
+        match Raw::deserialize(d) {
+            Ok(Raw::Num(n)) => u16::try_from(n)
+                .ok()
+                .filter(|n| *n > 0)
+                .map(PortRef::Number)
+                .ok_or_else(|| serde::de::Error::custom(format!("port {n} is not in 1..=65535"))),
+            Ok(Raw::Str(s)) => {
+                if let Ok(n) = s.parse::<u16>() {
+                    if n > 0 {
+                        return Ok(PortRef::Number(n));
+                    }
+                }
+                if s.is_empty() {
+                    Err(serde::de::Error::custom("port name is empty"))
+                } else {
+                    Ok(PortRef::Name(s))
+                }
+            }
+            Err(_) => Err(serde::de::Error::custom(
+                "expected a container port name (http) or number (8080)",
+            )),
+        }
+    }
+}
+
+impl fmt::Display for PortRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PortRef::Name(n) => f.write_str(n),
+            PortRef::Number(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsDiscovery {
+    /// A headless Service name; its A records are the nodes.
+    pub name: String,
+    pub port: u16,
+    #[serde(default = "defaults::dns_interval", with = "humantime_serde_dur")]
+    pub interval: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeConfig {
+    #[serde(default = "defaults::probe_path")]
+    pub path: String,
+    #[serde(default = "defaults::probe_interval", with = "humantime_serde_dur")]
+    pub interval: Duration,
+    #[serde(default = "defaults::probe_timeout", with = "humantime_serde_dur")]
+    pub timeout: Duration,
+    #[serde(default = "defaults::failure_threshold")]
+    pub failure_threshold: u32,
+    #[serde(default = "defaults::success_threshold")]
+    pub success_threshold: u32,
+}
+
+impl Default for ProbeConfig {
+    fn default() -> Self {
+        ProbeConfig {
+            path: defaults::probe_path(),
+            interval: defaults::probe_interval(),
+            timeout: defaults::probe_timeout(),
+            failure_threshold: defaults::failure_threshold(),
+            success_threshold: defaults::success_threshold(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ElectionSection {
+    #[serde(default)]
+    pub candidate_order: CandidateOrder,
+    pub progress: Option<ProgressConfig>,
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    #[serde(default = "defaults::min_ready_nodes")]
+    pub min_ready_nodes: usize,
+}
+
+impl Default for ElectionSection {
+    fn default() -> Self {
+        ElectionSection {
+            candidate_order: CandidateOrder::default(),
+            progress: None,
+            exclude: Vec::new(),
+            min_ready_nodes: defaults::min_ready_nodes(),
+        }
+    }
+}
+
+/// Where `most_caught_up` reads a candidate's replication offset.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProgressConfig {
+    pub path: String,
+    /// RFC 6901 pointer to the offset in the JSON answer; empty = the whole body is the number.
+    #[serde(default)]
+    pub json_pointer: String,
+    /// Per request; default: `probe.timeout`.
+    #[serde(default, with = "humantime_serde_opt")]
+    pub timeout: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    pub file: Option<PathBuf>,
+    pub lease: Option<LeaseStateConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseStateConfig {
+    #[serde(default = "defaults::state_lease_name")]
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HaConfig {
+    #[serde(default)]
+    pub enabled: bool,
+    #[serde(default = "defaults::ha_lease_name")]
+    pub lease_name: String,
+    #[serde(default = "defaults::lease_duration", with = "humantime_serde_dur")]
+    pub lease_duration: Duration,
+    #[serde(default = "defaults::renew_deadline", with = "humantime_serde_dur")]
+    pub renew_deadline: Duration,
+    #[serde(default = "defaults::retry_period", with = "humantime_serde_dur")]
+    pub retry_period: Duration,
+    /// This replica's name in the leader Lease. Empty: env `POD_NAME`, else `HOSTNAME`.
+    #[serde(default)]
+    pub identity: String,
+}
+
+impl Default for HaConfig {
+    fn default() -> Self {
+        HaConfig {
+            enabled: false,
+            lease_name: defaults::ha_lease_name(),
+            lease_duration: defaults::lease_duration(),
+            renew_deadline: defaults::renew_deadline(),
+            retry_period: defaults::retry_period(),
+            identity: String::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PromotionConfig {
+    pub start: Option<PromotionStart>,
+    pub finish: Option<PromotionFinish>,
+    pub check: Option<PromotionCheck>,
+}
+
+impl PromotionConfig {
+    pub fn is_configured(&self) -> bool {
+        self.start.is_some() || self.finish.is_some()
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PromotionStart {
+    #[serde(default = "defaults::post", deserialize_with = "de_method")]
+    pub method: http::Method,
+    pub path: String,
+    #[serde(
+        default = "defaults::promotion_request_timeout",
+        with = "humantime_serde_dur"
+    )]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PromotionFinish {
+    #[serde(default = "defaults::post", deserialize_with = "de_method")]
+    pub method: http::Method,
+    pub path: String,
+    /// Repeat the call until the (trimmed) body equals this; empty = any 2xx answer is done.
+    #[serde(default)]
+    pub until_body: String,
+    #[serde(default = "defaults::finish_interval", with = "humantime_serde_dur")]
+    pub interval: Duration,
+    /// For the whole finish phase.
+    #[serde(default = "defaults::finish_timeout", with = "humantime_serde_dur")]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PromotionCheck {
+    pub path: String,
+    pub expect_body: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FencingConfig {
+    #[serde(default)]
+    pub delete_old_writer_pod: bool,
+    /// How long to wait for a deleted old writer pod to be gone before giving up this attempt
+    /// (the election is retried; no promotion happens meanwhile).
+    #[serde(default = "defaults::fencing_timeout", with = "humantime_serde_dur")]
+    pub timeout: Duration,
+}
+
+impl Default for FencingConfig {
+    fn default() -> Self {
+        FencingConfig {
+            delete_old_writer_pod: false,
+            timeout: defaults::fencing_timeout(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SwitchoverConfig {
+    #[serde(default)]
+    pub token_file: String,
+    #[serde(default)]
+    pub token_env: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabelPodsConfig {
+    #[serde(default)]
+    pub enabled: bool,
+    #[serde(default = "defaults::label_key")]
+    pub key: String,
+}
+
+impl Default for LabelPodsConfig {
+    fn default() -> Self {
+        LabelPodsConfig {
+            enabled: false,
+            key: defaults::label_key(),
+        }
+    }
+}
+
+mod defaults {
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
+    use super::PortRef;
+
+    pub fn listen() -> SocketAddr {
+        SocketAddr::from(([0, 0, 0, 0], 8080))
+    }
+    pub fn label_selector() -> String {
+        "microstream.one/cluster-component=storagenode".into()
+    }
+    pub fn port_ref() -> PortRef {
+        PortRef::Name("http".into())
+    }
+    pub fn dns_interval() -> Duration {
+        Duration::from_secs(5)
+    }
+    pub fn probe_path() -> String {
+        "/health/ready".into()
+    }
+    pub fn probe_interval() -> Duration {
+        Duration::from_secs(1)
+    }
+    pub fn probe_timeout() -> Duration {
+        Duration::from_millis(500)
+    }
+    pub fn failure_threshold() -> u32 {
+        3
+    }
+    pub fn success_threshold() -> u32 {
+        1
+    }
+    pub fn min_ready_nodes() -> usize {
+        1
+    }
+    pub fn state_lease_name() -> String {
+        "storage-writer".into()
+    }
+    pub fn ha_lease_name() -> String {
+        "writer-election-leader".into()
+    }
+    pub fn lease_duration() -> Duration {
+        Duration::from_secs(15)
+    }
+    pub fn renew_deadline() -> Duration {
+        Duration::from_secs(10)
+    }
+    pub fn retry_period() -> Duration {
+        Duration::from_secs(2)
+    }
+    pub fn post() -> http::Method {
+        http::Method::POST
+    }
+    pub fn promotion_request_timeout() -> Duration {
+        Duration::from_secs(5)
+    }
+    pub fn finish_interval() -> Duration {
+        Duration::from_millis(200)
+    }
+    pub fn finish_timeout() -> Duration {
+        Duration::from_secs(30)
+    }
+    pub fn fencing_timeout() -> Duration {
+        Duration::from_secs(60)
+    }
+    pub fn label_key() -> String {
+        "microstream.one/role".into()
+    }
+}
+
+fn de_method<'de, D: Deserializer<'de>>(d: D) -> Result<http::Method, D::Error> {
+    let s = String::deserialize(d)?;
+    let upper = s.to_ascii_uppercase();
+    http::Method::from_bytes(upper.as_bytes())
+        .map_err(|_| serde::de::Error::custom(format!("{s:?} is not an HTTP method")))
+}
+
+/// humantime strings ("250ms", "5s") for `Duration` fields.
+mod humantime_serde_dur {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(s.trim()).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "{s:?} is not a duration ({e}); write e.g. \"500ms\" or \"5s\""
+            ))
+        })
+    }
+}
+
+mod humantime_serde_opt {
+    use std::time::Duration;
+
+    use serde::Deserializer;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        super::humantime_serde_dur::deserialize(d).map(Some)
+    }
+}
+
+impl ElectionConfig {
+    /// Parses and validates a config document.
+    pub fn from_yaml_str(text: &str) -> Result<ElectionConfig, ConfigError> {
+        let de = serde_yaml::Deserializer::from_str(text);
+        let cfg: ElectionConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let key = if key == "." { String::new() } else { key };
+            ConfigError::invalid(key, e.into_inner().to_string())
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn load(path: &Path) -> Result<ElectionConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_yaml_str(&text)
+    }
+
+    pub fn discovery(&self) -> Discovery<'_> {
+        // `validate` guarantees exactly one is set; the order here only matters for a config
+        // built by hand without validation.
+        if let Some(k) = &self.discovery.kubernetes {
+            Discovery::Kubernetes(k)
+        } else if let Some(d) = &self.discovery.dns {
+            Discovery::Dns(d)
+        } else if let Some(s) = &self.discovery.static_nodes {
+            Discovery::Static(s)
+        } else {
+            static EMPTY: StaticDiscovery = StaticDiscovery { nodes: Vec::new() };
+            Discovery::Static(&EMPTY)
+        }
+    }
+
+    pub fn is_kubernetes(&self) -> bool {
+        matches!(self.discovery(), Discovery::Kubernetes(_))
+    }
+
+    pub fn policy(&self) -> ElectionPolicy {
+        ElectionPolicy {
+            candidate_order: self.election.candidate_order,
+            exclude: self
+                .election
+                .exclude
+                .iter()
+                .map(|p| NamePattern::new(p))
+                .collect(),
+            min_ready_nodes: self.election.min_ready_nodes,
+        }
+    }
+
+    /// The switchover token source, if switchover is enabled.
+    pub fn token_source(&self) -> Option<TokenSource> {
+        if !self.switchover.token_file.is_empty() {
+            Some(TokenSource::File(PathBuf::from(
+                &self.switchover.token_file,
+            )))
+        } else if !self.switchover.token_env.is_empty() {
+            Some(TokenSource::Env(self.switchover.token_env.clone()))
+        } else {
+            None
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let d = &self.discovery;
+        let modes = [
+            d.static_nodes.is_some(),
+            d.kubernetes.is_some(),
+            d.dns.is_some(),
+        ]
+        .iter()
+        .filter(|b| **b)
+        .count();
+        if modes != 1 {
+            return Err(ConfigError::invalid(
+                "discovery",
+                format!("set exactly one of static | kubernetes | dns (found {modes})"),
+            ));
+        }
+        match self.discovery() {
+            Discovery::Static(s) => validate_static(s)?,
+            Discovery::Kubernetes(k) => {
+                if k.label_selector.trim().is_empty() {
+                    return Err(ConfigError::invalid(
+                        "discovery.kubernetes.label_selector",
+                        "must not be empty: it would select every pod in the namespace",
+                    ));
+                }
+            }
+            Discovery::Dns(dns) => {
+                if dns.name.trim().is_empty() {
+                    return Err(ConfigError::invalid(
+                        "discovery.dns.name",
+                        "must not be empty",
+                    ));
+                }
+                if dns.port == 0 {
+                    return Err(ConfigError::invalid(
+                        "discovery.dns.port",
+                        "must be 1..=65535",
+                    ));
+                }
+                if dns.interval.is_zero() {
+                    return Err(ConfigError::invalid(
+                        "discovery.dns.interval",
+                        "must be greater than 0",
+                    ));
+                }
+            }
+        }
+
+        let p = &self.probe;
+        if !p.path.starts_with('/') {
+            return Err(ConfigError::invalid("probe.path", "must start with '/'"));
+        }
+        if p.interval.is_zero() {
+            return Err(ConfigError::invalid(
+                "probe.interval",
+                "must be greater than 0",
+            ));
+        }
+        if p.timeout.is_zero() {
+            return Err(ConfigError::invalid(
+                "probe.timeout",
+                "must be greater than 0",
+            ));
+        }
+        if p.failure_threshold == 0 {
+            return Err(ConfigError::invalid(
+                "probe.failure_threshold",
+                "must be at least 1",
+            ));
+        }
+        if p.success_threshold == 0 {
+            return Err(ConfigError::invalid(
+                "probe.success_threshold",
+                "must be at least 1",
+            ));
+        }
+
+        let e = &self.election;
+        match (e.candidate_order, &e.progress) {
+            (CandidateOrder::MostCaughtUp, None) => {
+                return Err(ConfigError::invalid(
+                    "election.progress",
+                    "required when candidate_order is most_caught_up",
+                ))
+            }
+            (_, Some(progress)) => {
+                if !progress.path.starts_with('/') {
+                    return Err(ConfigError::invalid(
+                        "election.progress.path",
+                        "must start with '/'",
+                    ));
+                }
+                if !progress.json_pointer.is_empty() && !progress.json_pointer.starts_with('/') {
+                    return Err(ConfigError::invalid(
+                        "election.progress.json_pointer",
+                        "must be empty or start with '/' (RFC 6901)",
+                    ));
+                }
+            }
+            _ => {}
+        }
+        for (i, x) in e.exclude.iter().enumerate() {
+            if x.trim().is_empty() {
+                return Err(ConfigError::invalid(
+                    format!("election.exclude[{i}]"),
+                    "must not be empty",
+                ));
+            }
+        }
+        if e.min_ready_nodes == 0 {
+            return Err(ConfigError::invalid(
+                "election.min_ready_nodes",
+                "must be at least 1",
+            ));
+        }
+
+        let kube = self.is_kubernetes();
+        match (&self.state.file, &self.state.lease) {
+            (Some(_), Some(_)) | (None, None) => {
+                return Err(ConfigError::invalid(
+                    "state",
+                    "set exactly one of file | lease",
+                ))
+            }
+            (Some(f), None) => {
+                if kube {
+                    return Err(ConfigError::invalid(
+                        "state.file",
+                        "kubernetes discovery records the writer in a Lease: use state.lease",
+                    ));
+                }
+                if f.as_os_str().is_empty() {
+                    return Err(ConfigError::invalid("state.file", "must not be empty"));
+                }
+            }
+            (None, Some(l)) => {
+                if !kube {
+                    return Err(ConfigError::invalid(
+                        "state.lease",
+                        "needs kubernetes discovery; static and dns modes use state.file",
+                    ));
+                }
+                validate_k8s_name("state.lease.name", &l.name)?;
+            }
+        }
+
+        let ha = &self.ha;
+        if ha.enabled {
+            if !kube {
+                return Err(ConfigError::invalid(
+                    "ha.enabled",
+                    "needs kubernetes discovery (the replicas compete for a Lease)",
+                ));
+            }
+            validate_k8s_name("ha.lease_name", &ha.lease_name)?;
+            if ha.retry_period.is_zero() {
+                return Err(ConfigError::invalid(
+                    "ha.retry_period",
+                    "must be greater than 0",
+                ));
+            }
+            // The client-go rules: a leader gives up (renew_deadline) before its lease can
+            // expire for the others (lease_duration), and retries often enough to renew in time.
+            if ha.renew_deadline >= ha.lease_duration {
+                return Err(ConfigError::invalid(
+                    "ha.renew_deadline",
+                    "must be shorter than ha.lease_duration",
+                ));
+            }
+            if ha.renew_deadline.as_secs_f64() <= ha.retry_period.as_secs_f64() * 1.2 {
+                return Err(ConfigError::invalid(
+                    "ha.retry_period",
+                    "must be shorter than ha.renew_deadline / 1.2",
+                ));
+            }
+            if ha.lease_duration < Duration::from_secs(1) {
+                return Err(ConfigError::invalid(
+                    "ha.lease_duration",
+                    "must be at least 1s (the Lease stores whole seconds)",
+                ));
+            }
+            if let Some(state) = &self.state.lease {
+                if state.name == ha.lease_name {
+                    return Err(ConfigError::invalid(
+                        "ha.lease_name",
+                        "must differ from state.lease.name",
+                    ));
+                }
+            }
+        }
+
+        let pr = &self.promotion;
+        if let Some(s) = &pr.start {
+            check_path("promotion.start.path", &s.path)?;
+            if s.timeout.is_zero() {
+                return Err(ConfigError::invalid(
+                    "promotion.start.timeout",
+                    "must be greater than 0",
+                ));
+            }
+        }
+        if let Some(f) = &pr.finish {
+            check_path("promotion.finish.path", &f.path)?;
+            if f.interval.is_zero() {
+                return Err(ConfigError::invalid(
+                    "promotion.finish.interval",
+                    "must be greater than 0",
+                ));
+            }
+            if f.timeout.is_zero() {
+                return Err(ConfigError::invalid(
+                    "promotion.finish.timeout",
+                    "must be greater than 0",
+                ));
+            }
+        }
+        if let Some(c) = &pr.check {
+            check_path("promotion.check.path", &c.path)?;
+        }
+
+        if self.fencing.delete_old_writer_pod && !kube {
+            return Err(ConfigError::invalid(
+                "fencing.delete_old_writer_pod",
+                "needs kubernetes discovery",
+            ));
+        }
+        if self.fencing.timeout.is_zero() {
+            return Err(ConfigError::invalid(
+                "fencing.timeout",
+                "must be greater than 0",
+            ));
+        }
+        if !self.switchover.token_file.is_empty() && !self.switchover.token_env.is_empty() {
+            return Err(ConfigError::invalid(
+                "switchover",
+                "set token_file or token_env, not both",
+            ));
+        }
+        if self.label_pods.enabled {
+            if !kube {
+                return Err(ConfigError::invalid(
+                    "label_pods.enabled",
+                    "needs kubernetes discovery",
+                ));
+            }
+            if self.label_pods.key.trim().is_empty() {
+                return Err(ConfigError::invalid("label_pods.key", "must not be empty"));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenSource {
+    File(PathBuf),
+    Env(String),
+}
+
+impl TokenSource {
+    /// Read on every switchover request, so a rotated Secret takes effect without a restart.
+    pub fn read(&self) -> Result<String, String> {
+        let raw = match self {
+            TokenSource::File(p) => std::fs::read_to_string(p)
+                .map_err(|e| format!("cannot read switchover.token_file {}: {e}", p.display()))?,
+            TokenSource::Env(name) => std::env::var(name)
+                .map_err(|e| format!("cannot read switchover.token_env {name}: {e}"))?,
+        };
+        let token = raw.trim().to_string();
+        if token.is_empty() {
+            return Err(match self {
+                TokenSource::File(p) => format!("switchover.token_file {} is empty", p.display()),
+                TokenSource::Env(n) => format!("switchover.token_env {n} is empty"),
+            });
+        }
+        Ok(token)
+    }
+}
+
+fn validate_static(s: &StaticDiscovery) -> Result<(), ConfigError> {
+    if s.nodes.is_empty() {
+        return Err(ConfigError::invalid(
+            "discovery.static.nodes",
+            "must list at least one node",
+        ));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (i, n) in s.nodes.iter().enumerate() {
+        if n.name.trim().is_empty() {
+            return Err(ConfigError::invalid(
+                format!("discovery.static.nodes[{i}].name"),
+                "must not be empty",
+            ));
+        }
+        if !seen.insert(n.name.as_str()) {
+            return Err(ConfigError::invalid(
+                format!("discovery.static.nodes[{i}].name"),
+                format!("duplicate node name {:?}", n.name),
+            ));
+        }
+        check_host_port(&format!("discovery.static.nodes[{i}].address"), &n.address)?;
+    }
+    Ok(())
+}
+
+/// `host:port` with a non-empty host and a port in 1..=65535 (IPv6 hosts in brackets).
+fn check_host_port(key: &str, addr: &str) -> Result<(), ConfigError> {
+    let bad = |why: &str| ConfigError::invalid(key, format!("{addr:?} is not host:port ({why})"));
+    let (host, port) = addr.rsplit_once(':').ok_or_else(|| bad("no port"))?;
+    if host.is_empty() || host.contains('/') || host.contains(' ') {
+        return Err(bad("bad host"));
+    }
+    if host.contains(':') && !(host.starts_with('[') && host.ends_with(']')) {
+        return Err(bad("put an IPv6 address in brackets"));
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(()),
+        _ => Err(bad("port must be 1..=65535")),
+    }
+}
+
+fn check_path(key: &str, path: &str) -> Result<(), ConfigError> {
+    if path.starts_with('/') {
+        Ok(())
+    } else {
+        Err(ConfigError::invalid(key, "must start with '/'"))
+    }
+}
+
+/// DNS-1123 subdomain, as Kubernetes requires for object names.
+fn validate_k8s_name(key: &str, name: &str) -> Result<(), ConfigError> {
+    let ok = !name.is_empty()
+        && name.len() <= 253
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric());
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::invalid(
+            key,
+            format!(
+                "{name:?} is not a valid Kubernetes object name (lowercase a-z, 0-9, '-', '.')"
+            ),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STATIC: &str = r#"
+listen: "127.0.0.1:8081"
+discovery:
+  static:
+    nodes:
+      - { name: node-0, address: "127.0.0.1:9001" }
+      - { name: node-1, address: "127.0.0.1:9002" }
+state:
+  file: ./election-state.json
+"#;
+
+    fn err(text: &str) -> (String, String) {
+        match ElectionConfig::from_yaml_str(text) {
+            Ok(_) => panic!("accepted an invalid config:\n{text}"),
+            Err(ConfigError::Invalid { key, reason }) => (key, reason),
+            Err(e) => panic!("unexpected error {e}"),
+        }
+    }
+
+    #[test]
+    fn static_config_gets_the_spec_defaults() {
+        let c = ElectionConfig::from_yaml_str(STATIC).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:8081".parse().unwrap());
+        assert_eq!(c.probe.path, "/health/ready");
+        assert_eq!(c.probe.interval, Duration::from_secs(1));
+        assert_eq!(c.probe.timeout, Duration::from_millis(500));
+        assert_eq!(c.probe.failure_threshold, 3);
+        assert_eq!(c.probe.success_threshold, 1);
+        assert_eq!(c.election.candidate_order, CandidateOrder::Name);
+        assert_eq!(c.election.min_ready_nodes, 1);
+        assert!(!c.ha.enabled);
+        assert_eq!(c.ha.lease_duration, Duration::from_secs(15));
+        assert_eq!(c.ha.renew_deadline, Duration::from_secs(10));
+        assert_eq!(c.ha.retry_period, Duration::from_secs(2));
+        assert_eq!(c.label_pods.key, "microstream.one/role");
+        assert!(c.token_source().is_none());
+        assert!(matches!(c.discovery(), Discovery::Static(s) if s.nodes.len() == 2));
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_their_path() {
+        let (key, reason) = err(&STATIC.replace("listen:", "listn:"));
+        assert!(reason.contains("unknown field `listn`"), "{reason}");
+        assert_eq!(key, "listn");
+        let (key, reason) = err(&format!("{STATIC}probe: {{ intervall: 1s }}\n"));
+        assert_eq!(key, "probe.intervall");
+        assert!(reason.contains("unknown field"), "{reason}");
+        let (key, _) = err(&STATIC.replace(
+            "{ name: node-1, address: \"127.0.0.1:9002\" }",
+            "{ name: node-1, adress: \"127.0.0.1:9002\" }",
+        ));
+        assert_eq!(key, "discovery.static.nodes[1].adress");
+    }
+
+    #[test]
+    fn bad_values_name_the_key_and_reason() {
+        let (key, reason) = err(&format!("{STATIC}probe: {{ timeout: soon }}\n"));
+        assert_eq!(key, "probe.timeout");
+        assert!(reason.contains("not a duration"), "{reason}");
+        let (key, _) = err(&format!("{STATIC}probe: {{ failure_threshold: 0 }}\n"));
+        assert_eq!(key, "probe.failure_threshold");
+        let (key, _) = err(&STATIC.replace("127.0.0.1:9002", "127.0.0.1"));
+        assert_eq!(key, "discovery.static.nodes[1].address");
+        let (key, reason) = err(&STATIC.replace("node-1", "node-0"));
+        assert_eq!(key, "discovery.static.nodes[1].name");
+        assert!(reason.contains("duplicate"));
+        let (key, _) = err(&format!(
+            "{STATIC}election: {{ candidate_order: random }}\n"
+        ));
+        assert_eq!(key, "election.candidate_order");
+        let (key, _) = err(&format!(
+            "{STATIC}election: {{ candidate_order: most_caught_up }}\n"
+        ));
+        assert_eq!(key, "election.progress");
+        let (key, _) = err(&STATIC.replace("listen: \"127.0.0.1:8081\"", "listen: nowhere"));
+        assert_eq!(key, "listen");
+    }
+
+    #[test]
+    fn discovery_and_state_must_fit_together() {
+        let (key, _) = err("discovery: {}\nstate: { file: x.json }\n");
+        assert_eq!(key, "discovery");
+        let (key, _) = err("discovery: { kubernetes: {} }\nstate: { file: x.json }\n");
+        assert_eq!(key, "state.file");
+        let (key, _) = err(&STATIC.replace("file: ./election-state.json", "lease: { name: w }"));
+        assert_eq!(key, "state.lease");
+        let (key, _) = err(&format!("{STATIC}ha: {{ enabled: true }}\n"));
+        assert_eq!(key, "ha.enabled");
+        let (key, _) = err(&format!("{STATIC}label_pods: {{ enabled: true }}\n"));
+        assert_eq!(key, "label_pods.enabled");
+        let (key, _) = err(&format!(
+            "{STATIC}fencing: {{ delete_old_writer_pod: true }}\n"
+        ));
+        assert_eq!(key, "fencing.delete_old_writer_pod");
+        let (key, _) = err(&format!(
+            "{STATIC}switchover: {{ token_file: /a, token_env: B }}\n"
+        ));
+        assert_eq!(key, "switchover");
+    }
+
+    #[test]
+    fn kubernetes_config_with_ha() {
+        let c = ElectionConfig::from_yaml_str(
+            r#"
+discovery:
+  kubernetes: { port: 8080 }
+state: { lease: {} }
+ha: { enabled: true }
+label_pods: { enabled: true }
+fencing: { delete_old_writer_pod: true }
+switchover: { token_env: SWITCHOVER_TOKEN }
+"#,
+        )
+        .unwrap();
+        match c.discovery() {
+            Discovery::Kubernetes(k) => {
+                assert_eq!(k.port, PortRef::Number(8080));
+                assert_eq!(
+                    k.label_selector,
+                    "microstream.one/cluster-component=storagenode"
+                );
+                assert_eq!(k.namespace, "");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(c.state.lease.as_ref().unwrap().name, "storage-writer");
+        assert_eq!(
+            c.token_source(),
+            Some(TokenSource::Env("SWITCHOVER_TOKEN".into()))
+        );
+
+        let (key, _) = err(
+            "discovery: { kubernetes: {} }\nstate: { lease: {} }\nha: { enabled: true, renew_deadline: 20s }\n",
+        );
+        assert_eq!(key, "ha.renew_deadline");
+        let (key, _) = err(
+            "discovery: { kubernetes: {} }\nstate: { lease: {} }\nha: { enabled: true, retry_period: 9s }\n",
+        );
+        assert_eq!(key, "ha.retry_period");
+        let (key, _) = err("discovery: { kubernetes: {} }\nstate: { lease: { name: Bad_Name } }\n");
+        assert_eq!(key, "state.lease.name");
+        let (key, _) = err("discovery: { kubernetes: { port: 70000 } }\nstate: { lease: {} }\n");
+        assert_eq!(key, "discovery.kubernetes.port");
+    }
+
+    #[test]
+    fn promotion_keys() {
+        let c = ElectionConfig::from_yaml_str(&format!(
+            r#"{STATIC}promotion:
+  start:  {{ method: post, path: /eclipse-datagrid/activate-distributor/start }}
+  finish: {{ path: /eclipse-datagrid/activate-distributor/finish, until_body: "true", interval: 200ms, timeout: 30s }}
+  check:  {{ path: /eclipse-datagrid/distributor, expect_body: "true" }}
+"#
+        ))
+        .unwrap();
+        let start = c.promotion.start.as_ref().unwrap();
+        assert_eq!(start.method, http::Method::POST);
+        let finish = c.promotion.finish.as_ref().unwrap();
+        assert_eq!(finish.until_body, "true");
+        assert_eq!(finish.interval, Duration::from_millis(200));
+        let (key, _) = err(&format!(
+            "{STATIC}promotion: {{ start: {{ path: nope }} }}\n"
+        ));
+        assert_eq!(key, "promotion.start.path");
+    }
+
+    #[test]
+    fn the_shipped_configs_are_valid() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join("config");
+        for name in ["election.yaml", "local-election.yaml"] {
+            let path = root.join(name);
+            if let Err(e) = ElectionConfig::load(&path) {
+                panic!("{}: {e}", path.display());
+            }
+        }
+        let k = ElectionConfig::load(&root.join("election.yaml")).unwrap();
+        assert!(k.is_kubernetes());
+        assert_eq!(
+            k.probe.path,
+            "/microstream-cluster-controller/microstream-health/ready"
+        );
+        let l = ElectionConfig::load(&root.join("local-election.yaml")).unwrap();
+        assert_eq!(l.listen, "127.0.0.1:8081".parse().unwrap());
+        assert!(matches!(l.discovery(), Discovery::Static(s) if s.nodes.len() == 3));
+    }
+}

@@ -1,0 +1,304 @@
+//! HA: replicas compete for a leader Lease with the client-go leader-election protocol.
+//!
+//! kube 5 has no leader election of its own, and the small crates that add one either patch
+//! without a resourceVersion or take over on the holder's own `renewTime` (trusting clocks across
+//! machines). This is the client-go algorithm (`tryAcquireOrRenew`), in full:
+//! - read the Lease; remember *when we saw it change* (our monotonic clock, not its timestamps);
+//! - a Lease held by somebody else is taken only after it was seen unchanged for its whole
+//!   `leaseDurationSeconds` (an empty holder, as left by a released lease, at once);
+//! - every write is a replace with the resourceVersion just read (409 = lost the race);
+//! - the leader renews every `retry_period`; if it cannot renew within `renew_deadline` of its last
+//!   successful renewal it stops leading. `renew_deadline < lease_duration`, so a leader stops
+//!   deciding before anyone else may start.
+//!
+//! [`LeaderState::valid_until`] carries that deadline to the engine, which checks it right before
+//! every promotion and record write, so a stuck elector task cannot extend a leadership either.
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use kube::api::{Api, PostParams};
+use rand::Rng;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaderState {
+    pub is_leader: bool,
+    /// Deciding is safe until then; `None` = no HA, always.
+    pub valid_until: Option<Instant>,
+    /// The holder as last observed (for /health/ready and 503 answers of followers).
+    pub leader: Option<String>,
+}
+
+impl LeaderState {
+    /// Without HA the single replica always decides.
+    pub fn always(identity: &str) -> Self {
+        LeaderState {
+            is_leader: true,
+            valid_until: None,
+            leader: Some(identity.to_string()),
+        }
+    }
+
+    pub fn follower(leader: Option<String>) -> Self {
+        LeaderState {
+            is_leader: false,
+            valid_until: None,
+            leader,
+        }
+    }
+
+    pub fn leading_now(&self) -> bool {
+        self.is_leader && self.valid_until.is_none_or(|t| Instant::now() < t)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct LeaderConfig {
+    pub lease_name: String,
+    pub identity: String,
+    pub lease_duration: Duration,
+    pub renew_deadline: Duration,
+    pub retry_period: Duration,
+}
+
+/// The fields of the record that matter for "did it change" (client-go compares the raw record).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Record {
+    holder: String,
+    duration_secs: i32,
+    acquire: Option<String>,
+    renew: Option<String>,
+    transitions: i32,
+}
+
+fn record_of(lease: &Lease) -> Record {
+    let s = lease.spec.clone().unwrap_or_default();
+    Record {
+        holder: s.holder_identity.unwrap_or_default(),
+        duration_secs: s.lease_duration_seconds.unwrap_or(0),
+        acquire: s.acquire_time.map(|t| t.0.to_string()),
+        renew: s.renew_time.map(|t| t.0.to_string()),
+        transitions: s.lease_transitions.unwrap_or(0),
+    }
+}
+
+pub struct LeaderElector {
+    api: Api<Lease>,
+    cfg: LeaderConfig,
+    observed: Option<(Record, Instant)>,
+}
+
+enum Attempt {
+    Leader,
+    Follower(Option<String>),
+}
+
+impl LeaderElector {
+    pub fn new(api: Api<Lease>, cfg: LeaderConfig) -> Self {
+        LeaderElector {
+            api,
+            cfg,
+            observed: None,
+        }
+    }
+
+    fn spec(&self, acquire: MicroTime, transitions: i32) -> LeaseSpec {
+        LeaseSpec {
+            holder_identity: Some(self.cfg.identity.clone()),
+            lease_duration_seconds: Some(self.cfg.lease_duration.as_secs().max(1) as i32),
+            acquire_time: Some(acquire),
+            renew_time: Some(MicroTime(k8s_openapi::jiff::Timestamp::now())),
+            lease_transitions: Some(transitions),
+            ..Default::default()
+        }
+    }
+
+    async fn try_acquire_or_renew(&mut self) -> Result<Attempt, String> {
+        let name = &self.cfg.lease_name;
+        let now = MicroTime(k8s_openapi::jiff::Timestamp::now());
+        let current = self
+            .api
+            .get_opt(name)
+            .await
+            .map_err(|e| format!("get leader Lease {name}: {e}"))?;
+        let Some(mut lease) = current else {
+            let lease = Lease {
+                metadata: ObjectMeta {
+                    name: Some(name.clone()),
+                    ..Default::default()
+                },
+                spec: Some(self.spec(now, 0)),
+            };
+            let created = self
+                .api
+                .create(&PostParams::default(), &lease)
+                .await
+                .map_err(|e| format!("create leader Lease {name}: {e}"))?;
+            self.observed = Some((record_of(&created), Instant::now()));
+            return Ok(Attempt::Leader);
+        };
+        let old = record_of(&lease);
+        if self.observed.as_ref().map(|(r, _)| r) != Some(&old) {
+            self.observed = Some((old.clone(), Instant::now()));
+        }
+        let seen_at = self
+            .observed
+            .as_ref()
+            .map(|(_, t)| *t)
+            .unwrap_or_else(Instant::now);
+        let am_holder = old.holder == self.cfg.identity;
+        let duration = if old.duration_secs > 0 {
+            Duration::from_secs(old.duration_secs as u64)
+        } else {
+            self.cfg.lease_duration
+        };
+        if !old.holder.is_empty() && !am_holder && seen_at + duration > Instant::now() {
+            return Ok(Attempt::Follower(Some(old.holder)));
+        }
+        let spec = if am_holder {
+            let acquire = lease
+                .spec
+                .as_ref()
+                .and_then(|s| s.acquire_time.clone())
+                .unwrap_or(now);
+            self.spec(acquire, old.transitions)
+        } else {
+            self.spec(now, old.transitions.saturating_add(1))
+        };
+        lease.spec = Some(spec);
+        // `lease.metadata.resourceVersion` is the one just read: a concurrent writer gets 409.
+        let written = self
+            .api
+            .replace(name, &PostParams::default(), &lease)
+            .await
+            .map_err(|e| format!("update leader Lease {name}: {e}"))?;
+        self.observed = Some((record_of(&written), Instant::now()));
+        if !am_holder {
+            info!(identity = %self.cfg.identity, previous = %old.holder, "acquired the leader Lease");
+        }
+        Ok(Attempt::Leader)
+    }
+
+    /// Gives the lease up on shutdown so another replica takes over at once (client-go's
+    /// ReleaseOnCancel): empty holder, 1 s duration.
+    async fn release(&mut self) {
+        let name = &self.cfg.lease_name;
+        let Ok(Some(mut lease)) = self.api.get_opt(name).await else {
+            return;
+        };
+        let old = record_of(&lease);
+        if old.holder != self.cfg.identity {
+            return;
+        }
+        let now = MicroTime(k8s_openapi::jiff::Timestamp::now());
+        lease.spec = Some(LeaseSpec {
+            holder_identity: None,
+            lease_duration_seconds: Some(1),
+            acquire_time: Some(now.clone()),
+            renew_time: Some(now),
+            lease_transitions: Some(old.transitions),
+            ..Default::default()
+        });
+        match self.api.replace(name, &PostParams::default(), &lease).await {
+            Ok(_) => info!(identity = %self.cfg.identity, "released the leader Lease"),
+            Err(e) => warn!(error = %e, "could not release the leader Lease"),
+        }
+    }
+
+    fn jittered(&self) -> Duration {
+        let f: f64 = rand::rng().random_range(1.0..1.2);
+        self.cfg.retry_period.mul_f64(f)
+    }
+
+    /// Runs until `stop` fires; publishes every change of leadership on `tx`.
+    pub async fn run(mut self, tx: watch::Sender<LeaderState>, mut stop: watch::Receiver<bool>) {
+        let mut failing = false;
+        loop {
+            // Candidate: try every retry_period (with jitter) until we hold the lease.
+            let mut renewed_at;
+            loop {
+                if *stop.borrow() {
+                    return;
+                }
+                let started = Instant::now();
+                match self.try_acquire_or_renew().await {
+                    Ok(Attempt::Leader) => {
+                        renewed_at = started;
+                        failing = false;
+                        break;
+                    }
+                    Ok(Attempt::Follower(leader)) => {
+                        failing = false;
+                        tx.send_if_modified(|s| {
+                            let new = LeaderState::follower(leader);
+                            let changed = *s != new;
+                            *s = new;
+                            changed
+                        });
+                    }
+                    Err(e) => {
+                        if !failing {
+                            warn!(error = %e, "leader election: cannot reach the leader Lease");
+                            failing = true;
+                        }
+                    }
+                }
+                let wait = self.jittered();
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = stop.changed() => return,
+                }
+            }
+            info!(identity = %self.cfg.identity, "leading");
+            tx.send_replace(LeaderState {
+                is_leader: true,
+                valid_until: Some(renewed_at + self.cfg.renew_deadline),
+                leader: Some(self.cfg.identity.clone()),
+            });
+            // Leader: renew every retry_period; give up once renew_deadline passed without one.
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(self.cfg.retry_period) => {}
+                    _ = stop.changed() => {
+                        tx.send_replace(LeaderState::follower(None));
+                        let _ = tokio::time::timeout(Duration::from_secs(2), self.release()).await;
+                        return;
+                    }
+                }
+                let deadline = renewed_at + self.cfg.renew_deadline;
+                let started = Instant::now();
+                match tokio::time::timeout_at(deadline.into(), self.try_acquire_or_renew()).await {
+                    Ok(Ok(Attempt::Leader)) => {
+                        renewed_at = started;
+                        tx.send_replace(LeaderState {
+                            is_leader: true,
+                            valid_until: Some(renewed_at + self.cfg.renew_deadline),
+                            leader: Some(self.cfg.identity.clone()),
+                        });
+                    }
+                    Ok(Ok(Attempt::Follower(leader))) => {
+                        warn!(new_leader = ?leader, "leader Lease taken by another replica");
+                        tx.send_replace(LeaderState::follower(leader));
+                        break;
+                    }
+                    Ok(Err(e)) => {
+                        warn!(error = %e, "could not renew the leader Lease");
+                        if Instant::now() >= deadline {
+                            tx.send_replace(LeaderState::follower(None));
+                            warn!("renew deadline passed: stopped leading");
+                            break;
+                        }
+                    }
+                    Err(_) => {
+                        tx.send_replace(LeaderState::follower(None));
+                        warn!("renew deadline passed: stopped leading");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}

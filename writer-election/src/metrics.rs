@@ -1,0 +1,192 @@
+//! Prometheus metrics (names as SPEC.md says, `writer_election_` prefix). One registry per
+//! service instance, so tests can run several in one process.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+pub struct Metrics {
+    registry: Registry,
+    /// The published epoch.
+    pub epoch: IntGauge,
+    /// Writer changes, by reason (initial, writer-unready, writer-gone, writer-recreated, switchover).
+    pub failovers: IntCounterVec,
+    /// 1 ready / 0 not, per node (this replica's view).
+    pub node_ready: IntGaugeVec,
+    pub probe_duration: Histogram,
+    /// 1 on the replica that decides (always 1 without HA).
+    pub is_leader: IntGauge,
+    /// Kubernetes mode: 0 while the API cannot be reached (no failover meanwhile).
+    pub kubernetes_api_up: IntGauge,
+    /// 1 while a writer is published.
+    pub has_writer: IntGauge,
+    /// Elections that were due but not carried out, by reason (api_unreachable, promotion_failed,
+    /// record_failed, fencing_failed, conflict, not_leader).
+    pub failovers_blocked: IntCounterVec,
+    pub switchovers: IntCounterVec,
+    pub topology_revision: IntGauge,
+    pub blocking_queries: IntGauge,
+    pub record_writes: IntCounterVec,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let epoch = IntGauge::new(
+            "writer_election_epoch",
+            "Epoch (fencing token) of the published writer",
+        )
+        .unwrap();
+        let failovers = IntCounterVec::new(
+            Opts::new(
+                "writer_election_failovers_total",
+                "Writer changes by reason",
+            ),
+            &["reason"],
+        )
+        .unwrap();
+        let node_ready = IntGaugeVec::new(
+            Opts::new(
+                "writer_election_node_ready",
+                "1 if the node is ready in this replica's view",
+            ),
+            &["node"],
+        )
+        .unwrap();
+        let probe_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "writer_election_probe_duration_seconds",
+                "Duration of readiness probes",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+        )
+        .unwrap();
+        let is_leader = IntGauge::new(
+            "writer_election_is_leader",
+            "1 if this replica probes and decides",
+        )
+        .unwrap();
+        let kubernetes_api_up = IntGauge::new(
+            "writer_election_kubernetes_api_up",
+            "0 while the Kubernetes API is unreachable (the last recorded writer is kept)",
+        )
+        .unwrap();
+        let has_writer = IntGauge::new(
+            "writer_election_has_writer",
+            "1 while a writer is published",
+        )
+        .unwrap();
+        let failovers_blocked = IntCounterVec::new(
+            Opts::new(
+                "writer_election_failovers_blocked_total",
+                "Writer changes that were due but not carried out, by reason",
+            ),
+            &["reason"],
+        )
+        .unwrap();
+        let switchovers = IntCounterVec::new(
+            Opts::new(
+                "writer_election_switchovers_total",
+                "Switchover requests by result",
+            ),
+            &["result"],
+        )
+        .unwrap();
+        let topology_revision = IntGauge::new(
+            "writer_election_topology_revision",
+            "Revision of the published topology",
+        )
+        .unwrap();
+        let blocking_queries = IntGauge::new(
+            "writer_election_blocking_queries",
+            "Open blocking /v1/topology queries",
+        )
+        .unwrap();
+        let record_writes = IntCounterVec::new(
+            Opts::new(
+                "writer_election_record_writes_total",
+                "Writes of the durable record by result",
+            ),
+            &["result"],
+        )
+        .unwrap();
+        for c in [
+            Box::new(epoch.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(failovers.clone()),
+            Box::new(node_ready.clone()),
+            Box::new(probe_duration.clone()),
+            Box::new(is_leader.clone()),
+            Box::new(kubernetes_api_up.clone()),
+            Box::new(has_writer.clone()),
+            Box::new(failovers_blocked.clone()),
+            Box::new(switchovers.clone()),
+            Box::new(topology_revision.clone()),
+            Box::new(blocking_queries.clone()),
+            Box::new(record_writes.clone()),
+        ] {
+            // Names are constants and unique: registration cannot fail.
+            registry.register(c).unwrap();
+        }
+        kubernetes_api_up.set(1);
+        Metrics {
+            registry,
+            epoch,
+            failovers,
+            node_ready,
+            probe_duration,
+            is_leader,
+            kubernetes_api_up,
+            has_writer,
+            failovers_blocked,
+            switchovers,
+            topology_revision,
+            blocking_queries,
+            record_writes,
+        }
+    }
+
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+
+    pub fn count_failover(&self, reason: &str) {
+        self.failovers.with_label_values(&[reason]).inc();
+    }
+
+    pub fn count_blocked(&self, reason: &str) {
+        self.failovers_blocked.with_label_values(&[reason]).inc();
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Unused counters still show up (with 0) so dashboards and alerts can refer to them.
+pub fn prime(m: &Metrics) {
+    for r in [
+        "initial",
+        "writer-unready",
+        "writer-gone",
+        "writer-recreated",
+        "switchover",
+    ] {
+        let _ = m.failovers.with_label_values(&[r]);
+    }
+    for r in [
+        "api_unreachable",
+        "promotion_failed",
+        "record_failed",
+        "fencing_failed",
+    ] {
+        let _ = m.failovers_blocked.with_label_values(&[r]);
+    }
+    let _ = m.record_writes.with_label_values(&["ok"]);
+}
