@@ -15,7 +15,7 @@ use kube::api::{
     Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
 };
 use kube::runtime::events::{Event as RecorderEvent, EventType, Recorder, Reporter};
-use kube::runtime::watcher;
+use kube::runtime::{watcher, WatchStreamExt};
 use kube::ResourceExt;
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -66,7 +66,8 @@ fn watch_pods(
 ) -> (mpsc::UnboundedReceiver<(String, Option<Pod>)>, AbortOnDrop) {
     let (tx, rx) = mpsc::unbounded_channel();
     let task = tokio::spawn(async move {
-        let mut stream = watcher(api, config).boxed();
+        // With kube's default backoff, as production code uses it (no hot loop during outages).
+        let mut stream = watcher(api, config).default_backoff().boxed();
         while let Some(item) = stream.next().await {
             let report = match item {
                 Ok(watcher::Event::Init) => ("init".to_string(), None),
