@@ -1,0 +1,261 @@
+//! Reader balancing: `round_robin`, `least_conn`, `p2c_ewma`. Lock-free: each pick reads a
+//! few atomics, never allocates.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use rand::Rng;
+
+use crate::config::Balancing;
+use crate::topology::UpstreamStats;
+
+/// Anything in a pool the balancer can look at.
+pub trait HasStats {
+    fn stats(&self) -> &UpstreamStats;
+}
+
+impl HasStats for UpstreamStats {
+    fn stats(&self) -> &UpstreamStats {
+        self
+    }
+}
+
+/// Pool positions already tried by this request (retries skip them). Positions past 63 are
+/// not tracked, which only means such a retry may land on an upstream tried before.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tried(u64);
+
+impl Tried {
+    pub fn contains(self, i: usize) -> bool {
+        i < 64 && self.0 & (1 << i) != 0
+    }
+
+    pub fn insert(&mut self, i: usize) {
+        if i < 64 {
+            self.0 |= 1 << i;
+        }
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+}
+
+/// A balancer for one pool. Its counter is per pool snapshot; that a topology change resets
+/// the round-robin position is harmless.
+#[derive(Debug)]
+pub struct Balancer {
+    strategy: Balancing,
+    next: AtomicUsize,
+}
+
+impl Balancer {
+    pub fn new(strategy: Balancing) -> Self {
+        Balancer {
+            strategy,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// Picks a position in `pool` that is not in `tried`; `None` when all are tried.
+    pub fn pick<T: HasStats>(&self, pool: &[T], tried: Tried) -> Option<usize> {
+        let n = pool.len();
+        if n == 0 {
+            return None;
+        }
+        match self.strategy {
+            Balancing::RoundRobin => {
+                let start = self.next.fetch_add(1, Ordering::Relaxed);
+                (0..n)
+                    .map(|k| (start + k) % n)
+                    .find(|&i| !tried.contains(i))
+            }
+            Balancing::LeastConn => {
+                // Scan from a rotating start so that ties (an idle pool) still spread.
+                let start = self.next.fetch_add(1, Ordering::Relaxed);
+                (0..n)
+                    .map(|k| (start + k) % n)
+                    .filter(|&i| !tried.contains(i))
+                    .min_by_key(|&i| pool[i].stats().in_flight())
+            }
+            Balancing::P2cEwma => pick_p2c(pool, tried, &mut rand::rng()),
+        }
+    }
+}
+
+/// Cost of sending one more request: expected latency times the queue it would join.
+fn p2c_cost(s: &UpstreamStats) -> f64 {
+    (s.ewma_micros() + 1.0) * (f64::from(s.in_flight()) + 1.0)
+}
+
+/// Power of two random choices: two distinct random candidates, the cheaper one wins.
+fn pick_p2c<T: HasStats, R: Rng>(pool: &[T], tried: Tried, rng: &mut R) -> Option<usize> {
+    let n = pool.len();
+    let allowed = if tried.is_empty() {
+        n
+    } else {
+        (0..n).filter(|&i| !tried.contains(i)).count()
+    };
+    let nth_allowed = |k: usize| -> usize {
+        if tried.is_empty() {
+            k
+        } else {
+            (0..n).filter(|&i| !tried.contains(i)).nth(k).unwrap_or(0)
+        }
+    };
+    match allowed {
+        0 => None,
+        1 => Some(nth_allowed(0)),
+        _ => {
+            let a = rng.random_range(0..allowed);
+            let mut b = rng.random_range(0..allowed - 1);
+            if b >= a {
+                b += 1;
+            }
+            let (a, b) = (nth_allowed(a), nth_allowed(b));
+            if p2c_cost(pool[b].stats()) < p2c_cost(pool[a].stats()) {
+                Some(b)
+            } else {
+                Some(a)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn pool(n: usize) -> Vec<Arc<UpstreamStats>> {
+        (0..n).map(|_| Arc::new(UpstreamStats::default())).collect()
+    }
+
+    impl HasStats for Arc<UpstreamStats> {
+        fn stats(&self) -> &UpstreamStats {
+            self
+        }
+    }
+
+    #[test]
+    fn round_robin_takes_turns() {
+        let b = Balancer::new(Balancing::RoundRobin);
+        let p = pool(3);
+        let picks: Vec<usize> = (0..7)
+            .map(|_| b.pick(&p, Tried::default()).unwrap())
+            .collect();
+        assert_eq!(picks, vec![0, 1, 2, 0, 1, 2, 0]);
+    }
+
+    #[test]
+    fn round_robin_skips_tried_and_gives_up_when_all_are() {
+        let b = Balancer::new(Balancing::RoundRobin);
+        let p = pool(3);
+        let mut tried = Tried::default();
+        tried.insert(1);
+        for _ in 0..6 {
+            assert_ne!(b.pick(&p, tried), Some(1));
+        }
+        tried.insert(0);
+        tried.insert(2);
+        assert_eq!(b.pick(&p, tried), None);
+        assert_eq!(b.pick::<Arc<UpstreamStats>>(&[], Tried::default()), None);
+    }
+
+    #[test]
+    fn least_conn_picks_the_least_busy() {
+        let b = Balancer::new(Balancing::LeastConn);
+        let p = pool(3);
+        let _g0 = [p[0].begin(), p[0].begin()];
+        let _g2 = p[2].begin();
+        for _ in 0..5 {
+            assert_eq!(b.pick(&p, Tried::default()), Some(1));
+        }
+        let _g1 = [p[1].begin(), p[1].begin(), p[1].begin()];
+        // Now 2 has one in flight, 0 two, 1 three.
+        assert_eq!(b.pick(&p, Tried::default()), Some(2));
+        let mut tried = Tried::default();
+        tried.insert(2);
+        assert_eq!(b.pick(&p, tried), Some(0));
+    }
+
+    #[test]
+    fn least_conn_spreads_ties() {
+        let b = Balancer::new(Balancing::LeastConn);
+        let p = pool(2);
+        let picks: Vec<usize> = (0..4)
+            .map(|_| b.pick(&p, Tried::default()).unwrap())
+            .collect();
+        assert_eq!(picks, vec![0, 1, 0, 1]);
+    }
+
+    #[test]
+    fn p2c_ewma_prefers_the_fast_upstream() {
+        let b = Balancer::new(Balancing::P2cEwma);
+        let p = pool(2);
+        p[0].observe_latency_micros(50_000.0);
+        p[1].observe_latency_micros(500.0);
+        let fast = (0..1000)
+            .filter(|_| b.pick(&p, Tried::default()) == Some(1))
+            .count();
+        // With two upstreams both are always the candidates, so the cheaper one always wins.
+        assert_eq!(fast, 1000);
+    }
+
+    #[test]
+    fn p2c_ewma_weighs_in_flight_against_latency() {
+        let b = Balancer::new(Balancing::P2cEwma);
+        let p = pool(2);
+        p[0].observe_latency_micros(1000.0);
+        p[1].observe_latency_micros(1000.0);
+        // Same latency: the one with fewer requests in flight wins.
+        let _busy: Vec<_> = (0..5).map(|_| p[0].begin()).collect();
+        assert!((0..100).all(|_| b.pick(&p, Tried::default()) == Some(1)));
+        // Much faster but queued: 100us * 11 = 1.1ms beats 1ms * 6 = 6ms.
+        p[1].observe_latency_micros(100.0);
+        for _ in 0..30 {
+            p[1].observe_latency_micros(100.0);
+        }
+        let _q: Vec<_> = (0..10).map(|_| p[1].begin()).collect();
+        assert!((0..100).all(|_| b.pick(&p, Tried::default()) == Some(1)));
+    }
+
+    #[test]
+    fn p2c_ewma_spreads_over_a_large_pool_and_avoids_the_slowest() {
+        let b = Balancer::new(Balancing::P2cEwma);
+        let p = pool(4);
+        for (i, s) in p.iter().enumerate() {
+            s.observe_latency_micros(if i == 3 { 1e6 } else { 1000.0 });
+        }
+        let mut counts = [0usize; 4];
+        for _ in 0..3000 {
+            counts[b.pick(&p, Tried::default()).unwrap()] += 1;
+        }
+        // The slow one only wins when both choices are it, which p2c never draws twice.
+        assert_eq!(counts[3], 0, "{counts:?}");
+        for c in &counts[..3] {
+            assert!(*c > 500, "{counts:?}");
+        }
+    }
+
+    #[test]
+    fn p2c_ewma_respects_tried() {
+        let b = Balancer::new(Balancing::P2cEwma);
+        let p = pool(3);
+        let mut tried = Tried::default();
+        tried.insert(0);
+        tried.insert(2);
+        assert!((0..50).all(|_| b.pick(&p, tried) == Some(1)));
+        tried.insert(1);
+        assert_eq!(b.pick(&p, tried), None);
+    }
+
+    #[test]
+    fn a_failure_penalty_steers_p2c_away() {
+        let b = Balancer::new(Balancing::P2cEwma);
+        let p = pool(2);
+        p[0].observe_latency_micros(1000.0);
+        p[1].observe_latency_micros(1000.0);
+        p[0].observe_failure();
+        assert!((0..100).all(|_| b.pick(&p, Tried::default()) == Some(1)));
+    }
+}

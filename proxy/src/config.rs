@@ -1,0 +1,1197 @@
+//! The proxy's YAML configuration (SPEC.md, "Proxy config"), parsed strictly.
+//!
+//! Parsing is two steps: serde into `Raw*` structs (unknown keys and malformed values are
+//! rejected there, and `serde_path_to_error` tells us which key), then [`validate`] turns the raw
+//! tree into [`ProxyConfig`] with defaults filled in and cross-field rules checked. Every error
+//! names the key path (`routing.methods.GETT`, `timeouts.connect`) so `rw-proxy --check` reads
+//! like `nginx -t`.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::header::HeaderName;
+use http::Method;
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
+
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
+pub const DEFAULT_ADMIN_LISTEN: &str = "0.0.0.0:9901";
+pub const DEFAULT_ELECTION_URL: &str = "http://writer-election:8080";
+pub const DEFAULT_CONSISTENCY_HEADER: &str = "X-Consistency";
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_IDLE_UPSTREAM: Duration = Duration::from_secs(60);
+pub const DEFAULT_HOLD_WRITES: Duration = Duration::from_secs(5);
+pub const DEFAULT_READ_RETRIES: u32 = 2;
+pub const DEFAULT_MAX_BODY: u64 = 64 * 1024 * 1024;
+pub const DEFAULT_MAX_HEADER_BYTES: u64 = 64 * 1024;
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// Pingora refuses request headers above 1 MiB - 1 with its own 400 before we see them, so a
+/// larger `limits.max_header_bytes` could never be enforced as configured.
+pub const MAX_HEADER_BYTES_CEILING: u64 = 1_048_575;
+
+/// An error in a configuration file: which key, and why.
+#[derive(Debug)]
+pub enum ConfigError {
+    /// The file could not be read.
+    Read {
+        file: PathBuf,
+        source: std::io::Error,
+    },
+    /// The content is invalid. `key` is the dotted key path (`routing.rules[0].to`), or empty
+    /// when the problem is the document as a whole (YAML syntax).
+    Invalid { key: String, reason: String },
+}
+
+impl ConfigError {
+    fn invalid(key: impl Into<String>, reason: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// The dotted key path the error is about, if any.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            ConfigError::Invalid { key, .. } if !key.is_empty() => Some(key),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::Read { file, source } => {
+                write!(f, "cannot read {}: {source}", file.display())
+            }
+            ConfigError::Invalid { key, reason } if key.is_empty() => f.write_str(reason),
+            ConfigError::Invalid { key, reason } => write!(f, "{key}: {reason}"),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ConfigError::Read { source, .. } => Some(source),
+            ConfigError::Invalid { .. } => None,
+        }
+    }
+}
+
+/// Where a request is sent: the `routing` targets of SPEC.md.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Target {
+    /// The elected writer only.
+    Writer,
+    /// The reader pool (plus the writer if `writer_serves_reads`).
+    Readers,
+    /// Every node: readers and the writer.
+    Any,
+}
+
+impl Target {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Target::Writer => "writer",
+            Target::Readers => "readers",
+            Target::Any => "any",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Target> {
+        match s {
+            "writer" => Some(Target::Writer),
+            "readers" => Some(Target::Readers),
+            "any" => Some(Target::Any),
+            _ => None,
+        }
+    }
+}
+
+/// A storage node as written in `topology.static`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaticNode {
+    pub name: String,
+    /// `host:port`.
+    pub address: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaticTopology {
+    /// `None`: no writer (writes get 503 `no_writer`).
+    pub writer: Option<StaticNode>,
+    pub readers: Vec<StaticNode>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TopologyConfig {
+    /// Live topology from writer-election; several URLs for HA replicas, tried in order.
+    ElectionUrl(Vec<String>),
+    Static(StaticTopology),
+}
+
+/// One `routing.rules` entry; it matches when every condition given matches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    pub path_prefix: Option<String>,
+    /// Upper-cased; `None` = any method.
+    pub methods: Option<Vec<String>>,
+    pub to: Target,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoutingConfig {
+    /// Method (upper-cased, as matched on the wire) -> target. Sorted by method.
+    pub methods: Vec<(String, Target)>,
+    pub default: Target,
+    pub rules: Vec<Rule>,
+    pub writer_serves_reads: bool,
+    pub reads_fall_back_to_writer: bool,
+    pub consistency_header: HeaderName,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        RoutingConfig {
+            methods: ["DELETE", "PATCH", "POST", "PUT"]
+                .iter()
+                .map(|m| (m.to_string(), Target::Writer))
+                .collect(),
+            default: Target::Readers,
+            rules: Vec::new(),
+            writer_serves_reads: false,
+            reads_fall_back_to_writer: true,
+            consistency_header: HeaderName::from_static("x-consistency"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Balancing {
+    RoundRobin,
+    LeastConn,
+    P2cEwma,
+}
+
+impl Balancing {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Balancing::RoundRobin => "round_robin",
+            Balancing::LeastConn => "least_conn",
+            Balancing::P2cEwma => "p2c_ewma",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub read: Duration,
+    pub write: Duration,
+    pub idle_upstream: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Failover {
+    pub hold_writes: Duration,
+    pub read_retries: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_body: u64,
+    pub max_header_bytes: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessLog {
+    /// Status >= 400 only, like the seed nginx's `map $status $loggable`.
+    Errors,
+    All,
+    Off,
+}
+
+impl AccessLog {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccessLog::Errors => "errors",
+            AccessLog::All => "all",
+            AccessLog::Off => "off",
+        }
+    }
+}
+
+/// The whole validated configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyConfig {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub topology: TopologyConfig,
+    pub routing: RoutingConfig,
+    pub reader_balancing: Balancing,
+    pub timeouts: Timeouts,
+    pub failover: Failover,
+    pub limits: Limits,
+    pub access_log: AccessLog,
+    /// Worker threads of the proxy service (extension key; default: number of cores).
+    pub threads: usize,
+    /// How long SIGTERM waits for in-flight requests (extension key; default 10s).
+    pub shutdown_grace: Duration,
+}
+
+impl ProxyConfig {
+    /// Parses and validates a YAML document. An empty document means all defaults.
+    pub fn from_yaml_str(yaml: &str) -> Result<ProxyConfig, ConfigError> {
+        let raw = parse_raw(yaml)?;
+        validate(raw)
+    }
+
+    /// Reads, parses and validates a file.
+    pub fn load(path: &Path) -> Result<ProxyConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_yaml_str(&text)
+    }
+
+    /// The settings that only take effect at start-up: a reload that changes them is applied
+    /// for everything else and logs that these need a restart.
+    pub fn restart_only_changes(&self, newer: &ProxyConfig) -> Vec<&'static str> {
+        let mut changed = Vec::new();
+        if self.listen != newer.listen {
+            changed.push("listen");
+        }
+        if self.admin_listen != newer.admin_listen {
+            changed.push("admin_listen");
+        }
+        if self.threads != newer.threads {
+            changed.push("threads");
+        }
+        if self.shutdown_grace != newer.shutdown_grace {
+            changed.push("shutdown_grace");
+        }
+        changed
+    }
+}
+
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Step 1: serde into raw structs.
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    listen: Option<String>,
+    admin_listen: Option<String>,
+    topology: Option<RawTopology>,
+    routing: Option<RawRouting>,
+    reader_balancing: Option<String>,
+    timeouts: Option<RawTimeouts>,
+    failover: Option<RawFailover>,
+    limits: Option<RawLimits>,
+    access_log: Option<String>,
+    threads: Option<usize>,
+    shutdown_grace: Option<HumanDuration>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTopology {
+    election_url: Option<OneOrMany>,
+    #[serde(rename = "static")]
+    static_: Option<RawStatic>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStatic {
+    writer: Option<NodeSpec>,
+    #[serde(default)]
+    readers: Vec<NodeSpec>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRouting {
+    methods: Option<BTreeMap<String, TargetName>>,
+    default: Option<TargetName>,
+    rules: Option<Vec<RawRule>>,
+    writer_serves_reads: Option<bool>,
+    reads_fall_back_to_writer: Option<bool>,
+    consistency_header: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    path_prefix: Option<String>,
+    methods: Option<Vec<String>>,
+    to: TargetName,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTimeouts {
+    connect: Option<HumanDuration>,
+    read: Option<HumanDuration>,
+    write: Option<HumanDuration>,
+    idle_upstream: Option<HumanDuration>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawFailover {
+    hold_writes: Option<HumanDuration>,
+    read_retries: Option<u32>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_body: Option<ByteSize>,
+    max_header_bytes: Option<ByteSize>,
+}
+
+/// A humantime duration string ("250ms", "5s", "1m 30s").
+struct HumanDuration(Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = HumanDuration;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a duration such as \"250ms\" or \"5s\"")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<HumanDuration, E> {
+                humantime::parse_duration(s.trim())
+                    .map(HumanDuration)
+                    .map_err(|e| E::custom(format!("invalid duration {s:?}: {e}")))
+            }
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<HumanDuration, E> {
+                Err(E::custom(format!(
+                    "invalid duration {n}: a unit is required, e.g. \"{n}s\" or \"{n}ms\""
+                )))
+            }
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<HumanDuration, E> {
+                Err(E::custom(format!(
+                    "invalid duration {n}: a unit is required, e.g. \"{n}s\""
+                )))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A byte size: an integer, or a string with a unit ("64MiB", "64KiB", "1MB", "512").
+struct ByteSize(u64);
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = ByteSize;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a size such as \"64MiB\", \"64KiB\" or a number of bytes")
+            }
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<ByteSize, E> {
+                Ok(ByteSize(n))
+            }
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<ByteSize, E> {
+                u64::try_from(n)
+                    .map(ByteSize)
+                    .map_err(|_| E::custom(format!("invalid size {n}: must not be negative")))
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<ByteSize, E> {
+                parse_size(s)
+                    .map(ByteSize)
+                    .map_err(|e| E::custom(format!("invalid size {s:?}: {e}")))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Parses "64MiB", "64 KiB", "1MB", "10k", "512", "512B". Binary (KiB) and decimal (KB) units;
+/// a bare K/M/G is binary, as in nginx.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    if digits.is_empty() {
+        return Err(
+            "expected a number followed by an optional unit (B, KiB, MiB, GiB, KB, MB, GB)".into(),
+        );
+    }
+    let n: u64 = digits.parse().map_err(|e| format!("{e}"))?;
+    let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} (expected B, KiB, MiB, GiB, KB, MB or GB)"
+            ))
+        }
+    };
+    n.checked_mul(multiplier)
+        .ok_or_else(|| "too large".to_string())
+}
+
+/// `writer | readers | any`.
+struct TargetName(Target);
+
+impl<'de> Deserialize<'de> for TargetName {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Target::parse(&s).map(TargetName).ok_or_else(|| {
+            de::Error::custom(format!(
+                "unknown target {s:?} (expected writer, readers or any)"
+            ))
+        })
+    }
+}
+
+/// One string or a list of strings (`topology.election_url`).
+struct OneOrMany(Vec<String>);
+
+impl<'de> Deserialize<'de> for OneOrMany {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = OneOrMany;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a URL or a list of URLs")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<OneOrMany, E> {
+                Ok(OneOrMany(vec![s.to_string()]))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<OneOrMany, A::Error> {
+                let mut out = Vec::new();
+                while let Some(s) = seq.next_element::<String>()? {
+                    out.push(s);
+                }
+                Ok(OneOrMany(out))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A node in `topology.static`: `"host:port"` or `{ name: ..., address: "host:port" }`.
+struct NodeSpec(StaticNode);
+
+impl<'de> Deserialize<'de> for NodeSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Full {
+            name: Option<String>,
+            address: String,
+        }
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = NodeSpec;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("\"host:port\" or { name: ..., address: \"host:port\" }")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<NodeSpec, E> {
+                Ok(NodeSpec(StaticNode {
+                    name: s.to_string(),
+                    address: s.to_string(),
+                }))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<NodeSpec, A::Error> {
+                let full = Full::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(NodeSpec(StaticNode {
+                    name: full.name.unwrap_or_else(|| full.address.clone()),
+                    address: full.address,
+                }))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+fn parse_raw(yaml: &str) -> Result<Raw, ConfigError> {
+    // An empty file (or one with only comments) is "all defaults", not a syntax error.
+    let only_comments = yaml
+        .lines()
+        .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#') || l.trim() == "---");
+    if only_comments {
+        return Ok(Raw::default());
+    }
+    let de = serde_yaml::Deserializer::from_str(yaml);
+    serde_path_to_error::deserialize::<_, Raw>(de).map_err(|e| {
+        let mut key = e.path().to_string();
+        if key == "." {
+            key.clear();
+        }
+        let mut reason = e.inner().to_string();
+        // serde_yaml prefixes nested errors with its own idea of the path: ours is exact.
+        if let Some((prefix, rest)) = reason.split_once(": ") {
+            if !prefix.is_empty() && !prefix.contains(' ') && key.starts_with(prefix) {
+                reason = rest.to_string();
+            }
+        }
+        // serde reports an unknown key at its parent; name the key itself, as promised.
+        if let Some(unknown) = reason
+            .split_once("unknown field `")
+            .and_then(|(_, rest)| rest.split('`').next())
+        {
+            if key.is_empty() {
+                key = unknown.to_string();
+            } else if !key.ends_with(unknown) {
+                key = format!("{key}.{unknown}");
+            }
+            let expected = reason
+                .split_once(", expected ")
+                .map(|(_, exp)| {
+                    format!(
+                        " (expected {})",
+                        exp.split(" at line").next().unwrap_or(exp)
+                    )
+                })
+                .unwrap_or_default();
+            return ConfigError::invalid(key, format!("unknown key{expected}"));
+        }
+        ConfigError::invalid(key, reason)
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Step 2: defaults and cross-field rules.
+
+fn validate(raw: Raw) -> Result<ProxyConfig, ConfigError> {
+    let listen = socket_addr("listen", raw.listen.as_deref().unwrap_or(DEFAULT_LISTEN))?;
+    let admin_listen = socket_addr(
+        "admin_listen",
+        raw.admin_listen.as_deref().unwrap_or(DEFAULT_ADMIN_LISTEN),
+    )?;
+    if listen == admin_listen {
+        return Err(ConfigError::invalid(
+            "admin_listen",
+            format!("must differ from listen ({listen})"),
+        ));
+    }
+
+    let topology = validate_topology(raw.topology)?;
+    let routing = validate_routing(raw.routing.unwrap_or_default())?;
+
+    let reader_balancing = match raw.reader_balancing.as_deref().unwrap_or("round_robin") {
+        "round_robin" => Balancing::RoundRobin,
+        "least_conn" => Balancing::LeastConn,
+        "p2c_ewma" => Balancing::P2cEwma,
+        other => {
+            return Err(ConfigError::invalid(
+                "reader_balancing",
+                format!(
+                    "unknown balancing {other:?} (expected round_robin, least_conn or p2c_ewma)"
+                ),
+            ))
+        }
+    };
+
+    let t = raw.timeouts.unwrap_or_default();
+    let timeouts = Timeouts {
+        connect: positive("timeouts.connect", t.connect, DEFAULT_CONNECT_TIMEOUT)?,
+        read: positive("timeouts.read", t.read, DEFAULT_READ_TIMEOUT)?,
+        write: positive("timeouts.write", t.write, DEFAULT_WRITE_TIMEOUT)?,
+        idle_upstream: positive(
+            "timeouts.idle_upstream",
+            t.idle_upstream,
+            DEFAULT_IDLE_UPSTREAM,
+        )?,
+    };
+
+    let f = raw.failover.unwrap_or_default();
+    let failover = Failover {
+        hold_writes: f.hold_writes.map(|d| d.0).unwrap_or(DEFAULT_HOLD_WRITES),
+        read_retries: f.read_retries.unwrap_or(DEFAULT_READ_RETRIES),
+    };
+    if failover.read_retries > 16 {
+        return Err(ConfigError::invalid(
+            "failover.read_retries",
+            format!("{} is more than the maximum of 16", failover.read_retries),
+        ));
+    }
+
+    let l = raw.limits.unwrap_or_default();
+    let limits = Limits {
+        max_body: l.max_body.map(|s| s.0).unwrap_or(DEFAULT_MAX_BODY),
+        max_header_bytes: l
+            .max_header_bytes
+            .map(|s| s.0)
+            .unwrap_or(DEFAULT_MAX_HEADER_BYTES),
+    };
+    if limits.max_header_bytes < 1024 {
+        return Err(ConfigError::invalid(
+            "limits.max_header_bytes",
+            format!(
+                "{} bytes is below the minimum of 1KiB",
+                limits.max_header_bytes
+            ),
+        ));
+    }
+    if limits.max_header_bytes > MAX_HEADER_BYTES_CEILING {
+        return Err(ConfigError::invalid(
+            "limits.max_header_bytes",
+            format!(
+                "{} bytes is above the maximum of {MAX_HEADER_BYTES_CEILING} (1MiB - 1, Pingora's own limit)",
+                limits.max_header_bytes
+            ),
+        ));
+    }
+
+    let access_log = match raw.access_log.as_deref().unwrap_or("errors") {
+        "errors" => AccessLog::Errors,
+        "all" => AccessLog::All,
+        "off" => AccessLog::Off,
+        other => {
+            return Err(ConfigError::invalid(
+                "access_log",
+                format!("unknown value {other:?} (expected errors, all or off)"),
+            ))
+        }
+    };
+
+    let threads = raw.threads.unwrap_or_else(default_threads);
+    if threads == 0 || threads > 1024 {
+        return Err(ConfigError::invalid(
+            "threads",
+            format!("{threads} is out of range (1 to 1024)"),
+        ));
+    }
+
+    Ok(ProxyConfig {
+        listen,
+        admin_listen,
+        topology,
+        routing,
+        reader_balancing,
+        timeouts,
+        failover,
+        limits,
+        access_log,
+        threads,
+        shutdown_grace: raw
+            .shutdown_grace
+            .map(|d| d.0)
+            .unwrap_or(DEFAULT_SHUTDOWN_GRACE),
+    })
+}
+
+fn socket_addr(key: &str, s: &str) -> Result<SocketAddr, ConfigError> {
+    s.trim().parse().map_err(|_| {
+        ConfigError::invalid(
+            key,
+            format!("invalid listen address {s:?} (expected ip:port, e.g. \"0.0.0.0:8080\")"),
+        )
+    })
+}
+
+fn positive(
+    key: &str,
+    v: Option<HumanDuration>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    let d = v.map(|d| d.0).unwrap_or(default);
+    if d.is_zero() {
+        return Err(ConfigError::invalid(key, "must be greater than zero"));
+    }
+    Ok(d)
+}
+
+fn validate_topology(raw: Option<RawTopology>) -> Result<TopologyConfig, ConfigError> {
+    let Some(raw) = raw else {
+        return Ok(TopologyConfig::ElectionUrl(vec![
+            DEFAULT_ELECTION_URL.to_string()
+        ]));
+    };
+    match (raw.election_url, raw.static_) {
+        (Some(_), Some(_)) => Err(ConfigError::invalid(
+            "topology",
+            "give exactly one of election_url and static, not both",
+        )),
+        (None, None) => Err(ConfigError::invalid(
+            "topology",
+            "give exactly one of election_url and static",
+        )),
+        (Some(urls), None) => {
+            if urls.0.is_empty() {
+                return Err(ConfigError::invalid(
+                    "topology.election_url",
+                    "the list is empty",
+                ));
+            }
+            for (i, url) in urls.0.iter().enumerate() {
+                let key = if urls.0.len() == 1 {
+                    "topology.election_url".to_string()
+                } else {
+                    format!("topology.election_url[{i}]")
+                };
+                check_election_url(url).map_err(|reason| ConfigError::invalid(key, reason))?;
+            }
+            Ok(TopologyConfig::ElectionUrl(urls.0))
+        }
+        (None, Some(st)) => {
+            let writer = st.writer.map(|n| n.0);
+            let readers: Vec<StaticNode> = st.readers.into_iter().map(|n| n.0).collect();
+            let mut names = HashSet::new();
+            let mut addresses = HashSet::new();
+            let all = writer
+                .iter()
+                .map(|w| ("topology.static.writer".to_string(), w))
+                .chain(
+                    readers
+                        .iter()
+                        .enumerate()
+                        .map(|(i, r)| (format!("topology.static.readers[{i}]"), r)),
+                );
+            for (key, node) in all {
+                check_host_port(&node.address)
+                    .map_err(|reason| ConfigError::invalid(key.clone(), reason))?;
+                if node.name.trim().is_empty() {
+                    return Err(ConfigError::invalid(key, "name must not be empty"));
+                }
+                if !names.insert(node.name.clone()) {
+                    return Err(ConfigError::invalid(
+                        key,
+                        format!("node name {:?} is used twice", node.name),
+                    ));
+                }
+                if !addresses.insert(node.address.clone()) {
+                    return Err(ConfigError::invalid(
+                        key,
+                        format!("address {} is used twice", node.address),
+                    ));
+                }
+            }
+            Ok(TopologyConfig::Static(StaticTopology { writer, readers }))
+        }
+    }
+}
+
+fn check_election_url(url: &str) -> Result<(), String> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| format!("invalid URL {url:?}: {e}"))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => return Err(format!("{url:?}: https is not supported, use http")),
+        _ => return Err(format!("invalid URL {url:?}: expected http://host:port")),
+    }
+    if uri.authority().is_none_or(|a| a.host().is_empty()) {
+        return Err(format!("invalid URL {url:?}: no host"));
+    }
+    if uri.query().is_some() {
+        return Err(format!("invalid URL {url:?}: must not have a query"));
+    }
+    Ok(())
+}
+
+/// `host:port` with a non-empty host (name, IPv4, or bracketed IPv6) and a non-zero port.
+pub fn check_host_port(s: &str) -> Result<(), String> {
+    let Some((host, port)) = s.rsplit_once(':') else {
+        return Err(format!("invalid address {s:?}: expected host:port"));
+    };
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("invalid address {s:?}: bad port {port:?}"))?;
+    if port == 0 {
+        return Err(format!("invalid address {s:?}: port 0"));
+    }
+    if host.is_empty() {
+        return Err(format!("invalid address {s:?}: no host"));
+    }
+    if host.starts_with('[') {
+        let inner = host.trim_start_matches('[').trim_end_matches(']');
+        if !host.ends_with(']') || inner.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(format!("invalid address {s:?}: bad IPv6 host"));
+        }
+    } else if host.contains(':') || host.contains('/') || host.chars().any(char::is_whitespace) {
+        return Err(format!(
+            "invalid address {s:?}: expected host:port (IPv6 hosts in brackets)"
+        ));
+    }
+    Ok(())
+}
+
+/// Upper-cases a method from the file and checks it is a valid HTTP method token.
+fn method_key(key: &str, m: &str) -> Result<String, ConfigError> {
+    let upper = m.trim().to_ascii_uppercase();
+    if upper.is_empty() || Method::from_bytes(upper.as_bytes()).is_err() {
+        return Err(ConfigError::invalid(
+            key,
+            format!("{m:?} is not a valid HTTP method token"),
+        ));
+    }
+    Ok(upper)
+}
+
+fn validate_routing(raw: RawRouting) -> Result<RoutingConfig, ConfigError> {
+    let defaults = RoutingConfig::default();
+    let methods = match raw.methods {
+        None => defaults.methods,
+        Some(map) => {
+            let mut out: BTreeMap<String, (String, Target)> = BTreeMap::new();
+            for (m, t) in map {
+                let key = format!("routing.methods.{m}");
+                let upper = method_key(&key, &m)?;
+                if let Some((first, _)) = out.get(&upper) {
+                    return Err(ConfigError::invalid(
+                        key,
+                        format!(
+                            "same method as {first:?} (methods are case-insensitive in this file)"
+                        ),
+                    ));
+                }
+                out.insert(upper, (m, t.0));
+            }
+            out.into_iter().map(|(m, (_, t))| (m, t)).collect()
+        }
+    };
+
+    let mut rules = Vec::new();
+    for (i, r) in raw.rules.unwrap_or_default().into_iter().enumerate() {
+        let key = format!("routing.rules[{i}]");
+        if let Some(p) = &r.path_prefix {
+            if !p.starts_with('/') {
+                return Err(ConfigError::invalid(
+                    format!("{key}.path_prefix"),
+                    format!("{p:?} must start with '/'"),
+                ));
+            }
+        }
+        let methods = match r.methods {
+            None => None,
+            Some(ms) => {
+                if ms.is_empty() {
+                    return Err(ConfigError::invalid(
+                        format!("{key}.methods"),
+                        "the list is empty (leave it out to match every method)",
+                    ));
+                }
+                let mut out = Vec::with_capacity(ms.len());
+                for (j, m) in ms.iter().enumerate() {
+                    let upper = method_key(&format!("{key}.methods[{j}]"), m)?;
+                    if !out.contains(&upper) {
+                        out.push(upper);
+                    }
+                }
+                Some(out)
+            }
+        };
+        if r.path_prefix.is_none() && methods.is_none() {
+            return Err(ConfigError::invalid(
+                key,
+                "a rule needs path_prefix, methods, or both",
+            ));
+        }
+        rules.push(Rule {
+            path_prefix: r.path_prefix,
+            methods,
+            to: r.to.0,
+        });
+    }
+
+    let consistency_header = match raw.consistency_header {
+        None => defaults.consistency_header,
+        Some(h) => HeaderName::from_bytes(h.trim().as_bytes()).map_err(|_| {
+            ConfigError::invalid(
+                "routing.consistency_header",
+                format!("{h:?} is not a valid header name"),
+            )
+        })?,
+    };
+
+    Ok(RoutingConfig {
+        methods,
+        default: raw.default.map(|t| t.0).unwrap_or(defaults.default),
+        rules,
+        writer_serves_reads: raw
+            .writer_serves_reads
+            .unwrap_or(defaults.writer_serves_reads),
+        reads_fall_back_to_writer: raw
+            .reads_fall_back_to_writer
+            .unwrap_or(defaults.reads_fall_back_to_writer),
+        consistency_header,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(yaml: &str) -> ConfigError {
+        match ProxyConfig::from_yaml_str(yaml) {
+            Ok(c) => panic!("expected an error, got {c:?}"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn empty_file_is_all_defaults() {
+        let c = ProxyConfig::from_yaml_str("# nothing\n").unwrap();
+        assert_eq!(c.listen, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(c.admin_listen, "0.0.0.0:9901".parse().unwrap());
+        assert_eq!(
+            c.topology,
+            TopologyConfig::ElectionUrl(vec!["http://writer-election:8080".into()])
+        );
+        assert_eq!(c.routing, RoutingConfig::default());
+        assert_eq!(c.reader_balancing, Balancing::RoundRobin);
+        assert_eq!(c.timeouts.connect, Duration::from_secs(1));
+        assert_eq!(c.timeouts.read, Duration::from_secs(30));
+        assert_eq!(c.timeouts.write, Duration::from_secs(30));
+        assert_eq!(c.timeouts.idle_upstream, Duration::from_secs(60));
+        assert_eq!(c.failover.hold_writes, Duration::from_secs(5));
+        assert_eq!(c.failover.read_retries, 2);
+        assert_eq!(c.limits.max_body, 64 << 20);
+        assert_eq!(c.limits.max_header_bytes, 64 << 10);
+        assert_eq!(c.access_log, AccessLog::Errors);
+        assert_eq!(c.shutdown_grace, Duration::from_secs(10));
+        assert_eq!(c.threads, default_threads());
+    }
+
+    #[test]
+    fn the_spec_example_parses() {
+        let yaml = r#"
+listen: "0.0.0.0:8080"
+admin_listen: "0.0.0.0:9901"
+topology:
+  election_url: "http://writer-election:8080"
+routing:
+  methods:
+    PUT: writer
+    POST: writer
+    PATCH: writer
+    DELETE: writer
+  default: readers
+  rules:
+    - { path_prefix: "/api/search", methods: [POST], to: readers }
+  writer_serves_reads: false
+  reads_fall_back_to_writer: true
+  consistency_header: "X-Consistency"
+reader_balancing: round_robin
+timeouts: { connect: 1s, read: 30s, write: 30s, idle_upstream: 60s }
+failover:
+  hold_writes: 5s
+  read_retries: 2
+limits: { max_body: 64MiB, max_header_bytes: 64KiB }
+access_log: errors
+"#;
+        let c = ProxyConfig::from_yaml_str(yaml).unwrap();
+        assert_eq!(c.routing.methods, RoutingConfig::default().methods);
+        assert_eq!(
+            c.routing.rules,
+            vec![Rule {
+                path_prefix: Some("/api/search".into()),
+                methods: Some(vec!["POST".into()]),
+                to: Target::Readers
+            }]
+        );
+    }
+
+    #[test]
+    fn methods_are_case_insensitive_in_the_file() {
+        let c = ProxyConfig::from_yaml_str(
+            "routing: { methods: { put: writer, Propfind: any, GET: readers } }",
+        )
+        .unwrap();
+        assert_eq!(
+            c.routing.methods,
+            vec![
+                ("GET".to_string(), Target::Readers),
+                ("PROPFIND".to_string(), Target::Any),
+                ("PUT".to_string(), Target::Writer)
+            ]
+        );
+        let e = err("routing: { methods: { put: writer, PUT: readers } }");
+        assert!(e.to_string().contains("same method"), "{e}");
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let e = err("listen: \"0.0.0.0:8080\"\nlisten_port: 9\n");
+        assert_eq!(e.key(), Some("listen_port"), "{e}");
+        let e = err("routing:\n  metods: {}\n");
+        assert_eq!(e.key(), Some("routing.metods"), "{e}");
+        assert!(
+            e.to_string().starts_with("routing.metods: unknown key"),
+            "{e}"
+        );
+        let e = err("timeouts: { connect: 1s, conect: 2s }");
+        assert_eq!(e.key(), Some("timeouts.conect"), "{e}");
+        let e = err("routing: { rules: [ { path_prefix: /a, to: writer, extra: 1 } ] }");
+        assert_eq!(e.key(), Some("routing.rules[0].extra"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_key_and_reason() {
+        let e = err("timeouts: { connect: 5x }");
+        assert_eq!(e.key(), Some("timeouts.connect"));
+        assert!(e.to_string().contains("invalid duration \"5x\""), "{e}");
+        let e = err("timeouts: { read: 30 }");
+        assert!(e.to_string().contains("unit is required"), "{e}");
+        let e = err("timeouts: { connect: 0s }");
+        assert_eq!(e.to_string(), "timeouts.connect: must be greater than zero");
+        let e = err("routing: { methods: { GETT: writr } }");
+        assert_eq!(e.key(), Some("routing.methods.GETT"), "{e}");
+        assert!(e.to_string().contains("unknown target \"writr\""), "{e}");
+        let e = err("routing: { methods: { \"GE T\": writer } }");
+        assert_eq!(e.key(), Some("routing.methods.GE T"), "{e}");
+        let e = err("routing: { default: all }");
+        assert_eq!(e.key(), Some("routing.default"));
+        let e = err("reader_balancing: random");
+        assert_eq!(e.key(), Some("reader_balancing"));
+        let e = err("access_log: some");
+        assert_eq!(e.key(), Some("access_log"));
+        let e = err("limits: { max_body: 64XB }");
+        assert_eq!(e.key(), Some("limits.max_body"));
+        let e = err("limits: { max_header_bytes: 4MiB }");
+        assert_eq!(e.key(), Some("limits.max_header_bytes"));
+        let e = err("listen: localhost:8080");
+        assert_eq!(e.key(), Some("listen"));
+        let e = err("listen: 127.0.0.1:1\nadmin_listen: 127.0.0.1:1");
+        assert_eq!(e.key(), Some("admin_listen"));
+        let e = err("threads: 0");
+        assert_eq!(e.key(), Some("threads"));
+        let e = err("failover: { read_retries: -1 }");
+        assert_eq!(e.key(), Some("failover.read_retries"), "{e}");
+        let e = err("routing: { rules: [ { to: writer } ] }");
+        assert_eq!(e.key(), Some("routing.rules[0]"), "{e}");
+        let e = err("routing: { rules: [ { path_prefix: api, to: writer } ] }");
+        assert_eq!(e.key(), Some("routing.rules[0].path_prefix"), "{e}");
+        let e = err("routing: { rules: [ { path_prefix: /api } ] }");
+        assert_eq!(e.key(), Some("routing.rules[0]"), "{e}");
+        assert!(e.to_string().contains("missing field `to`"), "{e}");
+        let e = err("routing: { consistency_header: \"bad header\" }");
+        assert_eq!(e.key(), Some("routing.consistency_header"));
+    }
+
+    #[test]
+    fn yaml_syntax_errors_are_reported() {
+        let e = err("listen: [unclosed\n");
+        assert!(e.to_string().contains("line"), "{e}");
+    }
+
+    #[test]
+    fn topology_is_exactly_one_of_two() {
+        let e = err("topology: {}");
+        assert_eq!(e.key(), Some("topology"));
+        let e =
+            err("topology: { election_url: \"http://a:1\", static: { writer: \"127.0.0.1:1\" } }");
+        assert_eq!(e.key(), Some("topology"));
+    }
+
+    #[test]
+    fn election_url_is_one_or_a_list() {
+        let c =
+            ProxyConfig::from_yaml_str("topology: { election_url: \"http://we:8080\" }").unwrap();
+        assert_eq!(
+            c.topology,
+            TopologyConfig::ElectionUrl(vec!["http://we:8080".into()])
+        );
+        let c = ProxyConfig::from_yaml_str(
+            "topology:\n  election_url:\n    - http://we-0.we:8080\n    - http://we-1.we:8080\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.topology,
+            TopologyConfig::ElectionUrl(vec![
+                "http://we-0.we:8080".into(),
+                "http://we-1.we:8080".into()
+            ])
+        );
+        let e = err("topology: { election_url: [] }");
+        assert_eq!(e.key(), Some("topology.election_url"));
+        let e = err("topology: { election_url: [\"http://a:1\", \"ftp://b\"] }");
+        assert_eq!(e.key(), Some("topology.election_url[1]"), "{e}");
+        let e = err("topology: { election_url: \"https://a:1\" }");
+        assert!(e.to_string().contains("https is not supported"), "{e}");
+    }
+
+    #[test]
+    fn static_nodes_are_strings_or_maps() {
+        let c = ProxyConfig::from_yaml_str(
+            "topology:\n  static:\n    writer: 127.0.0.1:9001\n    readers:\n      - 127.0.0.1:9002\n      - { name: node-2, address: \"127.0.0.1:9003\" }\n",
+        )
+        .unwrap();
+        let TopologyConfig::Static(st) = c.topology else {
+            panic!("static expected")
+        };
+        assert_eq!(
+            st.writer,
+            Some(StaticNode {
+                name: "127.0.0.1:9001".into(),
+                address: "127.0.0.1:9001".into()
+            })
+        );
+        assert_eq!(st.readers[1].name, "node-2");
+        let c = ProxyConfig::from_yaml_str("topology: { static: { readers: [\"h:1\"] } }").unwrap();
+        assert!(matches!(
+            c.topology,
+            TopologyConfig::Static(StaticTopology { writer: None, .. })
+        ));
+
+        let e = err("topology: { static: { writer: \"127.0.0.1\" } }");
+        assert_eq!(e.key(), Some("topology.static.writer"), "{e}");
+        let e = err("topology: { static: { writer: \"a:1\", readers: [\"b:2\", \"a:1\"] } }");
+        assert_eq!(e.key(), Some("topology.static.readers[1]"), "{e}");
+        let e = err("topology: { static: { readers: [ { name: x, adress: \"a:1\" } ] } }");
+        assert_eq!(e.key(), Some("topology.static.readers[0].adress"), "{e}");
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("64MiB").unwrap(), 64 << 20);
+        assert_eq!(parse_size("64 KiB").unwrap(), 64 << 10);
+        assert_eq!(parse_size("1MB").unwrap(), 1_000_000);
+        assert_eq!(parse_size("10k").unwrap(), 10 << 10);
+        assert_eq!(parse_size("512").unwrap(), 512);
+        assert!(parse_size("MiB").is_err());
+        assert!(parse_size("1 TiB").is_err());
+        let c = ProxyConfig::from_yaml_str("limits: { max_body: 1024 }").unwrap();
+        assert_eq!(c.limits.max_body, 1024);
+    }
+
+    #[test]
+    fn restart_only_keys_are_detected() {
+        let a =
+            ProxyConfig::from_yaml_str("listen: 127.0.0.1:1\nadmin_listen: 127.0.0.1:2").unwrap();
+        let b =
+            ProxyConfig::from_yaml_str("listen: 127.0.0.1:3\nadmin_listen: 127.0.0.1:2").unwrap();
+        assert_eq!(a.restart_only_changes(&b), vec!["listen"]);
+        assert!(a.restart_only_changes(&a).is_empty());
+    }
+
+    #[test]
+    fn the_shipped_configs_are_valid() {
+        for f in ["proxy.yaml", "local-proxy.yaml"] {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../config")
+                .join(f);
+            if let Err(e) = ProxyConfig::load(&path) {
+                panic!("{f}: {e}");
+            }
+        }
+    }
+}

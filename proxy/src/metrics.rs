@@ -1,0 +1,234 @@
+//! Prometheus metrics (names of SPEC.md), in a private registry.
+//!
+//! Pingora registers nothing of its own. The per-request counters are resolved once per label
+//! combination and cached in lock-free slots: `with_label_values` takes a lock and hashes the
+//! labels, which the hot path should not pay on every request.
+
+use std::sync::atomic::Ordering;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use http::Method;
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
+};
+
+/// `target` label values, indexed by [`crate::routing::RouteTarget::label_index`]; the last
+/// one is for requests that failed before a route was chosen.
+pub const TARGETS: [&str; 4] = ["writer", "readers", "any", "none"];
+pub const TARGET_NONE: usize = 3;
+
+/// `method` label values; every other method is counted as OTHER (bounded cardinality).
+const METHODS: [&str; 10] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT", "OTHER",
+];
+
+fn method_index(m: &Method) -> usize {
+    METHODS[..9]
+        .iter()
+        .position(|s| *s == m.as_str())
+        .unwrap_or(9)
+}
+
+/// Status codes 0 (no response was sent) to 599.
+const STATUSES: usize = 600;
+
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    request_slots: Box<[OnceLock<IntCounter>]>,
+    durations: [Histogram; 4],
+    upstream_errors: IntCounterVec,
+    pub held_writes: IntGauge,
+    pub writer_epoch: IntGauge,
+    pub topology_updates: IntCounter,
+    pub topology_rejected: IntCounter,
+    topology_age: prometheus::Gauge,
+    pub config_reload_success: IntCounter,
+    pub config_reload_error: IntCounter,
+    in_flight: IntGauge,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "rw_proxy_requests_total",
+                "Requests handled, by route target, method and status",
+            ),
+            &["target", "method", "status"],
+        )
+        .expect("static metric definition");
+        let durations_vec = HistogramVec::new(
+            HistogramOpts::new(
+                "rw_proxy_request_duration_seconds",
+                "Time from request header to the end of the response, by route target",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0, 30.0,
+            ]),
+            &["target"],
+        )
+        .expect("static metric definition");
+        let upstream_errors = IntCounterVec::new(
+            Opts::new(
+                "rw_proxy_upstream_errors_total",
+                "Failures talking to an upstream, by route target and kind",
+            ),
+            &["target", "kind"],
+        )
+        .expect("static metric definition");
+        let held_writes = IntGauge::new(
+            "rw_proxy_held_writes",
+            "Writes waiting for a writer right now",
+        )
+        .expect("static metric definition");
+        let writer_epoch = IntGauge::new(
+            "rw_proxy_writer_epoch",
+            "Epoch of the topology in use (the fencing token sent as X-Writer-Epoch)",
+        )
+        .expect("static metric definition");
+        let topology_updates =
+            IntCounter::new("rw_proxy_topology_updates_total", "Topologies swapped in")
+                .expect("static metric definition");
+        let topology_rejected = IntCounter::new(
+            "rw_proxy_topology_rejected_total",
+            "Topologies ignored because their epoch was lower than one already seen",
+        )
+        .expect("static metric definition");
+        let topology_age = prometheus::Gauge::new(
+            "rw_proxy_topology_age_seconds",
+            "Seconds since the topology in use was received (0 before the first)",
+        )
+        .expect("static metric definition");
+        let reloads = IntCounterVec::new(
+            Opts::new(
+                "rw_proxy_config_reloads_total",
+                "Configuration reloads (SIGHUP or file change), by result",
+            ),
+            &["result"],
+        )
+        .expect("static metric definition");
+        let in_flight = IntGauge::new(
+            "rw_proxy_in_flight_requests",
+            "Requests being proxied right now",
+        )
+        .expect("static metric definition");
+
+        for c in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(durations_vec.clone()),
+            Box::new(upstream_errors.clone()),
+            Box::new(held_writes.clone()),
+            Box::new(writer_epoch.clone()),
+            Box::new(topology_updates.clone()),
+            Box::new(topology_rejected.clone()),
+            Box::new(topology_age.clone()),
+            Box::new(reloads.clone()),
+            Box::new(in_flight.clone()),
+        ] {
+            registry.register(c).expect("metric names are unique");
+        }
+
+        let durations = TARGETS.map(|t| durations_vec.with_label_values(&[t]));
+        let request_slots = (0..TARGETS.len() * METHODS.len() * STATUSES)
+            .map(|_| OnceLock::new())
+            .collect();
+        Metrics {
+            registry,
+            requests,
+            request_slots,
+            durations,
+            upstream_errors,
+            held_writes,
+            writer_epoch,
+            topology_updates,
+            topology_rejected,
+            topology_age,
+            config_reload_success: reloads.with_label_values(&["success"]),
+            config_reload_error: reloads.with_label_values(&["error"]),
+            in_flight,
+        }
+    }
+
+    /// Counts one finished request and its duration.
+    pub fn request_done(&self, target: usize, method: &Method, status: u16, elapsed: Duration) {
+        let target = target.min(TARGET_NONE);
+        let m = method_index(method);
+        let s = usize::from(status).min(STATUSES - 1);
+        let slot = &self.request_slots[(target * METHODS.len() + m) * STATUSES + s];
+        slot.get_or_init(|| {
+            self.requests
+                .with_label_values(&[TARGETS[target], METHODS[m], &status.to_string()])
+        })
+        .inc();
+        self.durations[target].observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts an upstream failure (rare: the label lookup is fine here).
+    pub fn upstream_error(&self, target: usize, kind: &str) {
+        self.upstream_errors
+            .with_label_values(&[TARGETS[target.min(TARGET_NONE)], kind])
+            .inc();
+    }
+
+    /// Prometheus text format. `topology_age` is filled in at scrape time.
+    pub fn render(&self, topology_age: Option<Duration>) -> Vec<u8> {
+        self.topology_age
+            .set(topology_age.map(|d| d.as_secs_f64()).unwrap_or(0.0));
+        self.in_flight
+            .set(crate::proxy::IN_FLIGHT.load(Ordering::Relaxed) as i64);
+        let mut out = Vec::with_capacity(8 * 1024);
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::error!(error = %e, "cannot encode metrics");
+        }
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spec_names_are_exported() {
+        let m = Metrics::new();
+        m.request_done(0, &Method::PUT, 201, Duration::from_millis(3));
+        m.request_done(1, &Method::GET, 200, Duration::from_millis(1));
+        m.request_done(1, &Method::GET, 200, Duration::from_millis(1));
+        m.request_done(
+            1,
+            &Method::from_bytes(b"PROPFIND").unwrap(),
+            404,
+            Duration::ZERO,
+        );
+        m.upstream_error(1, "connect_refused");
+        m.config_reload_error.inc();
+        m.writer_epoch.set(7);
+        let text = String::from_utf8(m.render(Some(Duration::from_secs(2)))).unwrap();
+        for want in [
+            r#"rw_proxy_requests_total{method="PUT",status="201",target="writer"} 1"#,
+            r#"rw_proxy_requests_total{method="GET",status="200",target="readers"} 2"#,
+            r#"rw_proxy_requests_total{method="OTHER",status="404",target="readers"} 1"#,
+            r#"rw_proxy_request_duration_seconds_count{target="readers"} 3"#,
+            r#"rw_proxy_upstream_errors_total{kind="connect_refused",target="readers"} 1"#,
+            "rw_proxy_held_writes 0",
+            "rw_proxy_writer_epoch 7",
+            "rw_proxy_topology_updates_total 0",
+            "rw_proxy_topology_age_seconds 2",
+            r#"rw_proxy_config_reloads_total{result="error"} 1"#,
+            r#"rw_proxy_config_reloads_total{result="success"} 0"#,
+        ] {
+            assert!(text.contains(want), "missing {want} in\n{text}");
+        }
+    }
+}

@@ -1,0 +1,292 @@
+//! What a request reads: one immutable [`Active`] (settings + topology + pools built from
+//! both), behind one `ArcSwap`. A request does a single `load_full` and keeps that view to the
+//! end, so it never sees half of a reload or half of a topology change.
+//!
+//! Writers (config reload, topology sources) are rare and take a mutex among themselves to
+//! rebuild `Active`; readers never lock.
+
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use pingora_core::upstreams::peer::HttpPeer;
+use tokio::sync::watch;
+
+use crate::balance::{Balancer, HasStats};
+use crate::config::ProxyConfig;
+use crate::metrics::Metrics;
+use crate::routing::RoutingTable;
+use crate::topology::{TopologySink, TopologySnapshot, Upstream, UpstreamStats};
+
+/// The parts of the configuration that requests use, compiled.
+#[derive(Debug)]
+pub struct Settings {
+    pub config: ProxyConfig,
+    pub table: RoutingTable,
+}
+
+impl Settings {
+    pub fn new(config: ProxyConfig) -> Settings {
+        let table = RoutingTable::new(&config.routing);
+        Settings { config, table }
+    }
+}
+
+/// An upstream with its Pingora peer prepared (timeouts, pool settings): per request the peer
+/// is only cloned.
+#[derive(Debug, Clone)]
+pub struct Backend {
+    pub upstream: Upstream,
+    pub peer: HttpPeer,
+    pub is_writer: bool,
+}
+
+impl HasStats for Backend {
+    fn stats(&self) -> &UpstreamStats {
+        &self.upstream.stats
+    }
+}
+
+impl Backend {
+    fn new(upstream: &Upstream, is_writer: bool, settings: &Settings) -> Backend {
+        let t = &settings.config.timeouts;
+        // Plain HTTP/1.1 to upstreams: pingora only retries non-idempotent requests on some
+        // HTTP/2 errors, and writes must never be replayed.
+        let mut peer = HttpPeer::new(upstream.socket, false, String::new());
+        peer.options.set_http_version(1, 1);
+        peer.options.connection_timeout = Some(t.connect);
+        peer.options.read_timeout = Some(t.read);
+        peer.options.write_timeout = Some(t.write);
+        peer.options.idle_timeout = Some(t.idle_upstream);
+        Backend {
+            upstream: upstream.clone(),
+            peer,
+            is_writer,
+        }
+    }
+}
+
+/// Everything a request needs, consistent with itself.
+pub struct Active {
+    pub settings: Arc<Settings>,
+    pub topology: Arc<TopologySnapshot>,
+    pub writer: Option<Backend>,
+    /// Readers, plus the writer if `writer_serves_reads`.
+    pub read_pool: Box<[Backend]>,
+    pub read_balancer: Balancer,
+    /// Readers and the writer (target `any`).
+    pub any_pool: Box<[Backend]>,
+    pub any_balancer: Balancer,
+}
+
+impl Active {
+    fn build(settings: Arc<Settings>, topology: Arc<TopologySnapshot>) -> Active {
+        let writer = topology
+            .writer
+            .as_ref()
+            .map(|w| Backend::new(w, true, &settings));
+        let readers = topology
+            .readers
+            .iter()
+            .map(|r| Backend::new(r, false, &settings));
+        let read_pool: Box<[Backend]> = if settings.config.routing.writer_serves_reads {
+            readers.clone().chain(writer.clone()).collect()
+        } else {
+            readers.clone().collect()
+        };
+        let any_pool = readers.chain(writer.clone()).collect();
+        let strategy = settings.config.reader_balancing;
+        Active {
+            settings,
+            topology,
+            writer,
+            read_pool,
+            read_balancer: Balancer::new(strategy),
+            any_pool,
+            any_balancer: Balancer::new(strategy),
+        }
+    }
+}
+
+/// Epoch and revision of the topology in use; issue 4's write hold waits on changes of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TopologyVersion {
+    pub epoch: u64,
+    pub revision: u64,
+}
+
+/// The proxy's shared state.
+pub struct Shared {
+    active: ArcSwap<Active>,
+    writer_lock: Mutex<()>,
+    changes: watch::Sender<TopologyVersion>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Shared {
+    pub fn new(config: ProxyConfig, metrics: Arc<Metrics>) -> Arc<Shared> {
+        let active = Active::build(
+            Arc::new(Settings::new(config)),
+            Arc::new(TopologySnapshot::none()),
+        );
+        Arc::new(Shared {
+            active: ArcSwap::from_pointee(active),
+            writer_lock: Mutex::new(()),
+            changes: watch::channel(TopologyVersion::default()).0,
+            metrics,
+        })
+    }
+
+    /// The per-request view (one atomic load and reference count).
+    pub fn load(&self) -> Arc<Active> {
+        self.active.load_full()
+    }
+
+    pub fn settings(&self) -> Arc<Settings> {
+        self.active.load().settings.clone()
+    }
+
+    pub fn topology(&self) -> Arc<TopologySnapshot> {
+        self.active.load().topology.clone()
+    }
+
+    /// Notified with every new topology.
+    pub fn subscribe(&self) -> watch::Receiver<TopologyVersion> {
+        self.changes.subscribe()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        // The guarded data is `()`: a panic elsewhere cannot leave it inconsistent.
+        self.writer_lock
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Swaps in new settings, keeping the topology.
+    pub fn apply_settings(&self, config: ProxyConfig) {
+        let _g = self.lock();
+        let topology = self.active.load().topology.clone();
+        self.active.store(Arc::new(Active::build(
+            Arc::new(Settings::new(config)),
+            topology,
+        )));
+    }
+}
+
+impl TopologySink for Shared {
+    fn current(&self) -> Arc<TopologySnapshot> {
+        self.topology()
+    }
+
+    fn publish(&self, snapshot: TopologySnapshot) -> bool {
+        let _g = self.lock();
+        let current = self.active.load();
+        if current.topology.is_known() && snapshot.epoch < current.topology.epoch {
+            tracing::warn!(
+                epoch = snapshot.epoch,
+                current = current.topology.epoch,
+                "ignoring a topology with an older epoch"
+            );
+            self.metrics.topology_rejected.inc();
+            return false;
+        }
+        let version = TopologyVersion {
+            epoch: snapshot.epoch,
+            revision: snapshot.revision,
+        };
+        let epoch = snapshot.epoch;
+        self.active.store(Arc::new(Active::build(
+            current.settings.clone(),
+            Arc::new(snapshot),
+        )));
+        self.metrics.topology_updates.inc();
+        self.metrics
+            .writer_epoch
+            .set(i64::try_from(epoch).unwrap_or(i64::MAX));
+        self.changes.send_replace(version);
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{StaticNode, StaticTopology};
+    use crate::topology::StaticSource;
+
+    fn node(port: u16) -> StaticNode {
+        StaticNode {
+            name: format!("n{port}"),
+            address: format!("127.0.0.1:{port}"),
+        }
+    }
+
+    fn snapshot(shared: &Shared, writer: u16, readers: &[u16]) -> TopologySnapshot {
+        let src = StaticSource {
+            topology: StaticTopology {
+                writer: Some(node(writer)),
+                readers: readers.iter().map(|p| node(*p)).collect(),
+            },
+        };
+        let wire = src.to_wire(&shared.topology());
+        let resolved = wire
+            .writer
+            .iter()
+            .chain(wire.readers.iter())
+            .map(|n| (n.address.clone(), n.address.parse().unwrap()))
+            .collect();
+        TopologySnapshot::from_wire(&wire, &resolved, &shared.topology()).0
+    }
+
+    #[test]
+    fn pools_follow_settings_and_topology() {
+        let cfg = ProxyConfig::from_yaml_str("routing: { writer_serves_reads: false }").unwrap();
+        let shared = Shared::new(cfg, Arc::new(Metrics::new()));
+        let mut rx = shared.subscribe();
+        assert!(!shared.load().topology.is_known());
+        assert!(shared.publish(snapshot(&shared, 1, &[2, 3])));
+        assert!(rx.has_changed().unwrap());
+        assert_eq!(rx.borrow_and_update().revision, 1);
+        let a = shared.load();
+        assert_eq!(a.read_pool.len(), 2);
+        assert_eq!(a.any_pool.len(), 3);
+        assert!(a.writer.as_ref().unwrap().is_writer);
+        assert_eq!(
+            a.writer.as_ref().unwrap().peer.options.connection_timeout,
+            Some(std::time::Duration::from_secs(1))
+        );
+
+        let cfg = ProxyConfig::from_yaml_str(
+            "routing: { writer_serves_reads: true }\ntimeouts: { connect: 250ms }",
+        )
+        .unwrap();
+        shared.apply_settings(cfg);
+        let b = shared.load();
+        assert_eq!(b.read_pool.len(), 3);
+        assert!(Arc::ptr_eq(&a.topology, &b.topology));
+        assert_eq!(
+            b.writer.as_ref().unwrap().peer.options.connection_timeout,
+            Some(std::time::Duration::from_millis(250))
+        );
+        // The old view stays valid for requests that hold it.
+        assert_eq!(a.read_pool.len(), 2);
+        assert!(!rx.has_changed().unwrap());
+    }
+
+    #[test]
+    fn epochs_only_move_forward() {
+        let cfg = ProxyConfig::from_yaml_str("").unwrap();
+        let shared = Shared::new(cfg, Arc::new(Metrics::new()));
+        let mut s = snapshot(&shared, 1, &[]);
+        s.epoch = 5;
+        assert!(shared.publish(s.clone()));
+        s.epoch = 4;
+        s.revision += 1;
+        assert!(!shared.publish(s.clone()));
+        assert_eq!(shared.topology().epoch, 5);
+        assert_eq!(shared.metrics.topology_rejected.get(), 1);
+        s.epoch = 5;
+        assert!(shared.publish(s));
+        assert_eq!(shared.metrics.topology_updates.get(), 2);
+        assert_eq!(shared.metrics.writer_epoch.get(), 5);
+    }
+}

@@ -1,0 +1,420 @@
+//! The topology as the hot path needs it, and where it comes from.
+//!
+//! A [`TopologySnapshot`] is immutable: a [`TopologySource`] builds a new one for every change
+//! and publishes it through a [`TopologySink`] (the proxy's shared state swaps it in with one
+//! atomic store; requests never lock). Routing does not know or care which source is running:
+//! `topology.static` now, the live long-poll of writer-election (issue 4) next.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use http::HeaderValue;
+use writer_election::topology::{NodeRef, Topology};
+
+use crate::config::StaticTopology;
+
+/// Live numbers about one upstream that the balancers read. Shared between snapshots (matched
+/// by address) so that a topology change does not forget in-flight counts or latency.
+#[derive(Debug, Default)]
+pub struct UpstreamStats {
+    in_flight: AtomicU32,
+    /// EWMA of time to first response byte, microseconds, as f64 bits (0 = no sample yet).
+    ewma_micros: AtomicU64,
+}
+
+/// Weight of a new latency sample in the EWMA.
+const EWMA_ALPHA: f64 = 0.2;
+/// Latency charged to an upstream that failed, so p2c_ewma steers away from it until real
+/// samples pull the average back down.
+pub const FAILURE_PENALTY_MICROS: f64 = 1_000_000.0;
+
+impl UpstreamStats {
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    pub fn ewma_micros(&self) -> f64 {
+        f64::from_bits(self.ewma_micros.load(Ordering::Relaxed))
+    }
+
+    /// Marks one more request in flight; the guard takes it back when dropped.
+    pub fn begin(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+
+    pub fn observe_latency_micros(&self, sample: f64) {
+        let _ = self
+            .ewma_micros
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
+                let old = f64::from_bits(bits);
+                let new = if old == 0.0 {
+                    sample
+                } else {
+                    old + EWMA_ALPHA * (sample - old)
+                };
+                Some(new.to_bits())
+            });
+    }
+
+    pub fn observe_failure(&self) {
+        let _ = self
+            .ewma_micros
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
+                Some(f64::from_bits(bits).max(FAILURE_PENALTY_MICROS).to_bits())
+            });
+    }
+}
+
+/// One request in flight on an upstream (see [`UpstreamStats::begin`]).
+#[derive(Debug)]
+pub struct InFlight(Arc<UpstreamStats>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A node ready to dial: name for logs and metrics, address resolved once per snapshot.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub name: Arc<str>,
+    /// `host:port` as published.
+    pub address: Arc<str>,
+    pub socket: SocketAddr,
+    pub stats: Arc<UpstreamStats>,
+}
+
+/// An immutable view of the cluster, as routing sees it.
+#[derive(Debug, Clone)]
+pub struct TopologySnapshot {
+    pub epoch: u64,
+    pub revision: u64,
+    pub writer: Option<Upstream>,
+    /// Ready nodes other than the writer.
+    pub readers: Vec<Upstream>,
+    /// `X-Writer-Epoch` value, built once.
+    pub epoch_header: HeaderValue,
+    /// When this snapshot was received; `None` for the placeholder before any source spoke.
+    pub received_at: Option<Instant>,
+}
+
+impl TopologySnapshot {
+    /// The placeholder before the first topology: no writer, no readers, not ready.
+    pub fn none() -> Self {
+        TopologySnapshot {
+            epoch: 0,
+            revision: 0,
+            writer: None,
+            readers: Vec::new(),
+            epoch_header: HeaderValue::from_static("0"),
+            received_at: None,
+        }
+    }
+
+    pub fn is_known(&self) -> bool {
+        self.received_at.is_some()
+    }
+
+    /// Builds a snapshot from the wire document. `resolved` maps each published address to a
+    /// socket address (see [`resolve_addresses`]); nodes without one are left out and listed in
+    /// the returned warnings. `previous` lends its per-upstream stats to nodes that stay.
+    pub fn from_wire(
+        t: &Topology,
+        resolved: &HashMap<String, SocketAddr>,
+        previous: &TopologySnapshot,
+    ) -> (TopologySnapshot, Vec<String>) {
+        let mut warnings = Vec::new();
+        let mut upstream = |n: &NodeRef, role: &str| -> Option<Upstream> {
+            let Some(socket) = resolved.get(&n.address).copied() else {
+                warnings.push(format!(
+                    "{role} {} ({}) left out: its address does not resolve",
+                    n.name, n.address
+                ));
+                return None;
+            };
+            let stats = previous
+                .all()
+                .find(|u| *u.address == *n.address)
+                .map(|u| u.stats.clone())
+                .unwrap_or_default();
+            Some(Upstream {
+                name: n.name.as_str().into(),
+                address: n.address.as_str().into(),
+                socket,
+                stats,
+            })
+        };
+        let writer = t.writer.as_ref().and_then(|w| upstream(w, "writer"));
+        let readers = t
+            .readers
+            .iter()
+            .filter(|r| t.writer.as_ref().is_none_or(|w| w.address != r.address))
+            .filter_map(|r| upstream(r, "reader"))
+            .collect();
+        let snapshot = TopologySnapshot {
+            epoch: t.epoch,
+            revision: t.revision,
+            writer,
+            readers,
+            epoch_header: HeaderValue::from(t.epoch),
+            received_at: Some(Instant::now()),
+        };
+        (snapshot, warnings)
+    }
+
+    /// Writer first, then readers.
+    pub fn all(&self) -> impl Iterator<Item = &Upstream> {
+        self.writer.iter().chain(self.readers.iter())
+    }
+}
+
+/// Resolves every address of a topology. IP literals need no lookup; names go through the
+/// system resolver (tokio's blocking pool), once per published topology, never per request.
+pub async fn resolve_addresses(t: &Topology) -> HashMap<String, SocketAddr> {
+    let mut out = HashMap::new();
+    let addresses = t.writer.iter().chain(t.readers.iter()).map(|n| &n.address);
+    for address in addresses {
+        if out.contains_key(address) {
+            continue;
+        }
+        if let Ok(sa) = address.parse::<SocketAddr>() {
+            out.insert(address.clone(), sa);
+            continue;
+        }
+        match tokio::net::lookup_host(address.as_str()).await {
+            Ok(mut addrs) => {
+                if let Some(sa) = addrs.next() {
+                    out.insert(address.clone(), sa);
+                }
+            }
+            Err(e) => tracing::warn!(%address, error = %e, "cannot resolve upstream address"),
+        }
+    }
+    out
+}
+
+/// Where a source publishes: implemented by the proxy's shared state.
+pub trait TopologySink: Send + Sync {
+    /// The snapshot routing uses now.
+    fn current(&self) -> Arc<TopologySnapshot>;
+    /// Swaps in a new snapshot. Returns false when it was refused (an epoch lower than one
+    /// already seen: the epoch is a fencing token and only moves forward).
+    fn publish(&self, snapshot: TopologySnapshot) -> bool;
+}
+
+/// Something that knows the topology and keeps the proxy's copy current.
+#[async_trait]
+pub trait TopologySource: Send + Sync {
+    /// For logs: "static", "election http://...".
+    fn describe(&self) -> String;
+    /// Publishes the topology and keeps it current. Returns when there is nothing more to do
+    /// (a static source returns after its one publication); the caller aborts it on reload or
+    /// shutdown.
+    async fn run(&self, sink: Arc<dyn TopologySink>);
+}
+
+/// `topology.static`: one publication per (re)load.
+pub struct StaticSource {
+    pub topology: StaticTopology,
+}
+
+impl StaticSource {
+    /// The wire document for this static topology, given what was published before: the
+    /// epoch moves up by one when the writer changes (nodes fence on it), the revision on any
+    /// change, exactly as writer-election would do.
+    pub fn to_wire(&self, previous: &TopologySnapshot) -> Topology {
+        let node = |n: &crate::config::StaticNode| NodeRef {
+            name: n.name.clone(),
+            address: n.address.clone(),
+        };
+        let writer = self.topology.writer.as_ref().map(node);
+        let readers: Vec<NodeRef> = self.topology.readers.iter().map(node).collect();
+        let same_writer = previous.writer.as_ref().map(|w| &*w.address)
+            == writer.as_ref().map(|w| w.address.as_str());
+        let epoch = if !previous.is_known() {
+            u64::from(writer.is_some())
+        } else if same_writer {
+            previous.epoch
+        } else {
+            previous.epoch + 1
+        };
+        let mut t = Topology::empty();
+        t.epoch = epoch;
+        t.revision = previous.revision + 1;
+        t.writer = writer;
+        t.readers = readers;
+        t
+    }
+}
+
+#[async_trait]
+impl TopologySource for StaticSource {
+    fn describe(&self) -> String {
+        "static".to_string()
+    }
+
+    async fn run(&self, sink: Arc<dyn TopologySink>) {
+        let previous = sink.current();
+        let wire = self.to_wire(&previous);
+        let resolved = resolve_addresses(&wire).await;
+        let (snapshot, warnings) = TopologySnapshot::from_wire(&wire, &resolved, &previous);
+        for w in warnings {
+            tracing::warn!("static topology: {w}");
+        }
+        let writer = snapshot.writer.as_ref().map(|w| w.name.clone());
+        let readers = snapshot.readers.len();
+        let (epoch, revision) = (snapshot.epoch, snapshot.revision);
+        if sink.publish(snapshot) {
+            tracing::info!(
+                epoch,
+                revision,
+                writer = writer.as_deref().unwrap_or("none"),
+                readers,
+                "static topology published"
+            );
+        }
+    }
+}
+
+/// `topology.election_url`: the live source arrives with the failover issue (issue 4). Until
+/// then the proxy says so and stays unready rather than guessing a topology.
+pub struct ElectionSource {
+    pub urls: Vec<String>,
+}
+
+#[async_trait]
+impl TopologySource for ElectionSource {
+    fn describe(&self) -> String {
+        format!("election {}", self.urls.join(", "))
+    }
+
+    async fn run(&self, _sink: Arc<dyn TopologySink>) {
+        tracing::error!(
+            urls = ?self.urls,
+            "topology.election_url: following writer-election is not built yet; \
+             the proxy has no topology and stays unready (use topology.static for now)"
+        );
+        std::future::pending::<()>().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::StaticNode;
+
+    fn node(name: &str, address: &str) -> StaticNode {
+        StaticNode {
+            name: name.into(),
+            address: address.into(),
+        }
+    }
+
+    fn resolved(t: &Topology) -> HashMap<String, SocketAddr> {
+        t.writer
+            .iter()
+            .chain(t.readers.iter())
+            .filter_map(|n| Some((n.address.clone(), n.address.parse().ok()?)))
+            .collect()
+    }
+
+    fn publish(src: &StaticSource, prev: &TopologySnapshot) -> TopologySnapshot {
+        let wire = src.to_wire(prev);
+        TopologySnapshot::from_wire(&wire, &resolved(&wire), prev).0
+    }
+
+    #[test]
+    fn static_epochs_move_only_when_the_writer_changes() {
+        let mut src = StaticSource {
+            topology: StaticTopology {
+                writer: Some(node("a", "127.0.0.1:1")),
+                readers: vec![node("b", "127.0.0.1:2")],
+            },
+        };
+        let s1 = publish(&src, &TopologySnapshot::none());
+        assert_eq!((s1.epoch, s1.revision), (1, 1));
+        assert_eq!(s1.epoch_header, "1");
+        src.topology.readers.push(node("c", "127.0.0.1:3"));
+        let s2 = publish(&src, &s1);
+        assert_eq!((s2.epoch, s2.revision), (1, 2));
+        src.topology.writer = Some(node("b", "127.0.0.1:2"));
+        src.topology.readers = vec![node("a", "127.0.0.1:1")];
+        let s3 = publish(&src, &s2);
+        assert_eq!((s3.epoch, s3.revision), (2, 3));
+        assert_eq!(s3.epoch_header, "2");
+        src.topology.writer = None;
+        let s4 = publish(&src, &s3);
+        assert_eq!((s4.epoch, s4.revision), (3, 4));
+        assert!(s4.writer.is_none());
+    }
+
+    #[test]
+    fn stats_survive_a_new_snapshot_for_the_same_address() {
+        let src = StaticSource {
+            topology: StaticTopology {
+                writer: Some(node("a", "127.0.0.1:1")),
+                readers: vec![node("b", "127.0.0.1:2")],
+            },
+        };
+        let s1 = publish(&src, &TopologySnapshot::none());
+        let _guard = s1.readers[0].stats.begin();
+        let s2 = publish(&src, &s1);
+        assert_eq!(s2.readers[0].stats.in_flight(), 1);
+        assert!(Arc::ptr_eq(&s1.readers[0].stats, &s2.readers[0].stats));
+    }
+
+    #[test]
+    fn unresolved_nodes_are_left_out_with_a_warning() {
+        let mut t = Topology::empty();
+        t.writer = Some(NodeRef {
+            name: "w".into(),
+            address: "127.0.0.1:1".into(),
+        });
+        t.readers = vec![NodeRef {
+            name: "r".into(),
+            address: "nowhere.invalid:1".into(),
+        }];
+        let (s, warnings) =
+            TopologySnapshot::from_wire(&t, &resolved(&t), &TopologySnapshot::none());
+        assert!(s.writer.is_some());
+        assert!(s.readers.is_empty());
+        assert_eq!(warnings.len(), 1);
+    }
+
+    #[test]
+    fn a_reader_that_is_also_the_writer_is_not_a_reader() {
+        let mut t = Topology::empty();
+        let w = NodeRef {
+            name: "w".into(),
+            address: "127.0.0.1:1".into(),
+        };
+        t.writer = Some(w.clone());
+        t.readers = vec![w];
+        let (s, _) = TopologySnapshot::from_wire(&t, &resolved(&t), &TopologySnapshot::none());
+        assert!(s.readers.is_empty());
+    }
+
+    #[test]
+    fn ewma_and_in_flight() {
+        let s = Arc::new(UpstreamStats::default());
+        assert_eq!(s.ewma_micros(), 0.0);
+        s.observe_latency_micros(100.0);
+        assert_eq!(s.ewma_micros(), 100.0);
+        s.observe_latency_micros(200.0);
+        assert!((s.ewma_micros() - 120.0).abs() < 1e-9);
+        s.observe_failure();
+        assert_eq!(s.ewma_micros(), FAILURE_PENALTY_MICROS);
+        let g1 = s.begin();
+        let g2 = s.begin();
+        assert_eq!(s.in_flight(), 2);
+        drop(g1);
+        drop(g2);
+        assert_eq!(s.in_flight(), 0);
+    }
+}
