@@ -1,1 +1,14 @@
-//! rw-proxy (to be written: see issue 2).
+//! rw-proxy: a Pingora proxy that sends writes to the elected writer and spreads reads over
+//! the ready readers of a single-writer storage cluster (see SPEC.md and README.md).
+
+pub mod admin;
+pub mod balance;
+pub mod config;
+pub mod control;
+pub mod errors;
+pub mod metrics;
+pub mod proxy;
+pub mod routing;
+pub mod server;
+pub mod state;
+pub mod topology;

@@ -1,0 +1,589 @@
+//! The Pingora `ProxyHttp` implementation: the request path.
+//!
+//! Per request: one load of the shared state (kept in the context), the routing decision,
+//! a balancer pick, a cloned prepared peer, a handful of header edits. No locks; the
+//! allocations left are the ones Pingora's API or a unique value needs (the boxed peer, a
+//! generated request id, the X-Forwarded-For value).
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::header::{CONNECTION, CONTENT_LENGTH, HOST};
+use http::HeaderValue;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_error::{Error, ErrorSource, ErrorType, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, Session};
+
+use crate::balance::Tried;
+use crate::config::AccessLog;
+use crate::errors::{self, ProxyError};
+use crate::metrics::TARGET_NONE;
+use crate::routing::{self, RouteTarget};
+use crate::state::{Active, Backend, Shared};
+use crate::topology::InFlight;
+
+pub const X_WRITER_EPOCH: &str = "x-writer-epoch";
+pub const X_REQUEST_ID: &str = "x-request-id";
+pub const X_FORWARDED_FOR: &str = "x-forwarded-for";
+pub const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
+pub const X_FORWARDED_HOST: &str = "x-forwarded-host";
+/// Idle time allowed between two requests on a client keep-alive connection (nginx: 75s).
+const DOWNSTREAM_KEEPALIVE_SECS: u64 = 75;
+
+/// Requests between header read and the end of their response. SIGTERM waits for zero.
+pub static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+
+/// Counts a request in [`IN_FLIGHT`] for as long as its context lives (Pingora drops the
+/// context after the response is flushed).
+pub struct DrainGuard(());
+
+impl DrainGuard {
+    fn new() -> Self {
+        IN_FLIGHT.fetch_add(1, Ordering::Relaxed);
+        DrainGuard(())
+    }
+}
+
+impl Drop for DrainGuard {
+    fn drop(&mut self) {
+        IN_FLIGHT.fetch_sub(1, Ordering::Release);
+    }
+}
+
+/// Unique request ids: a random per-process prefix and a counter, 24 hex digits.
+struct RequestIds {
+    prefix: u32,
+    next: AtomicU64,
+}
+
+impl RequestIds {
+    fn new() -> Self {
+        RequestIds {
+            prefix: rand::random(),
+            next: AtomicU64::new(1),
+        }
+    }
+
+    fn next(&self) -> HeaderValue {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut buf = [0u8; 24];
+        for (i, b) in buf[..8].iter_mut().enumerate() {
+            *b = HEX[((self.prefix >> (28 - 4 * i)) & 0xf) as usize];
+        }
+        for (i, b) in buf[8..].iter_mut().enumerate() {
+            *b = HEX[((n >> (60 - 4 * i)) & 0xf) as usize];
+        }
+        HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("-"))
+    }
+}
+
+/// Which backend of the request's [`Active`] was picked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pick {
+    Writer,
+    Read(usize),
+    Any(usize),
+}
+
+pub struct Ctx {
+    active: Arc<Active>,
+    start: Instant,
+    route: Option<RouteTarget>,
+    pick: Option<Pick>,
+    tried: Tried,
+    tried_writer: bool,
+    attempts: u32,
+    upstream_started: Option<Instant>,
+    in_flight: Option<InFlight>,
+    request_id: Option<HeaderValue>,
+    body_bytes: u64,
+    _drain: DrainGuard,
+}
+
+impl Ctx {
+    fn backend(&self) -> Option<&Backend> {
+        match self.pick? {
+            Pick::Writer => self.active.writer.as_ref(),
+            Pick::Read(i) => self.active.read_pool.get(i),
+            Pick::Any(i) => self.active.any_pool.get(i),
+        }
+    }
+
+    fn target_index(&self) -> usize {
+        self.route
+            .map(RouteTarget::label_index)
+            .unwrap_or(TARGET_NONE)
+    }
+}
+
+pub struct RwProxy {
+    shared: Arc<Shared>,
+    ids: RequestIds,
+}
+
+impl RwProxy {
+    pub fn new(shared: Arc<Shared>) -> Self {
+        RwProxy {
+            shared,
+            ids: RequestIds::new(),
+        }
+    }
+
+    /// Whether a read whose connect failed can go somewhere else.
+    fn has_alternative(ctx: &Ctx) -> bool {
+        let a = &ctx.active;
+        let untried = |pool: &[Backend]| (0..pool.len()).any(|i| !ctx.tried.contains(i));
+        let writer_left =
+            a.settings.table.reads_fall_back_to_writer && a.writer.is_some() && !ctx.tried_writer;
+        match ctx.route {
+            Some(RouteTarget::Readers) => untried(&a.read_pool) || writer_left,
+            Some(RouteTarget::Any) => untried(&a.any_pool),
+            _ => false,
+        }
+    }
+}
+
+/// Writes a proxy-made JSON error. Closes the connection if the request body was not read.
+async fn respond(
+    session: &mut Session,
+    err: &ProxyError,
+    request_id: Option<&HeaderValue>,
+) -> Result<()> {
+    if session.response_written().is_some() {
+        return Ok(());
+    }
+    let body = Bytes::from(err.body());
+    let mut resp = ResponseHeader::build(err.status, Some(5))?;
+    resp.insert_header("Content-Type", "application/json")?;
+    resp.insert_header("Content-Length", body.len())?;
+    resp.insert_header("Cache-Control", "no-store")?;
+    if let Some(secs) = err.retry_after {
+        resp.insert_header("Retry-After", secs)?;
+    }
+    if let Some(id) = request_id {
+        resp.insert_header("X-Request-Id", id.clone())?;
+    }
+    if !session.is_body_done() {
+        session.set_keepalive(None);
+    }
+    session.write_response_header(Box::new(resp), false).await?;
+    session.write_response_body(Some(body), true).await
+}
+
+fn content_length(req: &RequestHeader) -> Option<u64> {
+    req.headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.trim().parse().ok())
+}
+
+#[async_trait]
+impl ProxyHttp for RwProxy {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            active: self.shared.load(),
+            start: Instant::now(),
+            route: None,
+            pick: None,
+            tried: Tried::default(),
+            tried_writer: false,
+            attempts: 0,
+            upstream_started: None,
+            in_flight: None,
+            request_id: None,
+            body_bytes: 0,
+            _drain: DrainGuard::new(),
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let active = &ctx.active;
+        let limits = active.settings.config.limits;
+        let req = session.req_header();
+        let route = routing::route(
+            &req.method,
+            req.uri.path(),
+            &req.headers,
+            &active.settings.table,
+            &active.topology,
+        );
+        ctx.route = Some(route);
+        ctx.request_id = Some(match req.headers.get(X_REQUEST_ID) {
+            Some(id) => id.clone(),
+            None => self.ids.next(),
+        });
+        let declared_body = content_length(req);
+        let writer_missing = matches!(route, RouteTarget::Writer | RouteTarget::WriterRead(_))
+            && active.writer.is_none();
+
+        if session.get_keepalive() == Some(0) {
+            session.set_keepalive(Some(DOWNSTREAM_KEEPALIVE_SECS));
+        }
+
+        let header_bytes = session
+            .as_downstream()
+            .as_http1()
+            .map(|h1| h1.get_headers_raw_bytes().len())
+            .unwrap_or(0);
+        let refusal = if header_bytes as u64 > limits.max_header_bytes {
+            Some(&errors::ERR_HEADERS_TOO_LARGE)
+        } else if declared_body.is_some_and(|n| n > limits.max_body) {
+            // Refused before any upstream sees a byte of it.
+            Some(&errors::ERR_BODY_TOO_LARGE)
+        } else if let RouteTarget::NoUpstream(_) = route {
+            Some(&errors::ERR_NO_UPSTREAM)
+        } else if writer_missing {
+            Some(&errors::ERR_NO_WRITER)
+        } else {
+            None
+        };
+        match refusal {
+            Some(err) => {
+                respond(session, err, ctx.request_id.as_ref()).await?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some(b) = body {
+            ctx.body_bytes += b.len() as u64;
+            // Only bodies without Content-Length get here over the limit.
+            if ctx.body_bytes > ctx.active.settings.config.limits.max_body {
+                return Error::e_explain(
+                    ErrorType::HTTPStatus(413),
+                    "request body over limits.max_body",
+                );
+            }
+        }
+        Ok(())
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let route = ctx
+            .route
+            .unwrap_or(RouteTarget::NoUpstream(crate::config::Target::Readers));
+        let a = &ctx.active;
+        let fallback = |tried_writer: bool| {
+            (a.settings.table.reads_fall_back_to_writer && a.writer.is_some() && !tried_writer)
+                .then_some(Pick::Writer)
+        };
+        let pick = match route {
+            RouteTarget::Writer | RouteTarget::WriterRead(_) => {
+                a.writer.as_ref().map(|_| Pick::Writer)
+            }
+            RouteTarget::Readers => a
+                .read_balancer
+                .pick(&a.read_pool, ctx.tried)
+                .map(Pick::Read)
+                .or_else(|| fallback(ctx.tried_writer)),
+            RouteTarget::Any => a.any_balancer.pick(&a.any_pool, ctx.tried).map(Pick::Any),
+            RouteTarget::NoUpstream(_) => None,
+        };
+        let Some(pick) = pick else {
+            let etype = if matches!(route, RouteTarget::Writer | RouteTarget::WriterRead(_)) {
+                errors::NO_WRITER
+            } else {
+                errors::NO_UPSTREAM
+            };
+            return Err(Error::new(etype));
+        };
+        ctx.pick = Some(pick);
+        ctx.attempts += 1;
+        let Some((peer, in_flight)) = ctx
+            .backend()
+            .map(|b| (Box::new(b.peer.clone()), b.upstream.stats.begin()))
+        else {
+            return Err(Error::new(errors::NO_UPSTREAM));
+        };
+        ctx.in_flight = Some(in_flight);
+        ctx.upstream_started = Some(Instant::now());
+        Ok(peer)
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        self.shared
+            .metrics
+            .upstream_error(ctx.target_index(), errors::upstream_error_kind(&e));
+        let failed_writer = ctx.backend().is_some_and(|b| {
+            b.upstream.stats.observe_failure();
+            b.is_writer
+        });
+        ctx.tried_writer |= failed_writer;
+        match ctx.pick {
+            Some(Pick::Read(i)) | Some(Pick::Any(i)) => ctx.tried.insert(i),
+            _ => {}
+        }
+        ctx.in_flight = None;
+        // Nothing was sent: a read may go to another node. Writes are not retried here (the
+        // write hold of the failover issue takes over).
+        let retry = matches!(ctx.route, Some(RouteTarget::Readers | RouteTarget::Any))
+            && ctx.attempts <= ctx.active.settings.config.failover.read_retries
+            && Self::has_alternative(ctx);
+        e.set_retry(retry);
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Ctx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("peer: {peer}"));
+        if *e.esource() == ErrorSource::Upstream {
+            self.shared
+                .metrics
+                .upstream_error(ctx.target_index(), errors::upstream_error_kind(&e));
+        }
+        ctx.in_flight = None;
+        // The request reached the upstream. Only a read that sent no body byte may go again
+        // (a stale pooled connection); a write never does: the writer may have applied it.
+        let body_sent = session.upstream_body_bytes_sent().unwrap_or(0);
+        let replay = ctx.route.is_some_and(|r| {
+            r.may_replay(
+                &session.req_header().method,
+                body_sent + ctx.body_bytes as usize,
+            )
+        }) && !session.as_ref().retry_buffer_truncated();
+        if replay {
+            e.retry.decide_reuse(client_reused);
+        } else {
+            e.set_retry(false);
+        }
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        req: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        // A client must never choose the fencing token.
+        req.remove_header(X_WRITER_EPOCH);
+        if ctx.backend().is_some_and(|b| b.is_writer) {
+            req.insert_header("X-Writer-Epoch", ctx.active.topology.epoch_header.clone())?;
+        }
+
+        if let Some(ip) = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip())
+        {
+            let mut xff = String::with_capacity(48);
+            if let Some(prev) = req.headers.get(X_FORWARDED_FOR) {
+                if let Ok(prev) = prev.to_str() {
+                    xff.push_str(prev);
+                    xff.push_str(", ");
+                }
+            }
+            let _ = write!(xff, "{ip}");
+            if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(xff)) {
+                req.insert_header("X-Forwarded-For", v)?;
+            }
+        }
+        // Set by an ingress in front of us (which may have terminated TLS): keep theirs.
+        if !req.headers.contains_key(X_FORWARDED_PROTO) {
+            req.insert_header("X-Forwarded-Proto", HeaderValue::from_static("http"))?;
+        }
+        if !req.headers.contains_key(X_FORWARDED_HOST) {
+            if let Some(host) = req.headers.get(HOST).cloned() {
+                req.insert_header("X-Forwarded-Host", host)?;
+            }
+        }
+        if let Some(id) = &ctx.request_id {
+            req.insert_header("X-Request-Id", id.clone())?;
+        }
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let (Some(b), Some(t0)) = (ctx.backend(), ctx.upstream_started) {
+            b.upstream
+                .stats
+                .observe_latency_micros(t0.elapsed().as_secs_f64() * 1e6);
+        }
+        strip_response_hop_by_hop(resp);
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if !resp.headers.contains_key(X_REQUEST_ID) {
+            if let Some(id) = &ctx.request_id {
+                resp.insert_header("X-Request-Id", id.clone())?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let status = match errors::classify(e) {
+            Some(err) => {
+                if let Err(write_err) = respond(session, &err, ctx.request_id.as_ref()).await {
+                    tracing::debug!(error = %write_err, "cannot send the error response");
+                }
+                err.status
+            }
+            None => 0,
+        };
+        FailToProxy {
+            error_code: status,
+            can_reuse_downstream: false,
+        }
+    }
+
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, e: &Error) -> bool {
+        // Our own refusals are in the access log and the metrics; they are not proxy faults.
+        matches!(
+            e.etype(),
+            ErrorType::Custom("no_writer" | "no_upstream") | ErrorType::HTTPStatus(413)
+        )
+    }
+
+    fn suppress_proxy_warn_log(
+        &self,
+        _session: &Session,
+        _ctx: &Ctx,
+        e: &Error,
+        _context: ProxyWarnLogContext,
+    ) -> bool {
+        // A retried read is counted in rw_proxy_upstream_errors_total; a dead reader would
+        // otherwise log one line per request.
+        tracing::debug!(error = %e, "retrying on another upstream");
+        true
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        ctx.in_flight = None;
+        let mut status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .unwrap_or(0);
+        if status == 0 && e.is_some() {
+            // nginx's convention for "the client went away before we answered".
+            status = 499;
+        }
+        let elapsed = ctx.start.elapsed();
+        let method = &session.req_header().method;
+        self.shared
+            .metrics
+            .request_done(ctx.target_index(), method, status, elapsed);
+
+        let log = match ctx.active.settings.config.access_log {
+            AccessLog::Off => false,
+            AccessLog::Errors => status >= 400,
+            AccessLog::All => true,
+        };
+        if log {
+            let upstream = ctx.backend().map(|b| &*b.upstream.name).unwrap_or("-");
+            let request_id = ctx
+                .request_id
+                .as_ref()
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-");
+            tracing::info!(
+                target: "rw_proxy::access",
+                method = %method,
+                path = %session.req_header().uri,
+                target = ctx.route.map(RouteTarget::label).unwrap_or("none"),
+                upstream,
+                status,
+                duration_ms = elapsed.as_secs_f64() * 1e3,
+                request_id,
+                attempts = ctx.attempts,
+                error = e.map(|e| e.etype().as_str()).unwrap_or(""),
+            );
+        }
+    }
+}
+
+/// Hop-by-hop fields of the upstream response (RFC 9110, 7.6.1). Pingora writes its own
+/// `Connection` and framing; the rest, and whatever `Connection` nominates, must not pass.
+fn strip_response_hop_by_hop(resp: &mut ResponseHeader) {
+    // A 101 hands the connection over; Pingora forwards its Upgrade itself.
+    let upgrading = resp.status == 101;
+    if let Some(conn) = resp.headers.get(CONNECTION) {
+        let nominated: Vec<String> = conn
+            .to_str()
+            .unwrap_or("")
+            .split(',')
+            .map(|t| t.trim().to_ascii_lowercase())
+            .filter(|t| !t.is_empty() && t != "close" && t != "keep-alive")
+            .filter(|t| !(upgrading && t == "upgrade"))
+            .collect();
+        for name in nominated {
+            resp.remove_header(name.as_str());
+        }
+    }
+    resp.remove_header("keep-alive");
+    resp.remove_header("proxy-connection");
+    if !upgrading {
+        resp.remove_header("upgrade");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_unique_and_hex() {
+        let ids = RequestIds::new();
+        let a = ids.next();
+        let b = ids.next();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 24);
+        assert!(a.to_str().unwrap().bytes().all(|c| c.is_ascii_hexdigit()));
+        assert_eq!(&a.as_bytes()[..8], &b.as_bytes()[..8]);
+    }
+
+    #[test]
+    fn hop_by_hop_response_fields_are_stripped() {
+        let mut r = ResponseHeader::build(200, None).unwrap();
+        r.insert_header("Connection", "keep-alive, X-Secret")
+            .unwrap();
+        r.insert_header("X-Secret", "1").unwrap();
+        r.insert_header("Keep-Alive", "timeout=5").unwrap();
+        r.insert_header("Proxy-Connection", "keep-alive").unwrap();
+        r.insert_header("X-Kept", "1").unwrap();
+        strip_response_hop_by_hop(&mut r);
+        assert!(r.headers.get("x-secret").is_none());
+        assert!(r.headers.get("keep-alive").is_none());
+        assert!(r.headers.get("proxy-connection").is_none());
+        assert!(r.headers.get("x-kept").is_some());
+    }
+}
