@@ -2,6 +2,7 @@
 //! comparison (see README.md). The binary is a thin clap front over these modules.
 
 pub mod cluster;
+pub mod compare;
 pub mod demo;
 pub mod failover;
 pub mod httpc;

@@ -27,6 +27,8 @@ enum Command {
     /// Run a cluster under load, inject a fault on the writer, check that no acknowledged
     /// write was lost and no epoch was accepted by two nodes.
     Failover(loadtest::failover::FailoverArgs),
+    /// nginx vs rw-proxy (vs a direct connection) in front of the same nodes, in alternation.
+    Compare(loadtest::compare::CompareArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -48,6 +50,7 @@ fn main() -> std::process::ExitCode {
             Command::Run(args) => loadtest::run::main(args).await,
             Command::Demo(args) => loadtest::demo::main(args, cli.log_format).await,
             Command::Failover(args) => loadtest::failover::main(args, cli.log_format).await,
+            Command::Compare(args) => loadtest::compare::main(args, cli.log_format).await,
         }
     });
     match result {
