@@ -982,3 +982,41 @@ async fn dropping_the_server_closes_it() {
     .await;
     assert!(pods.list(&ListParams::default()).await.is_err());
 }
+
+#[tokio::test]
+async fn injected_failures_and_a_slow_api() {
+    let api = start().await;
+    let leases: Api<Lease> = Api::default_namespaced(api.kube_client());
+    let created = leases
+        .create(&PostParams::default(), &lease("writer", "a"))
+        .await
+        .unwrap_or_else(|e| panic!("create: {e}"));
+    api.fail_requests("update", "leases", 500, 1);
+    api.fail_requests("get", "leases", 409, 2);
+    let failed = leases
+        .replace("writer", &PostParams::default(), &created)
+        .await;
+    assert_eq!(api_code(failed), (500, "InternalError".to_string()));
+    let replaced = leases
+        .replace("writer", &PostParams::default(), &created)
+        .await;
+    assert!(replaced.is_ok(), "one failure only: {replaced:?}");
+    for _ in 0..2 {
+        assert_eq!(
+            api_code(leases.get("writer").await),
+            (409, "Conflict".to_string())
+        );
+    }
+    assert!(leases.get("writer").await.is_ok());
+
+    api.set_response_delay(Duration::from_millis(300));
+    let started = std::time::Instant::now();
+    assert!(leases.get("writer").await.is_ok());
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "the answer was delayed"
+    );
+    api.set_response_delay(Duration::ZERO);
+    let codes: Vec<_> = api.requests().into_iter().map(|r| r.code).collect();
+    assert_eq!(codes, [201, 500, 200, 409, 409, 200, 200]);
+}

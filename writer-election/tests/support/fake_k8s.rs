@@ -466,6 +466,24 @@ impl FakeApiServer {
         *self.shared.outage.borrow()
     }
 
+    /// The next `count` requests with this RBAC verb on this resource (e.g. "update", "leases")
+    /// fail with `code` as a Status (404 NotFound, 409 Conflict, 403 Forbidden, 503, 429, 500 ...)
+    /// without touching the store. Note that kube's default client retries 429/503/504 itself.
+    pub fn fail_requests(&self, verb: &str, resource: &str, code: u16, count: usize) {
+        lock(&self.shared.faults).push(server::Fault {
+            verb: verb.to_string(),
+            resource: resource.to_string(),
+            code,
+            remaining: count,
+        });
+    }
+
+    /// Delays every answer (after outage handling, before RBAC and the store) by `delay`: a slow
+    /// API. Zero (the default) turns it off.
+    pub fn set_response_delay(&self, delay: Duration) {
+        *lock(&self.shared.response_delay) = delay;
+    }
+
     /// Compacts the watch history: every open watch gets an ERROR 410 Gone event and ends, and
     /// any watch resumed from a resourceVersion older than now gets the same, so kube's watcher
     /// must relist.

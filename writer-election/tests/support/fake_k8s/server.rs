@@ -55,6 +55,48 @@ pub struct Shared {
     pub grants: Mutex<Option<Vec<Grant>>>,
     pub open_watches: AtomicUsize,
     pub bookmark_interval: Mutex<Duration>,
+    /// Injected failures, consumed in order by matching requests.
+    pub faults: Mutex<Vec<Fault>>,
+    /// Added before every answer (not to watch events once a watch has started).
+    pub response_delay: Mutex<Duration>,
+}
+
+/// The next `remaining` requests with this verb on this resource get `code` as a Status.
+#[derive(Debug, Clone)]
+pub struct Fault {
+    pub verb: String,
+    pub resource: String,
+    pub code: u16,
+    pub remaining: usize,
+}
+
+impl Fault {
+    fn error(&self, kind: Kind, name: Option<&str>) -> ApiError {
+        let name = name.unwrap_or("");
+        match self.code {
+            404 => ApiError::not_found(kind, name),
+            409 => ApiError::conflict(kind, name),
+            403 => ApiError::forbidden(kind, &self.verb, None, Some(name)),
+            503 => ApiError::service_unavailable(),
+            code => ApiError {
+                code,
+                reason: match code {
+                    400 => "BadRequest",
+                    410 => "Gone",
+                    422 => "Invalid",
+                    429 => "TooManyRequests",
+                    504 => "Timeout",
+                    _ => "InternalError",
+                },
+                message: format!(
+                    "injected failure {code} for {} {}",
+                    self.verb,
+                    kind.plural()
+                ),
+                details: None,
+            },
+        }
+    }
 }
 
 impl Shared {
@@ -69,6 +111,8 @@ impl Shared {
             grants: Mutex::new(None),
             open_watches: AtomicUsize::new(0),
             bookmark_interval: Mutex::new(DEFAULT_BOOKMARK_INTERVAL),
+            faults: Mutex::new(Vec::new()),
+            response_delay: Mutex::new(Duration::ZERO),
         }
     }
 
@@ -266,6 +310,11 @@ async fn respond(
     };
     record.verb = verb.to_string();
 
+    let delay = *lock(&shared.response_delay);
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+
     let denied = lock(&shared.grants).as_ref().is_some_and(|grants| {
         !rbac::allowed(
             grants,
@@ -283,6 +332,21 @@ async fn respond(
             target.namespace.as_deref(),
             target.name.as_deref(),
         ));
+    }
+
+    let injected = {
+        let mut faults = lock(&shared.faults);
+        let hit = faults
+            .iter_mut()
+            .find(|f| f.remaining > 0 && f.verb == verb && f.resource == target.kind.plural());
+        hit.map(|fault| {
+            fault.remaining -= 1;
+            fault.error(target.kind, target.name.as_deref())
+        })
+    };
+    if let Some(error) = injected {
+        lock(&shared.faults).retain(|f| f.remaining > 0);
+        return error_response(&error);
     }
 
     let content_type = req
