@@ -5,7 +5,7 @@
 
 mod support;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::Path;
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
@@ -26,12 +26,13 @@ const ELECTION: &str = "writer-election";
 const COMPONENT: &str = "microstream.one/cluster-component";
 
 /// (apiGroup, resource, verb) writer-election calls, read from writer-election/src:
-/// - pods: the discovery watcher lists and watches by label selector; the writer's pod is read
-///   by name (UID check); role labels are patched (label_pods); a hung old writer is deleted
-///   (fencing.delete_old_writer_pod).
-/// - leases: the writer record (state.lease) and the HA leader lock (ha.lease_name) are read,
-///   created when missing and replaced with their resourceVersion.
-/// - events: one Event per failover/switchover (core/v1 or events.k8s.io/v1).
+/// - pods: `discovery/kubernetes.rs` runs `kube::runtime::watcher` by label selector (list,
+///   watch); `kube_actions.rs` deletes a hung old writer with a UID precondition
+///   (fencing.delete_old_writer_pod), confirms it gone with `get_opt` (get), and merge-patches
+///   role labels (label_pods: patch).
+/// - leases: `store/lease.rs` (writer record, state.lease) and `leader.rs` (HA lock,
+///   ha.lease_name) `get_opt`, `create` when missing, `replace` with the resourceVersion (update).
+/// - events: `kube_actions.rs` creates one core/v1 Event per writer change.
 const EXPECTED_RBAC: &[(&str, &str, &str)] = &[
     ("", "pods", "get"),
     ("", "pods", "list"),
@@ -42,7 +43,6 @@ const EXPECTED_RBAC: &[(&str, &str, &str)] = &[
     ("coordination.k8s.io", "leases", "create"),
     ("coordination.k8s.io", "leases", "update"),
     ("", "events", "create"),
-    ("events.k8s.io", "events", "create"),
 ];
 
 fn fixtures() -> Vec<Doc> {
@@ -920,30 +920,44 @@ fn rust_sources(dir: &Path, out: &mut Vec<(String, String)>) {
     }
 }
 
-#[test]
-fn writer_election_source_uses_only_api_types_the_role_covers() {
-    // A cheap guard next to EXPECTED_RBAC: a new kube Api<T> type, a cluster-wide Api::all, or a
-    // subresource call in writer-election/src fails here until the Role (and EXPECTED_RBAC) covers it.
-    let mut files = Vec::new();
-    rust_sources(&repo_root().join("writer-election/src"), &mut files);
-    assert!(!files.is_empty(), "no writer-election sources");
-    let covered: BTreeMap<&str, &str> =
-        BTreeMap::from([("Pod", "pods"), ("Lease", "leases"), ("Event", "events")]);
-    let granted_resources: BTreeSet<&str> = EXPECTED_RBAC.iter().map(|(_, r, _)| *r).collect();
-    let mut types = BTreeSet::new();
-    for (file, text) in &files {
+/// Scans Rust sources for the Kubernetes API use the Role must cover: `Api<T>` types (mapped to
+/// resources), cluster-wide `Api::all`, subresource calls, events.k8s.io Events. Returns the
+/// resources used, or every problem found.
+fn kube_api_use(files: &[(String, String)]) -> Result<BTreeSet<&'static str>, Vec<String>> {
+    let resource_of = |ty: &str| match ty {
+        "Pod" => Some("pods"),
+        "Lease" => Some("leases"),
+        "Event" => Some("events"),
+        _ => None,
+    };
+    let mut used = BTreeSet::new();
+    let mut problems = Vec::new();
+    for (file, text) in files {
         for marker in ["Api<", "Api::<"] {
             for (i, _) in text.match_indices(marker) {
-                let rest = &text[i + marker.len()..];
-                let ty: String = rest
+                let ty: String = text[i + marker.len()..]
                     .chars()
                     .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == ':')
                     .collect();
-                let ty = ty.rsplit("::").next().unwrap_or_default().to_owned();
+                let ty = ty.rsplit("::").next().unwrap_or_default();
                 // Generic helpers (Api<K>, Api<T>) are fine: their concrete uses are found too.
-                if ty.len() > 1 {
-                    types.insert((ty, file.clone()));
+                if ty.len() <= 1 {
+                    continue;
                 }
+                match resource_of(ty) {
+                    Some(r) => {
+                        used.insert(r);
+                    }
+                    None => problems.push(format!("{file}: Api<{ty}> is not covered by the Role")),
+                }
+            }
+        }
+        // events.k8s.io/v1 Events (kube's runtime Recorder posts those) need another Role rule.
+        for marker in ["api::events::v1", "runtime::events"] {
+            if text.contains(marker) {
+                problems.push(format!(
+                    "{file}: uses {marker}: needs events.k8s.io events create"
+                ));
             }
         }
         for call in [
@@ -956,17 +970,50 @@ fn writer_election_source_uses_only_api_types_the_role_covers() {
             ".patch_subresource(",
             ".create_subresource(",
         ] {
-            assert!(
-                !text.contains(call),
-                "{file}: {call} needs access the Role does not grant"
-            );
+            if text.contains(call) {
+                problems.push(format!(
+                    "{file}: {call} needs access the Role does not grant"
+                ));
+            }
         }
     }
-    for (ty, file) in &types {
-        let resource = covered.get(ty.as_str()).unwrap_or_else(|| {
-            panic!("{file}: Api<{ty}> is not covered by k8s/writer-election/rbac.yaml")
-        });
-        assert!(granted_resources.contains(resource));
+    if problems.is_empty() {
+        Ok(used)
+    } else {
+        Err(problems)
+    }
+}
+
+#[test]
+fn writer_election_source_uses_exactly_the_api_resources_the_role_covers() {
+    // A guard next to EXPECTED_RBAC, in both directions: a new Api<T> type, Api::all or a
+    // subresource call in writer-election/src fails until the Role covers it; a resource the Role
+    // grants but no source uses fails too.
+    let mut files = Vec::new();
+    rust_sources(&repo_root().join("writer-election/src"), &mut files);
+    assert!(!files.is_empty(), "no writer-election sources");
+    let used = kube_api_use(&files).unwrap_or_else(|p| panic!("{}", p.join("\n")));
+    let granted: BTreeSet<&str> = EXPECTED_RBAC.iter().map(|(_, r, _)| *r).collect();
+    assert_eq!(
+        used, granted,
+        "resources used in writer-election/src vs granted by the Role"
+    );
+}
+
+#[test]
+fn the_api_use_scan_catches_what_the_role_does_not_cover() {
+    let src = |text: &str| vec![("x.rs".to_owned(), text.to_owned())];
+    let ok = kube_api_use(&src("let p: Api<Pod> = Api::namespaced(c, ns); let l = Api::<Lease>::namespaced(c, ns); fn f<K>(a: Api<K>) {}"));
+    assert_eq!(ok, Ok(BTreeSet::from(["pods", "leases"])));
+    for bad in [
+        "let e: Api<Endpoints> = Api::namespaced(c, ns);",
+        "let p: Api<Pod> = Api::all(c);",
+        "pods.evict(name, &EvictParams::default())",
+        "use kube::runtime::events::Recorder;",
+        "use k8s_openapi::api::events::v1::Event;",
+        "pods.patch_status(name, &pp, &patch)",
+    ] {
+        assert!(kube_api_use(&src(bad)).is_err(), "not caught: {bad}");
     }
 }
 
