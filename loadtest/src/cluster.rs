@@ -325,7 +325,8 @@ impl Cluster {
                 .await?;
         }
 
-        // The proxy: election_url if this rw-proxy build takes it, else a static topology.
+        // The proxy follows the election (topology.election_url). A static topology is the
+        // fallback for rw-proxy builds that cannot follow yet (see start_proxy).
         let proxy_cfg = d.join("proxy.yaml");
         let live = proxy_config(
             opts,
@@ -333,31 +334,17 @@ impl Cluster {
             admin_port,
             json!({"election_url": cluster.election_url}),
         );
-        write_config(&proxy_cfg, &live)?;
+        let fixed = proxy_config(
+            opts,
+            proxy_port,
+            admin_port,
+            static_topology(&cluster.nodes),
+        );
         let mut opts = opts.clone();
-        if opts.force_static || !cluster.proxy_config_ok(&proxy_cfg)? {
-            if !opts.force_static {
-                tracing::warn!(
-                    "this rw-proxy does not accept topology.election_url yet: using a static \
-                     topology (writer {}); writer changes will not reach the proxy",
-                    cluster.nodes[0].name
-                );
-            }
-            let st = proxy_config(
-                &opts,
-                proxy_port,
-                admin_port,
-                static_topology(&cluster.nodes),
-            );
-            write_config(&proxy_cfg, &st)?;
-            if !cluster.proxy_config_ok(&proxy_cfg)? {
-                bail!(
-                    "rw-proxy --check rejects the generated config {}: {}",
-                    proxy_cfg.display(),
-                    cluster.proxy_check_output(&proxy_cfg)?
-                );
-            }
+        if opts.force_static {
             cluster.topology_mode = TopologyMode::Static;
+        }
+        if cluster.topology_mode == TopologyMode::Static {
             // The static proxy writes to the first node: the election must promote that one.
             opts.candidate_order = "name".into();
         }
@@ -383,16 +370,63 @@ impl Cluster {
         cluster.group.spawn("writer-election", cmd)?;
         cluster.wait_writer_elected().await?;
 
-        let mut cmd = child_command(
-            &cluster.bins.rw_proxy,
-            &d.join("rw-proxy.log"),
-            opts.log_format,
-        )?;
-        cmd.arg("--config").arg(&proxy_cfg);
-        cluster.group.spawn("rw-proxy", cmd)?;
-        let ready = format!("{}/health/ready", cluster.admin_url);
-        cluster.wait_healthy("rw-proxy", &ready).await?;
+        cluster
+            .start_proxy(&proxy_cfg, &live, &fixed, opts.log_format)
+            .await?;
         Ok(cluster)
+    }
+
+    /// Starts rw-proxy following the election; if it does not turn ready in time (a build that
+    /// accepts `topology.election_url` but cannot follow yet), restarts it with `fixed`, a
+    /// static topology, and says so.
+    async fn start_proxy(
+        &mut self,
+        path: &Path,
+        live: &serde_json::Value,
+        fixed: &serde_json::Value,
+        log_format: LogFormat,
+    ) -> anyhow::Result<()> {
+        let d = self.dir.path().to_path_buf();
+        let ready = format!("{}/health/ready", self.admin_url);
+        let spawn = |cluster: &mut Cluster, cfg: &serde_json::Value| -> anyhow::Result<()> {
+            write_config(path, cfg)?;
+            if !cluster.proxy_config_ok(path)? {
+                bail!(
+                    "rw-proxy --check rejects the generated config {}: {}",
+                    path.display(),
+                    cluster.proxy_check_output(path)?
+                );
+            }
+            let mut cmd =
+                child_command(&cluster.bins.rw_proxy, &d.join("rw-proxy.log"), log_format)?;
+            cmd.arg("--config").arg(path);
+            cluster.group.spawn("rw-proxy", cmd)?;
+            Ok(())
+        };
+        if self.topology_mode == TopologyMode::Election {
+            spawn(self, live)?;
+            match self
+                .wait_healthy_within("rw-proxy", &ready, Duration::from_secs(15))
+                .await
+            {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    tracing::warn!(
+                        error = %e,
+                        "rw-proxy did not turn ready following writer-election; restarting it \
+                         with a static topology (writer {}): writer changes will not reach it",
+                        self.nodes[0].name
+                    );
+                    tokio::task::block_in_place(|| {
+                        self.group.stop_one("rw-proxy", Duration::from_secs(5))
+                    });
+                    self.group.forget("rw-proxy");
+                    self.topology_mode = TopologyMode::Static;
+                }
+            }
+        }
+        spawn(self, fixed)?;
+        self.wait_healthy("rw-proxy", &ready).await
     }
 
     fn proxy_check_output(&self, cfg: &Path) -> anyhow::Result<String> {
@@ -428,7 +462,17 @@ impl Cluster {
     /// Polls `url` until it answers 200; fails early, with the child's last log lines, if the
     /// child exits.
     async fn wait_healthy(&mut self, name: &str, url: &str) -> anyhow::Result<()> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        self.wait_healthy_within(name, url, Duration::from_secs(60))
+            .await
+    }
+
+    async fn wait_healthy_within(
+        &mut self,
+        name: &str,
+        url: &str,
+        within: Duration,
+    ) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + within;
         loop {
             if let Ok(r) = self.client.get(url).await {
                 if r.status == 200 {
@@ -443,7 +487,7 @@ impl Cluster {
             }
             if tokio::time::Instant::now() >= deadline {
                 bail!(
-                    "{name} did not answer 200 on {url} within 60s; its log:\n{}",
+                    "{name} did not answer 200 on {url} within {within:?}; its log:\n{}",
                     log_tail(&self.child_log(name), 20)
                 );
             }

@@ -61,7 +61,16 @@ pub async fn main(args: DemoArgs, log_format: LogFormat) -> anyhow::Result<u8> {
         "starting {} nodes, writer-election and rw-proxy ...",
         args.nodes
     );
-    let mut cluster = Cluster::start(&opts).await?;
+    let stop = crate::signals::terminated();
+    tokio::pin!(stop);
+    // Ctrl-C during start-up drops the half-built cluster: its Drop kills every child.
+    let mut cluster = tokio::select! {
+        c = Cluster::start(&opts) => c?,
+        _ = &mut stop => {
+            eprintln!("interrupted during start-up");
+            return Ok(130);
+        }
+    };
     print!("{}", banner(&cluster));
 
     let follower = tokio::spawn(crate::topo::follow(
@@ -73,8 +82,6 @@ pub async fn main(args: DemoArgs, log_format: LogFormat) -> anyhow::Result<u8> {
         },
     ));
 
-    let stop = crate::signals::terminated();
-    tokio::pin!(stop);
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     loop {
         tokio::select! {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context};
 
-pub use libc::{SIGCONT, SIGKILL, SIGSTOP, SIGTERM};
+pub use libc::{SIGCONT, SIGINT, SIGKILL, SIGSTOP, SIGTERM};
 
 pub struct Managed {
     pub name: String,
@@ -105,6 +105,36 @@ impl Group {
             .get(name)
             .ok_or_else(|| anyhow!("no child named {name}"))?;
         signal_pid(c.pid(), sig)
+    }
+
+    /// SIGTERM to one child, SIGKILL after `grace`, and waits for it.
+    pub fn stop_one(&mut self, name: &str, grace: Duration) {
+        let Some(c) = self.children.iter_mut().find(|c| c.name == name) else {
+            return;
+        };
+        if c.exited.is_some() {
+            return;
+        }
+        let _ = signal_pid(c.pid(), libc::SIGCONT);
+        let _ = signal_pid(c.pid(), libc::SIGTERM);
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if let Ok(Some(st)) = c.child.try_wait() {
+                c.exited = Some(st);
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = c.child.kill();
+        if let Ok(st) = c.child.wait() {
+            c.exited = Some(st);
+        }
+    }
+
+    /// Drops the record of an exited child, so that a new one may take its name.
+    pub fn forget(&mut self, name: &str) {
+        self.children
+            .retain(|c| !(c.name == name && c.exited.is_some()));
     }
 
     /// Reaps children that have exited and returns their names and statuses (once each).

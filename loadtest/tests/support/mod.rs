@@ -64,3 +64,39 @@ pub async fn put(url: &str, key: &str, value: &str, epoch: Option<u64>) -> loadt
         .await
         .unwrap()
 }
+
+/// rw-proxy and writer-election live next to the loadtest binary (target/debug). Builds them
+/// when missing: concurrent test processes serialise on cargo's own lock, and the second build
+/// finds nothing to do.
+pub fn ensure_service_binaries() -> std::path::PathBuf {
+    let dir = Path::new(loadtest_bin())
+        .parent()
+        .expect("the loadtest binary is in a directory")
+        .to_path_buf();
+    let missing = ["rw-proxy", "writer-election"]
+        .iter()
+        .any(|b| !dir.join(b).is_file());
+    if missing {
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let st = Command::new(cargo)
+            .current_dir(&workspace)
+            .args(["build", "--bins", "-p", "rw-proxy", "-p", "writer-election"])
+            .status()
+            .expect("running cargo build");
+        assert!(
+            st.success(),
+            "cargo build --bins -p rw-proxy -p writer-election failed"
+        );
+    }
+    dir
+}
+
+/// True when something accepts connections on 127.0.0.1:port.
+pub fn port_in_use(port: u16) -> bool {
+    std::net::TcpStream::connect_timeout(
+        &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_millis(500),
+    )
+    .is_ok()
+}
