@@ -33,6 +33,10 @@ const COMPONENT: &str = "microstream.one/cluster-component";
 /// - leases: `store/lease.rs` (writer record, state.lease) and `leader.rs` (HA lock,
 ///   ha.lease_name) `get_opt`, `create` when missing, `replace` with the resourceVersion (update).
 /// - events: `kube_actions.rs` creates one core/v1 Event per writer change.
+///
+/// `patch` is only needed with label_pods.enabled and `delete` only with
+/// fencing.delete_old_writer_pod: the Role must grant each exactly when the config turns it on
+/// (see `expected_rbac`).
 const EXPECTED_RBAC: &[(&str, &str, &str)] = &[
     ("", "pods", "get"),
     ("", "pods", "list"),
@@ -862,15 +866,33 @@ fn granted(role: &Role) -> BTreeSet<(String, String, String)> {
     out
 }
 
+/// EXPECTED_RBAC minus the verbs of features the ConfigMap leaves off.
+fn expected_rbac(
+    cfg: &writer_election::config::ElectionConfig,
+) -> BTreeSet<(String, String, String)> {
+    EXPECTED_RBAC
+        .iter()
+        .filter(|(_, r, v)| match (*r, *v) {
+            ("pods", "patch") => cfg.label_pods.enabled,
+            ("pods", "delete") => cfg.fencing.delete_old_writer_pod,
+            _ => true,
+        })
+        .map(|(g, r, v)| (g.to_string(), r.to_string(), v.to_string()))
+        .collect()
+}
+
 #[test]
 fn the_role_grants_exactly_the_calls_writer_election_makes() {
     let m = Manifests::load();
     let role: Role = m.get(ELECTION);
-    let expected: BTreeSet<(String, String, String)> = EXPECTED_RBAC
-        .iter()
-        .map(|(g, r, v)| (g.to_string(), r.to_string(), v.to_string()))
-        .collect();
-    assert_eq!(granted(&role), expected);
+    let cfg = parsed_election_config(&m);
+    assert_eq!(
+        granted(&role),
+        expected_rbac(&cfg),
+        "Role vs the calls writer-election makes with label_pods.enabled={} fencing.delete_old_writer_pod={}",
+        cfg.label_pods.enabled,
+        cfg.fencing.delete_old_writer_pod
+    );
 
     let sa: ServiceAccount = m.get(ELECTION);
     let binding: RoleBinding = m.get(ELECTION);
