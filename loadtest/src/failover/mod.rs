@@ -33,21 +33,28 @@ pub enum Victim {
     Writer,
 }
 
+/// Exactly one fault per run.
 #[derive(clap::Args, Debug, Clone)]
-#[group(id = "fault", required = true, multiple = false)]
-pub struct FailoverArgs {
+#[group(required = true, multiple = false)]
+pub struct FaultArgs {
     /// kill -9 the writer.
-    #[arg(long, group = "fault", value_enum)]
+    #[arg(long, value_enum)]
     pub kill: Option<Victim>,
     /// SIGSTOP the writer (SIGCONT when the load ends).
-    #[arg(long, group = "fault", value_enum)]
+    #[arg(long, value_enum)]
     pub hang: Option<Victim>,
     /// Turn the writer's readiness off (POST /admin/ready false).
-    #[arg(long, group = "fault", value_enum)]
+    #[arg(long, value_enum)]
     pub unready: Option<Victim>,
     /// Planned switchover: POST /v1/switchover with the bearer token.
-    #[arg(long, group = "fault")]
+    #[arg(long)]
     pub switchover: bool,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct FailoverArgs {
+    #[command(flatten)]
+    pub fault: FaultArgs,
     /// Length of the load.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "8s")]
     pub duration: Duration,
@@ -88,11 +95,12 @@ pub struct FailoverArgs {
 
 impl FailoverArgs {
     pub fn fault(&self) -> Fault {
-        if self.kill.is_some() {
+        let f = &self.fault;
+        if f.kill.is_some() {
             Fault::Kill
-        } else if self.hang.is_some() {
+        } else if f.hang.is_some() {
             Fault::Hang
-        } else if self.unready.is_some() {
+        } else if f.unready.is_some() {
             Fault::Unready
         } else {
             Fault::Switchover
