@@ -4,6 +4,7 @@
 pub mod cluster;
 pub mod compare;
 pub mod demo;
+pub mod electionbench;
 pub mod failover;
 pub mod httpc;
 pub mod logging;

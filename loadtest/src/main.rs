@@ -29,6 +29,8 @@ enum Command {
     Failover(loadtest::failover::FailoverArgs),
     /// nginx vs rw-proxy (vs a direct connection) in front of the same nodes, in alternation.
     Compare(loadtest::compare::CompareArgs),
+    /// writer-election's CPU and memory while probing many simulated nodes.
+    ElectionBench(loadtest::electionbench::ElectionBenchArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -51,6 +53,9 @@ fn main() -> std::process::ExitCode {
             Command::Demo(args) => loadtest::demo::main(args, cli.log_format).await,
             Command::Failover(args) => loadtest::failover::main(args, cli.log_format).await,
             Command::Compare(args) => loadtest::compare::main(args, cli.log_format).await,
+            Command::ElectionBench(args) => {
+                loadtest::electionbench::main(args, cli.log_format).await
+            }
         }
     });
     match result {
