@@ -2,12 +2,8 @@
 
 use std::time::Duration;
 
+use writer_election::client::{FollowEvent, FollowOptions, TopologyFollower};
 use writer_election::topology::Topology;
-
-use crate::httpc::HttpClient;
-
-/// How long one blocking query waits on the server before it answers unchanged.
-const WAIT: Duration = Duration::from_secs(20);
 
 /// One line per thing a person watching the demo cares about, comparing `old` to `new`.
 pub fn describe_change(old: Option<&Topology>, new: &Topology) -> Vec<String> {
@@ -37,40 +33,37 @@ pub fn describe_change(old: Option<&Topology>, new: &Topology) -> Vec<String> {
     out
 }
 
-/// Calls `on_change` for the first document and for every later one with a new revision.
-/// Runs until the task is dropped; connection errors are retried every 500 ms.
-pub async fn follow(election_url: String, mut on_change: impl FnMut(Option<&Topology>, &Topology)) {
-    let client = HttpClient::new(WAIT + Duration::from_secs(10));
+/// Calls `on_change` for the first document and for every one that differs from the last,
+/// through writer-election's own client (one blocking query kept open, backoff on errors).
+/// Runs until the task is dropped.
+pub async fn follow(
+    election_url: String,
+    mut on_change: impl FnMut(Option<&Topology>, &Topology) + Send,
+) {
+    let opts = FollowOptions {
+        wait: Duration::from_secs(20),
+        client_id: Some("loadtest".into()),
+        ..FollowOptions::default()
+    };
+    let follower = match TopologyFollower::new(vec![election_url], opts) {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot follow the topology");
+            return;
+        }
+    };
     let mut current: Option<Topology> = None;
-    loop {
-        let url = match &current {
-            None => format!("{election_url}/v1/topology"),
-            Some(t) => format!(
-                "{election_url}/v1/topology?after={}&wait={}s",
-                t.revision,
-                WAIT.as_secs()
-            ),
-        };
-        let next = match client.get(&url).await {
-            Ok(r) if r.status == 200 => serde_json::from_slice::<Topology>(&r.body).ok(),
-            Ok(r) => {
-                tracing::debug!(status = r.status, "topology query refused");
-                None
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, "topology query failed");
-                None
-            }
-        };
-        match next {
-            Some(t) if current.as_ref().is_none_or(|c| t.revision != c.revision) => {
+    follower
+        .run(move |event| match event {
+            FollowEvent::Updated(t) => {
                 on_change(current.as_ref(), &t);
                 current = Some(t);
             }
-            Some(_) => {}
-            None => tokio::time::sleep(Duration::from_millis(500)).await,
-        }
-    }
+            FollowEvent::Unreachable { url, error } => {
+                tracing::debug!(%url, %error, "topology query failed");
+            }
+        })
+        .await;
 }
 
 #[cfg(test)]
