@@ -261,3 +261,66 @@ async fn sigterm_stops_the_node() {
     .unwrap();
     assert!(st.1.success(), "exit status {:?}", st.1);
 }
+
+#[tokio::test]
+async fn a_torn_line_left_by_a_dead_writer_is_sealed_and_skipped() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("stream.log");
+    // What a writer killed in the middle of an append leaves behind.
+    std::fs::File::create(&log)
+        .unwrap()
+        .write_all(br#"{"seq":1,"ts_ms":1,"node":"dead","epoch":1,"op":"put","key":"a","val"#)
+        .unwrap();
+    let mut g = Group::new();
+    let a = start_node(&mut g, "node-a", &log, &[]).await;
+    let b = start_node(&mut g, "node-b", &log, &[]).await;
+
+    let r = put(&a, "k", "v", Some(1)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.json().unwrap()["seq"],
+        2,
+        "the torn line keeps its number"
+    );
+    let lines = read_all(&log).unwrap();
+    assert_eq!(lines.len(), 2);
+    assert!(matches!(lines[0], Line::Corrupt { line_no: 1, .. }));
+    assert!(matches!(&lines[1], Line::Record(r) if r.key == "k" && r.seq == 2));
+
+    let c = client();
+    let got = wait_for("node-b to apply past the torn line", WAIT, || {
+        let c = c.clone();
+        let url = format!("{b}/kv/k");
+        async move { c.get(&url).await.ok().filter(|r| r.status == 200) }
+    })
+    .await
+    .unwrap();
+    assert_eq!(got.text(), "v");
+    let off = c.get(&format!("{b}/replication/offset")).await.unwrap();
+    assert_eq!(off.json().unwrap()["offset"], 2);
+    g.shutdown(WAIT);
+}
+
+#[tokio::test]
+async fn a_stopped_node_does_not_block_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("stream.log");
+    let mut g = Group::new();
+    let a = start_node(&mut g, "node-a", &log, &[]).await;
+    let b = start_node(&mut g, "node-b", &log, &[]).await;
+    assert_eq!(put(&a, "k1", "v", Some(1)).await.status, 200);
+    g.signal("node-a", loadtest::procs::SIGSTOP).unwrap();
+    // An idle writer holds no lock on the stream: the new one writes at once.
+    let r = put(&b, "k2", "v", Some(2)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    g.signal("node-a", loadtest::procs::SIGCONT).unwrap();
+    let r = put(&a, "k3", "v", Some(1)).await;
+    assert_eq!(
+        r.status,
+        409,
+        "the resumed old writer is fenced: {}",
+        r.text()
+    );
+    g.shutdown(WAIT);
+}
