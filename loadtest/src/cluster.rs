@@ -137,6 +137,8 @@ pub struct Cluster {
     pub token: String,
     pub token_file: PathBuf,
     pub topology_mode: TopologyMode,
+    /// The writer given to a static-topology proxy.
+    pub static_writer: Option<String>,
     pub client: HttpClient,
 }
 
@@ -211,11 +213,12 @@ pub fn proxy_config(
     })
 }
 
-pub fn static_topology(nodes: &[NodeInfo]) -> serde_json::Value {
+/// `writer` is the node the election promoted: the only one that accepts writes.
+pub fn static_topology(nodes: &[NodeInfo], writer: &str) -> serde_json::Value {
     let node = |n: &NodeInfo| json!({"name": n.name, "address": n.address});
     json!({ "static": {
-        "writer": nodes.first().map(node),
-        "readers": nodes.iter().skip(1).map(node).collect::<Vec<_>>()
+        "writer": nodes.iter().find(|n| n.name == writer).map(node),
+        "readers": nodes.iter().filter(|n| n.name != writer).map(node).collect::<Vec<_>>()
     }})
 }
 
@@ -300,6 +303,7 @@ impl Cluster {
             token,
             token_file,
             topology_mode: TopologyMode::Election,
+            static_writer: None,
             client: HttpClient::new(Duration::from_secs(5)),
         };
 
@@ -334,26 +338,15 @@ impl Cluster {
             admin_port,
             json!({"election_url": cluster.election_url}),
         );
-        let fixed = proxy_config(
-            opts,
-            proxy_port,
-            admin_port,
-            static_topology(&cluster.nodes),
-        );
-        let mut opts = opts.clone();
         if opts.force_static {
             cluster.topology_mode = TopologyMode::Static;
-        }
-        if cluster.topology_mode == TopologyMode::Static {
-            // The static proxy writes to the first node: the election must promote that one.
-            opts.candidate_order = "name".into();
         }
         let state_file = d.join("election-state.json");
         let election_cfg = d.join("election.yaml");
         write_config(
             &election_cfg,
             &election_config(
-                &opts,
+                opts,
                 election_port,
                 &cluster.nodes,
                 &state_file,
@@ -371,21 +364,23 @@ impl Cluster {
         cluster.wait_writer_elected().await?;
 
         cluster
-            .start_proxy(&proxy_cfg, &live, &fixed, opts.log_format)
+            .start_proxy(&proxy_cfg, &live, opts, proxy_port, admin_port)
             .await?;
         Ok(cluster)
     }
 
     /// Starts rw-proxy following the election; if it does not turn ready in time (a build that
-    /// accepts `topology.election_url` but cannot follow yet), restarts it with `fixed`, a
-    /// static topology, and says so.
+    /// accepts `topology.election_url` but cannot follow yet), restarts it with a static
+    /// topology naming the writer the election promoted, and says so.
     async fn start_proxy(
         &mut self,
         path: &Path,
         live: &serde_json::Value,
-        fixed: &serde_json::Value,
-        log_format: LogFormat,
+        opts: &ClusterOptions,
+        proxy_port: u16,
+        admin_port: u16,
     ) -> anyhow::Result<()> {
+        let log_format = opts.log_format;
         let d = self.dir.path().to_path_buf();
         let ready = format!("{}/health/ready", self.admin_url);
         let spawn = |cluster: &mut Cluster, cfg: &serde_json::Value| -> anyhow::Result<()> {
@@ -414,8 +409,7 @@ impl Cluster {
                     tracing::warn!(
                         error = %e,
                         "rw-proxy did not turn ready following writer-election; restarting it \
-                         with a static topology (writer {}): writer changes will not reach it",
-                        self.nodes[0].name
+                         with a static topology: writer changes will not reach it"
                     );
                     tokio::task::block_in_place(|| {
                         self.group.stop_one("rw-proxy", Duration::from_secs(5))
@@ -425,7 +419,20 @@ impl Cluster {
                 }
             }
         }
-        spawn(self, fixed)?;
+        let writer = self
+            .topology()
+            .await?
+            .writer
+            .map(|w| w.name)
+            .ok_or_else(|| anyhow!("writer-election has no writer for the static topology"))?;
+        let fixed = proxy_config(
+            opts,
+            proxy_port,
+            admin_port,
+            static_topology(&self.nodes, &writer),
+        );
+        self.static_writer = Some(writer);
+        spawn(self, &fixed)?;
         self.wait_healthy("rw-proxy", &ready).await
     }
 

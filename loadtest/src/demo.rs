@@ -123,7 +123,7 @@ fn banner(c: &Cluster) -> String {
         let _ = writeln!(
             s,
             "  NOTE: rw-proxy runs with a static topology (writer {}): writer changes do not reach it",
-            c.nodes[0].name
+            c.static_writer.as_deref().unwrap_or("?")
         );
     }
     let _ = writeln!(s);
