@@ -1,0 +1,91 @@
+//! Limits and malformed requests, with raw sockets where a well-behaved client would not go.
+
+mod support;
+
+use std::time::Duration;
+
+use support::{raw, send, static_topology, Backend, Proxy};
+
+async fn setup() -> (Backend, Backend, Proxy) {
+    let writer = Backend::start("writer").await;
+    let reader = Backend::start("reader-0").await;
+    let cfg = format!(
+        "{}limits: {{ max_body: 1KiB, max_header_bytes: 2KiB }}\n",
+        static_topology(Some(writer.addr), &[reader.addr])
+    );
+    let proxy = Proxy::start(&cfg).await;
+    (writer, reader, proxy)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_body_gets_413_and_the_backend_never_sees_it() {
+    let (writer, reader, proxy) = setup().await;
+
+    // Declared length over the limit: refused on the headers, before any body byte.
+    let head = format!(
+        "PUT /kv/big HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+        10 * 1024 * 1024
+    );
+    let mut req = head.into_bytes();
+    req.extend(std::iter::repeat_n(b'a', 4096));
+    let resp = raw(proxy.addr, &req).await;
+    assert!(resp.starts_with("HTTP/1.1 413"), "{resp}");
+    assert!(resp.contains("\"error\":\"body_too_large\""), "{resp}");
+
+    // No length declared (chunked): cut off when the limit is passed.
+    let chunk = vec![b'b'; 600];
+    let mut req =
+        b"POST /kv/chunked HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    for _ in 0..4 {
+        req.extend(format!("{:x}\r\n", chunk.len()).as_bytes());
+        req.extend(&chunk);
+        req.extend(b"\r\n");
+    }
+    req.extend(b"0\r\n\r\n");
+    let resp = raw(proxy.addr, &req).await;
+    assert!(resp.starts_with("HTTP/1.1 413"), "{resp}");
+
+    // A body within the limit passes, so the limit is the reason.
+    let ok = send(proxy.addr, "PUT", "/kv/small", &[], &[b'c'; 1000])
+        .await
+        .unwrap();
+    assert_eq!(ok.status, 200);
+
+    // Give any stray request time to land before counting.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let paths: Vec<String> = writer.seen().into_iter().map(|s| s.path).collect();
+    assert_eq!(paths, ["/kv/small"], "the backend saw only the small body");
+    assert_eq!(reader.count(), 0);
+    let m = proxy.metrics().await;
+    assert!(
+        m.contains(r#"rw_proxy_requests_total{method="PUT",status="413",target="writer"} 1"#),
+        "{m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_over_the_limit_get_431() {
+    let (writer, reader, proxy) = setup().await;
+    let big = "x".repeat(3000);
+    let r = send(proxy.addr, "GET", "/kv/a", &[("X-Big", big.as_str())], b"")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 431);
+    assert_eq!(r.json()["error"], "headers_too_large");
+    let r = send(proxy.addr, "GET", "/kv/a", &[("X-Small", "y")], b"")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(reader.count(), 1);
+    assert_eq!(writer.count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_gets_400_and_the_proxy_keeps_serving() {
+    let (_writer, reader, proxy) = setup().await;
+    let resp = raw(proxy.addr, b"NOT HTTP AT ALL\r\n\r\n").await;
+    assert!(resp.starts_with("HTTP/1.1 400"), "{resp}");
+    let r = send(proxy.addr, "GET", "/kv/a", &[], b"").await.unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(reader.count(), 1);
+}

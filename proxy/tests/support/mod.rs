@@ -1,0 +1,428 @@
+//! Test support: real HTTP backends and a real rw-proxy process, all on 127.0.0.1.
+//!
+//! Backends answer with their own name (body and `X-Backend` header) and record every
+//! complete request they receive. The proxy is the built binary with a config file in a
+//! temp dir, so reload and SIGTERM are exercised for real. Everything started here is
+//! stopped on drop, also when a test panics.
+
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+/// Generous: the machine is small and shared.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// A request as a backend saw it (only complete requests are recorded).
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// An HTTP/1.1 backend that answers with its name. `GET /slow/<ms>` answers after `ms`.
+pub struct Backend {
+    pub name: String,
+    pub addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    accept: JoinHandle<()>,
+}
+
+impl Backend {
+    pub async fn start(name: &str) -> Backend {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a backend on 127.0.0.1");
+        let addr = listener.local_addr().expect("backend address");
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (n, s) = (name.to_string(), seen.clone());
+        let accept = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (n, s) = (n.clone(), s.clone());
+                tokio::spawn(async move {
+                    let io = hyper_util::rt::TokioIo::new(stream);
+                    let svc =
+                        hyper::service::service_fn(move |req| handle(n.clone(), s.clone(), req));
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(io, svc)
+                        .await;
+                });
+            }
+        });
+        Backend {
+            name: name.to_string(),
+            addr,
+            seen,
+            accept,
+        }
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+
+    pub fn count(&self) -> usize {
+        self.seen.lock().map(|v| v.len()).unwrap_or(0)
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+async fn handle(
+    name: String,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let (parts, body) = req.into_parts();
+    let body = match body.collect().await {
+        Ok(b) => b.to_bytes(),
+        // An incomplete request (the proxy gave up on it) is not a request the backend saw.
+        Err(_) => {
+            return Ok(Response::builder()
+                .status(StatusCode::BAD_REQUEST)
+                .body(Full::new(Bytes::new()))
+                .unwrap_or_default())
+        }
+    };
+    let path = parts.uri.path().to_string();
+    if let Ok(mut v) = seen.lock() {
+        v.push(Seen {
+            method: parts.method.to_string(),
+            path: path.clone(),
+            headers: parts.headers.clone(),
+            body,
+        });
+    }
+    if let Some(ms) = path.strip_prefix("/slow/").and_then(|ms| ms.parse().ok()) {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    let resp = Response::builder()
+        .header("x-backend", name.as_str())
+        .header("content-type", "text/plain")
+        .body(Full::new(Bytes::from(name)))
+        .unwrap_or_default();
+    Ok(resp)
+}
+
+/// An address where nothing listens: connections are refused.
+pub async fn refusing_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    drop(l);
+    addr
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port on 127.0.0.1")
+}
+
+/// A response as the test client got it.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// One request on a fresh connection.
+pub async fn send(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<Reply, String> {
+    let stream = TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    let io = hyper_util::rt::TokioIo::new(stream);
+    let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Full<Bytes>>(io)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    tokio::spawn(conn);
+    let mut req = Request::builder()
+        .method(Method::from_bytes(method.as_bytes()).map_err(|e| e.to_string())?)
+        .uri(path)
+        .header("host", format!("{addr}"));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req
+        .body(Full::new(Bytes::copy_from_slice(body)))
+        .map_err(|e| e.to_string())?;
+    let resp = tokio::time::timeout(WAIT, sender.send_request(req))
+        .await
+        .map_err(|_| "timed out".to_string())?
+        .map_err(|e| format!("request: {e}"))?;
+    let (parts, body) = resp.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map_err(|e| format!("body: {e}"))?
+        .to_bytes();
+    Ok(Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    })
+}
+
+pub async fn get(addr: SocketAddr, path: &str) -> Reply {
+    send(addr, "GET", path, &[], b"")
+        .await
+        .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+}
+
+/// Writes raw bytes and reads until the peer closes (or `WAIT`): for requests a normal
+/// client would not send.
+pub async fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    // The proxy may answer and close before it read everything; that is fine.
+    let _ = s.write_all(bytes).await;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(WAIT, s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Polls `cond` until it holds or `WAIT` passes.
+pub async fn eventually<F, Fut>(what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline {
+        if cond().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+/// A running rw-proxy process.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    body: String,
+}
+
+impl Proxy {
+    /// Starts rw-proxy with `body` (a config without `listen`/`admin_listen`, which are
+    /// added) and waits until it is ready.
+    pub async fn start(body: &str) -> Proxy {
+        let mut last = String::new();
+        // Ports are picked free, but another process may take one before we bind: retry.
+        for _ in 0..5 {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+            let admin: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+            let mut p = Proxy {
+                addr,
+                admin,
+                child: None,
+                dir,
+                body: body.to_string(),
+            };
+            p.write_config(body);
+            let log = std::fs::File::create(p.log_path()).expect("log file");
+            let child = Command::new(env!("CARGO_BIN_EXE_rw-proxy"))
+                .arg("--config")
+                .arg(p.config_path())
+                .env(
+                    "RUST_LOG",
+                    std::env::var("RW_PROXY_TEST_LOG").unwrap_or_else(|_| "info".into()),
+                )
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().expect("log file"))
+                .stderr(log)
+                .spawn()
+                .expect("start rw-proxy");
+            p.child = Some(child);
+            match p.wait_ready().await {
+                Ok(()) => return p,
+                Err(e) => {
+                    last = format!("{e}\n{}", p.log());
+                    if !last.contains("Address already in use") {
+                        break;
+                    }
+                }
+            }
+        }
+        panic!("rw-proxy did not become ready: {last}");
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("proxy.yaml")
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("proxy.log")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).expect("running")
+    }
+
+    /// The full config for `body`, with this proxy's ports.
+    pub fn full_config(&self, body: &str) -> String {
+        format!(
+            "listen: \"{}\"\nadmin_listen: \"{}\"\n{body}\n",
+            self.addr, self.admin
+        )
+    }
+
+    /// Rewrites the config file in place (atomically: write and rename).
+    pub fn write_config(&mut self, body: &str) {
+        let tmp = self.dir.path().join(".proxy.yaml.tmp");
+        std::fs::write(&tmp, self.full_config(body)).expect("write config");
+        std::fs::rename(&tmp, self.config_path()).expect("rename config");
+        self.body = body.to_string();
+    }
+
+    async fn wait_ready(&mut self) -> Result<(), String> {
+        let deadline = Instant::now() + WAIT;
+        while Instant::now() < deadline {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    self.child = None;
+                    return Err(format!("rw-proxy exited early: {status}"));
+                }
+            }
+            if let Ok(r) = send(self.admin, "GET", "/health/ready", &[], b"").await {
+                if r.status == StatusCode::OK {
+                    return Ok(());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err("not ready in time".to_string())
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{sig} failed");
+    }
+
+    /// Waits for the process to exit.
+    pub async fn wait_exit(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    self.child = None;
+                    return status;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "rw-proxy did not exit\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn metrics(&self) -> String {
+        get(self.admin, "/metrics").await.text()
+    }
+
+    /// The value of one sample line of /metrics (0 when absent).
+    pub async fn metric(&self, series: &str) -> f64 {
+        metric_value(&self.metrics().await, series)
+    }
+}
+
+pub fn metric_value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0.0)
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("---- rw-proxy log ----\n{}", self.log());
+        }
+    }
+}
+
+/// `topology.static` for a writer and readers.
+pub fn static_topology(writer: Option<SocketAddr>, readers: &[SocketAddr]) -> String {
+    let mut s = String::from("topology:\n  static:\n");
+    if let Some(w) = writer {
+        s.push_str(&format!(
+            "    writer: {{ name: writer, address: \"{w}\" }}\n"
+        ));
+    }
+    s.push_str("    readers:\n");
+    if readers.is_empty() {
+        s.truncate(s.len() - "    readers:\n".len());
+        s.push_str("    readers: []\n");
+    }
+    for (i, r) in readers.iter().enumerate() {
+        s.push_str(&format!(
+            "      - {{ name: reader-{i}, address: \"{r}\" }}\n"
+        ));
+    }
+    s
+}
