@@ -89,3 +89,33 @@ async fn garbage_gets_400_and_the_proxy_keeps_serving() {
     assert_eq!(r.status, 200);
     assert_eq!(reader.count(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_upstream_gets_504_and_is_not_asked_twice() {
+    let writer = Backend::start("writer").await;
+    let reader = Backend::start("reader-0").await;
+    let other = Backend::start("reader-1").await;
+    let cfg = format!(
+        "{}timeouts: {{ read: 300ms }}\n",
+        static_topology(Some(writer.addr), &[reader.addr, other.addr])
+    );
+    let proxy = Proxy::start(&cfg).await;
+
+    let r = send(proxy.addr, "PUT", "/slow/3000", &[], b"v")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 504);
+    assert_eq!(r.json()["error"], "upstream_timeout");
+    let r = send(proxy.addr, "GET", "/slow/3000", &[], b"")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 504);
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(writer.count(), 1, "a timed-out write is never sent again");
+    assert_eq!(
+        reader.count() + other.count(),
+        1,
+        "a timed-out read is not replayed either: it reached the upstream"
+    );
+}
