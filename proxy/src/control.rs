@@ -217,11 +217,7 @@ impl BackgroundService for Control {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         use tokio::signal::unix::{signal, SignalKind};
 
-        let mut current = self.initial.clone();
-        let mut current_text = self.initial_text.clone();
-        let mut source = self.start_source(&current.topology);
-        tokio::spawn(wait_until_listening(current.listen, self.listening.clone()));
-
+        // First, before readiness can be reported: SIGHUP's default action ends the process.
         let mut hup = match signal(SignalKind::hangup()) {
             Ok(s) => Some(s),
             Err(e) => {
@@ -229,6 +225,11 @@ impl BackgroundService for Control {
                 None
             }
         };
+        let mut current = self.initial.clone();
+        let mut current_text = self.initial_text.clone();
+        let mut source = self.start_source(&current.topology);
+        tokio::spawn(wait_until_listening(current.listen, self.listening.clone()));
+
         let (_watcher, mut file_events) = match watch_file(&self.config_path) {
             Some((w, rx)) => (Some(w), Some(rx)),
             None => (None, None),
