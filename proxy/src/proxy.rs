@@ -438,10 +438,15 @@ impl ProxyHttp for RwProxy {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        // Draining: tell the client this connection ends with this response, rather than
+        // letting it find out by sending its next request into a closed socket.
+        if session.is_process_shutting_down() {
+            session.set_keepalive(None);
+        }
         if !resp.headers.contains_key(X_REQUEST_ID) {
             if let Some(id) = &ctx.request_id {
                 resp.insert_header("X-Request-Id", id.clone())?;

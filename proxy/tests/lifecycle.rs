@@ -5,7 +5,7 @@ mod support;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::{eventually, get, metric_value, send, static_topology, Backend, Proxy};
+use support::{eventually, get, metric_value, send, static_topology, Backend, KeepAlive, Proxy};
 
 #[test]
 fn check_validates_and_names_the_key() {
@@ -293,9 +293,12 @@ async fn sigterm_lets_an_in_flight_slow_request_finish() {
     let mut proxy = Proxy::start(&cfg).await;
     let addr = proxy.addr;
 
-    let slow = tokio::spawn(async move { send(addr, "GET", "/slow/1500", &[], b"").await });
+    // An idle keep-alive connection, and a slow request in flight.
+    let mut idle = KeepAlive::open(addr).await;
+    assert_eq!(idle.get("/kv/a").await.status, 200);
+    let slow = tokio::spawn(async move { send(addr, "GET", "/slow/3000", &[], b"").await });
     eventually("the slow request reached the reader", || async {
-        reader.count() == 1
+        reader.seen().iter().any(|s| s.path == "/slow/3000")
     })
     .await;
     let t0 = Instant::now();
@@ -311,6 +314,15 @@ async fn sigterm_lets_an_in_flight_slow_request_finish() {
         )
     })
     .await;
+    // The idle connection is closed by the proxy, not left to the process exit.
+    eventually("the idle keep-alive connection is closed", || async {
+        idle.closed()
+    })
+    .await;
+    assert!(
+        !slow.is_finished(),
+        "closed while the slow request was still running"
+    );
 
     let r = slow
         .await
@@ -318,6 +330,11 @@ async fn sigterm_lets_an_in_flight_slow_request_finish() {
         .expect("the in-flight request completes");
     assert_eq!(r.status, 200);
     assert_eq!(r.text(), "reader-0");
+    assert_eq!(
+        r.header("connection"),
+        Some("close"),
+        "no keep-alive while draining"
+    );
     let status = proxy.wait_exit().await;
     assert!(status.success(), "exit status {status:?}");
     // It left once drained, not after the 20 s grace period.
@@ -329,7 +346,7 @@ async fn sigterm_lets_an_in_flight_slow_request_finish() {
     let slow_seen = reader
         .seen()
         .iter()
-        .filter(|s| s.path == "/slow/1500")
+        .filter(|s| s.path == "/slow/3000")
         .count();
     assert_eq!(slow_seen, 1, "the slow request was sent once");
 }

@@ -426,3 +426,54 @@ pub fn static_topology(writer: Option<SocketAddr>, readers: &[SocketAddr]) -> St
     }
     s
 }
+
+/// A client connection kept open between requests (HTTP/1.1 keep-alive).
+pub struct KeepAlive {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    conn: JoinHandle<()>,
+    addr: SocketAddr,
+}
+
+impl KeepAlive {
+    pub async fn open(addr: SocketAddr) -> KeepAlive {
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        let io = hyper_util::rt::TokioIo::new(stream);
+        let (sender, conn) = hyper::client::conn::http1::handshake::<_, Full<Bytes>>(io)
+            .await
+            .expect("handshake");
+        let conn = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        KeepAlive { sender, conn, addr }
+    }
+
+    pub async fn get(&mut self, path: &str) -> Reply {
+        let req = Request::builder()
+            .uri(path)
+            .header("host", self.addr.to_string())
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        let resp = tokio::time::timeout(WAIT, self.sender.send_request(req))
+            .await
+            .expect("in time")
+            .expect("response");
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.expect("body").to_bytes();
+        Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        }
+    }
+
+    /// The server closed the connection.
+    pub fn closed(&self) -> bool {
+        self.conn.is_finished()
+    }
+}
+
+impl Drop for KeepAlive {
+    fn drop(&mut self) {
+        self.conn.abort();
+    }
+}
