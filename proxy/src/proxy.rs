@@ -472,11 +472,18 @@ impl ProxyHttp for RwProxy {
     }
 
     fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, e: &Error) -> bool {
-        // Our own refusals are in the access log and the metrics; they are not proxy faults.
-        matches!(
-            e.etype(),
-            ErrorType::Custom("no_writer" | "no_upstream") | ErrorType::HTTPStatus(413)
-        )
+        // Our own refusals, and clients that hung up (status 499), are in the access log and
+        // the metrics; they are not proxy faults worth an error line each.
+        let client_gone = *e.esource() == ErrorSource::Downstream
+            && matches!(
+                e.etype(),
+                ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
+            );
+        client_gone
+            || matches!(
+                e.etype(),
+                ErrorType::Custom("no_writer" | "no_upstream") | ErrorType::HTTPStatus(413)
+            )
     }
 
     fn suppress_proxy_warn_log(
