@@ -94,6 +94,7 @@ mod tests {
                 })
                 .collect(),
             updated_at: String::new(),
+            switchover: None,
         }
     }
 

@@ -39,7 +39,8 @@ impl Default for FollowOptions {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FollowEvent {
-    /// A document that differs from the last one delivered.
+    /// A document that differs from the last one delivered, or the first one after a failed
+    /// attempt (even if unchanged), so a follower learns that contact is back.
     Updated(Topology),
     /// One attempt failed; the follower moves on to the next URL.
     Unreachable { url: String, error: String },
@@ -257,6 +258,7 @@ impl TopologyFollower {
                     failures_in_row += 1;
                     idx = (idx + 1) % n;
                     after = None;
+                    last = None;
                     if failures_in_row.is_multiple_of(n) {
                         tokio::time::sleep(jitter.apply(backoff)).await;
                         backoff = (backoff * 2).min(self.opts.backoff_max);

@@ -72,6 +72,7 @@ pub fn build_topology(rec: &Recorded, nodes: &[NodeView]) -> Topology {
         readers,
         nodes: statuses,
         updated_at: String::new(),
+        switchover: None,
     }
 }
 

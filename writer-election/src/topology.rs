@@ -48,6 +48,21 @@ pub struct Topology {
     /// RFC 3339 time of the last change.
     #[serde(default)]
     pub updated_at: String,
+    /// Set while a planned switchover is under way (the drain barrier, see
+    /// notes/failover-protocol.md): `writer` and `epoch` are still the old writer's.
+    #[serde(default)]
+    pub switchover: Option<Switchover>,
+}
+
+/// A planned switchover in progress: `{"id": 5, "state": "draining", "from": ..., "to": ...}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Switchover {
+    pub id: u64,
+    /// `draining`: every proxy holds new writes and acknowledges once its writes in flight to
+    /// `from` are done.
+    pub state: String,
+    pub from: String,
+    pub to: String,
 }
 
 impl Topology {
@@ -60,6 +75,7 @@ impl Topology {
             readers: Vec::new(),
             nodes: Vec::new(),
             updated_at: String::new(),
+            switchover: None,
         }
     }
 }
@@ -87,6 +103,25 @@ mod tests {
         );
         assert_eq!(t.readers.len(), 1);
         assert_eq!(t.nodes[0].role, Role::Reader);
+        assert!(t.switchover.is_none(), "absent = no switchover");
+    }
+
+    #[test]
+    fn switchover_round_trips() {
+        let t: Topology = serde_json::from_str(
+            r#"{"epoch":3,"revision":9,"writer":null,
+                "switchover":{"id":5,"state":"draining","from":"a","to":"b"}}"#,
+        )
+        .unwrap();
+        let s = t.switchover.as_ref().unwrap();
+        assert_eq!(
+            (s.id, s.state.as_str(), s.from.as_str(), s.to.as_str()),
+            (5, "draining", "a", "b")
+        );
+        let back = serde_json::to_value(&t).unwrap();
+        assert_eq!(back["switchover"]["state"], "draining");
+        let none = serde_json::to_value(Topology::empty()).unwrap();
+        assert!(none["switchover"].is_null());
     }
 
     #[test]
