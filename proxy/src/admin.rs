@@ -35,6 +35,11 @@ impl Admin {
             "revision": topo.revision,
             "writer": topo.writer.as_ref().map(|w| &*w.name),
             "readers": topo.readers.iter().map(|r| &*r.name).collect::<Vec<_>>(),
+            "switchover": topo.switchover.as_ref().map(|s| serde_json::json!({
+                "id": s.id, "state": &*s.state, "from": &*s.from, "to": &*s.to,
+            })),
+            "topology_age_seconds": self.shared.topology_age().map(|d| d.as_secs_f64()),
+            "held_writes": self.shared.hold.held(),
         });
         (ready, body)
     }
@@ -84,7 +89,7 @@ impl ServeHttp for Admin {
                 json(status, &body)
             }
             "/metrics" => {
-                let age = self.shared.current().received_at.map(|t| t.elapsed());
+                let age = self.shared.topology_age();
                 reply(
                     StatusCode::OK,
                     "text/plain; version=0.0.4; charset=utf-8",

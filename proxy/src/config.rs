@@ -27,6 +27,7 @@ pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_IDLE_UPSTREAM: Duration = Duration::from_secs(60);
 pub const DEFAULT_HOLD_WRITES: Duration = Duration::from_secs(5);
 pub const DEFAULT_READ_RETRIES: u32 = 2;
+pub const DEFAULT_MAX_HELD_WRITES: usize = 10_000;
 pub const DEFAULT_MAX_BODY: u64 = 64 * 1024 * 1024;
 pub const DEFAULT_MAX_HEADER_BYTES: u64 = 64 * 1024;
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -200,8 +201,11 @@ pub struct Timeouts {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Failover {
+    /// Longest a write waits for a writer (no writer known, the writer refused, a switchover).
     pub hold_writes: Duration,
     pub read_retries: u32,
+    /// Writes held at once; one more gets 503 at once (bounds memory and file descriptors).
+    pub max_held_writes: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -356,6 +360,7 @@ struct RawTimeouts {
 struct RawFailover {
     hold_writes: Option<HumanDuration>,
     read_retries: Option<u32>,
+    max_held_writes: Option<usize>,
 }
 
 #[derive(Deserialize, Default)]
@@ -625,6 +630,7 @@ fn validate(raw: Raw) -> Result<ProxyConfig, ConfigError> {
     let failover = Failover {
         hold_writes: f.hold_writes.map(|d| d.0).unwrap_or(DEFAULT_HOLD_WRITES),
         read_retries: f.read_retries.unwrap_or(DEFAULT_READ_RETRIES),
+        max_held_writes: f.max_held_writes.unwrap_or(DEFAULT_MAX_HELD_WRITES),
     };
     if failover.read_retries > 16 {
         return Err(ConfigError::invalid(
@@ -964,6 +970,7 @@ mod tests {
         assert_eq!(c.timeouts.idle_upstream, Duration::from_secs(60));
         assert_eq!(c.failover.hold_writes, Duration::from_secs(5));
         assert_eq!(c.failover.read_retries, 2);
+        assert_eq!(c.failover.max_held_writes, 10_000);
         assert_eq!(c.limits.max_body, 64 << 20);
         assert_eq!(c.limits.max_header_bytes, 64 << 10);
         assert_eq!(c.access_log, AccessLog::Errors);
@@ -1076,6 +1083,10 @@ access_log: errors
         assert_eq!(e.key(), Some("threads"));
         let e = err("failover: { read_retries: -1 }");
         assert_eq!(e.key(), Some("failover.read_retries"), "{e}");
+        let e = err("failover: { max_held_writes: many }");
+        assert_eq!(e.key(), Some("failover.max_held_writes"), "{e}");
+        let e = err("failover: { max_held_writes: -1 }");
+        assert_eq!(e.key(), Some("failover.max_held_writes"), "{e}");
         let e = err("routing: { rules: [ { to: writer } ] }");
         assert_eq!(e.key(), Some("routing.rules[0]"), "{e}");
         let e = err("routing: { rules: [ { path_prefix: api, to: writer } ] }");
@@ -1085,6 +1096,19 @@ access_log: errors
         assert!(e.to_string().contains("missing field `to`"), "{e}");
         let e = err("routing: { consistency_header: \"bad header\" }");
         assert_eq!(e.key(), Some("routing.consistency_header"));
+    }
+
+    #[test]
+    fn the_write_hold_can_be_tuned_or_turned_off() {
+        let c = ProxyConfig::from_yaml_str("failover: { hold_writes: 250ms, max_held_writes: 3 }")
+            .unwrap();
+        assert_eq!(c.failover.hold_writes, Duration::from_millis(250));
+        assert_eq!(c.failover.max_held_writes, 3);
+        // 0s / 0: no hold, 503 at once (the behaviour of a proxy without a write hold).
+        let c = ProxyConfig::from_yaml_str("failover: { hold_writes: 0s, max_held_writes: 0 }")
+            .unwrap();
+        assert!(c.failover.hold_writes.is_zero());
+        assert_eq!(c.failover.max_held_writes, 0);
     }
 
     #[test]

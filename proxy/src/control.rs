@@ -18,9 +18,10 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::config::{ProxyConfig, TopologyConfig};
+use crate::election::{client_id, ElectionSource};
 use crate::proxy::IN_FLIGHT;
 use crate::state::Shared;
-use crate::topology::{ElectionSource, StaticSource, TopologySink, TopologySource};
+use crate::topology::{StaticSource, TopologySink, TopologySource};
 
 /// File-change events come in bursts (editors, Kubernetes' ConfigMap symlink swap): wait
 /// this long after the first before reading the file.
@@ -56,8 +57,15 @@ impl Control {
             TopologyConfig::Static(st) => Box::new(StaticSource {
                 topology: st.clone(),
             }),
-            TopologyConfig::ElectionUrl(urls) => Box::new(ElectionSource { urls: urls.clone() }),
+            TopologyConfig::ElectionUrl(urls) => Box::new(ElectionSource {
+                urls: urls.clone(),
+                client_id: client_id().to_string(),
+                hold: self.shared.hold.clone(),
+                metrics: self.shared.metrics.clone(),
+            }),
         };
+        self.shared
+            .source_changed(matches!(topology, TopologyConfig::ElectionUrl(_)));
         tracing::info!(source = %source.describe(), "starting topology source");
         let sink: Arc<dyn TopologySink> = self.shared.clone();
         tokio::spawn(async move { source.run(sink).await })

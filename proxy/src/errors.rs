@@ -3,8 +3,10 @@
 
 use pingora_error::{Error, ErrorSource, ErrorType};
 
-/// A write arrived while no writer is known.
+/// A write found no writer to go to within `failover.hold_writes`.
 pub const NO_WRITER: ErrorType = ErrorType::Custom("no_writer");
+/// A write found no writer and `failover.max_held_writes` writes were already waiting.
+pub const HOLD_FULL: ErrorType = ErrorType::Custom("hold_full");
 /// A read arrived and no node can serve it.
 pub const NO_UPSTREAM: ErrorType = ErrorType::Custom("no_upstream");
 
@@ -38,7 +40,13 @@ impl ProxyError {
 pub const ERR_NO_WRITER: ProxyError = ProxyError {
     status: 503,
     code: "no_writer",
-    message: "no writer is known right now; retry shortly",
+    message: "no writer became available within failover.hold_writes; retry shortly",
+    retry_after: Some(1),
+};
+pub const ERR_HOLD_FULL: ProxyError = ProxyError {
+    status: 503,
+    code: "no_writer",
+    message: "no writer is available and failover.max_held_writes writes are already waiting; retry shortly",
     retry_after: Some(1),
 };
 pub const ERR_NO_UPSTREAM: ProxyError = ProxyError {
@@ -88,6 +96,7 @@ pub fn classify(e: &Error) -> Option<ProxyError> {
     use ErrorType::*;
     match e.etype() {
         Custom("no_writer") => return Some(ERR_NO_WRITER),
+        Custom("hold_full") => return Some(ERR_HOLD_FULL),
         Custom("no_upstream") => return Some(ERR_NO_UPSTREAM),
         HTTPStatus(413) => return Some(ERR_BODY_TOO_LARGE),
         HTTPStatus(431) => return Some(ERR_HEADERS_TOO_LARGE),
@@ -146,6 +155,7 @@ mod tests {
         use ErrorType::*;
         let cases: Vec<(Error, Option<u16>, &str)> = vec![
             (*Error::new(NO_WRITER), Some(503), "no_writer"),
+            (*Error::new(HOLD_FULL), Some(503), "no_writer"),
             (*Error::new(NO_UPSTREAM), Some(503), "no_upstream"),
             (*Error::new(HTTPStatus(413)), Some(413), "body_too_large"),
             (
@@ -182,6 +192,8 @@ mod tests {
     #[test]
     fn no_writer_says_when_to_retry() {
         assert_eq!(ERR_NO_WRITER.retry_after, Some(1));
+        assert_eq!(ERR_HOLD_FULL.retry_after, Some(1));
+        assert_ne!(ERR_HOLD_FULL.message, ERR_NO_WRITER.message);
         let body: serde_json::Value = serde_json::from_slice(&ERR_NO_WRITER.body()).unwrap();
         assert_eq!(body["error"], "no_writer");
         assert!(body["message"].as_str().unwrap().contains("writer"));

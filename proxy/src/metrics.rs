@@ -41,10 +41,19 @@ pub struct Metrics {
     durations: [Histogram; 4],
     upstream_errors: IntCounterVec,
     pub held_writes: IntGauge,
+    pub write_hold_seconds: Histogram,
+    pub write_holds_released: IntCounter,
+    pub write_holds_timed_out: IntCounter,
+    pub write_holds_overflow: IntCounter,
+    pub writer_suspect: IntGauge,
     pub writer_epoch: IntGauge,
     pub topology_updates: IntCounter,
+    /// `rw_proxy_topology_rejected_total{reason="stale_epoch"}`.
     pub topology_rejected: IntCounter,
     topology_age: prometheus::Gauge,
+    pub election_errors: IntCounter,
+    pub election_reachable: IntGauge,
+    pub switchover_drained: IntCounter,
     pub config_reload_success: IntCounter,
     pub config_reload_error: IntCounter,
     in_flight: IntGauge,
@@ -86,6 +95,47 @@ impl Metrics {
             "Writes waiting for a writer right now",
         )
         .expect("static metric definition");
+        let write_hold_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "rw_proxy_write_hold_seconds",
+                "How long a held write waited, per hold (released or not)",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                60.0,
+            ]),
+        )
+        .expect("static metric definition");
+        let write_holds = IntCounterVec::new(
+            Opts::new(
+                "rw_proxy_write_holds_total",
+                "Writes held, by outcome: released (went to a writer), timeout (503 after \
+                 failover.hold_writes), overflow (503 at once: failover.max_held_writes reached)",
+            ),
+            &["outcome"],
+        )
+        .expect("static metric definition");
+        let writer_suspect = IntGauge::new(
+            "rw_proxy_writer_suspect",
+            "1 while a connect to the writer failed and writes are held until the topology \
+             changes or the writer accepts connections again",
+        )
+        .expect("static metric definition");
+        let election_errors = IntCounter::new(
+            "rw_proxy_election_errors_total",
+            "Failed attempts to reach writer-election (the proxy keeps its last topology)",
+        )
+        .expect("static metric definition");
+        let election_reachable = IntGauge::new(
+            "rw_proxy_election_reachable",
+            "1 while the last attempt to reach writer-election succeeded",
+        )
+        .expect("static metric definition");
+        let switchover_drained = IntCounter::new(
+            "rw_proxy_switchover_drained_total",
+            "Planned switchovers this proxy drained and acknowledged",
+        )
+        .expect("static metric definition");
         let writer_epoch = IntGauge::new(
             "rw_proxy_writer_epoch",
             "Epoch of the topology in use (the fencing token sent as X-Writer-Epoch)",
@@ -94,14 +144,18 @@ impl Metrics {
         let topology_updates =
             IntCounter::new("rw_proxy_topology_updates_total", "Topologies swapped in")
                 .expect("static metric definition");
-        let topology_rejected = IntCounter::new(
-            "rw_proxy_topology_rejected_total",
-            "Topologies ignored because their epoch was lower than one already seen",
+        let topology_rejected = IntCounterVec::new(
+            Opts::new(
+                "rw_proxy_topology_rejected_total",
+                "Topologies ignored, by reason (stale_epoch: lower than an epoch already seen)",
+            ),
+            &["reason"],
         )
         .expect("static metric definition");
         let topology_age = prometheus::Gauge::new(
             "rw_proxy_topology_age_seconds",
-            "Seconds since the topology in use was received (0 before the first)",
+            "Seconds since the proxy last knew its topology to be current: 0 while it follows \
+             writer-election, growing while the election is unreachable (static: since loaded)",
         )
         .expect("static metric definition");
         let reloads = IntCounterVec::new(
@@ -123,6 +177,12 @@ impl Metrics {
             Box::new(durations_vec.clone()),
             Box::new(upstream_errors.clone()),
             Box::new(held_writes.clone()),
+            Box::new(write_hold_seconds.clone()),
+            Box::new(write_holds.clone()),
+            Box::new(writer_suspect.clone()),
+            Box::new(election_errors.clone()),
+            Box::new(election_reachable.clone()),
+            Box::new(switchover_drained.clone()),
             Box::new(writer_epoch.clone()),
             Box::new(topology_updates.clone()),
             Box::new(topology_rejected.clone()),
@@ -144,10 +204,18 @@ impl Metrics {
             durations,
             upstream_errors,
             held_writes,
+            write_hold_seconds,
+            write_holds_released: write_holds.with_label_values(&["released"]),
+            write_holds_timed_out: write_holds.with_label_values(&["timeout"]),
+            write_holds_overflow: write_holds.with_label_values(&["overflow"]),
+            writer_suspect,
             writer_epoch,
             topology_updates,
-            topology_rejected,
+            topology_rejected: topology_rejected.with_label_values(&["stale_epoch"]),
             topology_age,
+            election_errors,
+            election_reachable,
+            switchover_drained,
             config_reload_success: reloads.with_label_values(&["success"]),
             config_reload_error: reloads.with_label_values(&["error"]),
             in_flight,
@@ -225,6 +293,11 @@ mod tests {
             "rw_proxy_writer_epoch 7",
             "rw_proxy_topology_updates_total 0",
             "rw_proxy_topology_age_seconds 2",
+            r#"rw_proxy_topology_rejected_total{reason="stale_epoch"} 0"#,
+            r#"rw_proxy_write_holds_total{outcome="timeout"} 0"#,
+            "rw_proxy_write_hold_seconds_count 0",
+            "rw_proxy_writer_suspect 0",
+            "rw_proxy_election_errors_total 0",
             r#"rw_proxy_config_reloads_total{result="error"} 1"#,
             r#"rw_proxy_config_reloads_total{result="success"} 0"#,
         ] {

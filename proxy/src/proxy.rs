@@ -22,6 +22,7 @@ use pingora_proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, Session};
 use crate::balance::Tried;
 use crate::config::AccessLog;
 use crate::errors::{self, ProxyError};
+use crate::hold::{self, Admission, Suspect, WriteTicket};
 use crate::metrics::TARGET_NONE;
 use crate::routing::{self, RouteTarget};
 use crate::state::{Active, Backend, Shared};
@@ -103,6 +104,10 @@ pub struct Ctx {
     in_flight: Option<InFlight>,
     request_id: Option<HeaderValue>,
     body_bytes: u64,
+    /// Set by the first write hold of this request; later holds share it.
+    hold_deadline: Option<tokio::time::Instant>,
+    /// A write admitted to the writer: in flight until the request ends.
+    write_ticket: Option<WriteTicket>,
     _drain: DrainGuard,
 }
 
@@ -200,6 +205,8 @@ impl ProxyHttp for RwProxy {
             in_flight: None,
             request_id: None,
             body_bytes: 0,
+            hold_deadline: None,
+            write_ticket: None,
             _drain: DrainGuard::new(),
         }
     }
@@ -221,8 +228,6 @@ impl ProxyHttp for RwProxy {
             None => self.ids.next(),
         });
         let declared_body = content_length(req);
-        let writer_missing = matches!(route, RouteTarget::Writer | RouteTarget::WriterRead(_))
-            && active.writer.is_none();
 
         if session.get_keepalive() == Some(0) {
             session.set_keepalive(Some(DOWNSTREAM_KEEPALIVE_SECS));
@@ -240,8 +245,6 @@ impl ProxyHttp for RwProxy {
             Some(&errors::ERR_BODY_TOO_LARGE)
         } else if let RouteTarget::NoUpstream(_) = route {
             Some(&errors::ERR_NO_UPSTREAM)
-        } else if writer_missing {
-            Some(&errors::ERR_NO_WRITER)
         } else {
             None
         };
@@ -278,6 +281,19 @@ impl ProxyHttp for RwProxy {
         let route = ctx
             .route
             .unwrap_or(RouteTarget::NoUpstream(crate::config::Target::Readers));
+        if matches!(route, RouteTarget::Writer | RouteTarget::WriterRead(_)) {
+            // Nothing of this request went upstream yet: it may wait for a writer (the write
+            // hold), and goes with the newest topology, so the epoch it carries is current.
+            let is_write = route == RouteTarget::Writer;
+            match hold::admit(&self.shared, is_write, &mut ctx.hold_deadline).await {
+                Admission::Dial { active, ticket } => {
+                    ctx.active = active;
+                    ctx.write_ticket = ticket;
+                }
+                Admission::TimedOut(_) => return Err(Error::new(errors::NO_WRITER)),
+                Admission::Overflow => return Err(Error::new(errors::HOLD_FULL)),
+            }
+        }
         let a = &ctx.active;
         let fallback = |tried_writer: bool| {
             (a.settings.table.reads_fall_back_to_writer && a.writer.is_some() && !tried_writer)
@@ -336,11 +352,29 @@ impl ProxyHttp for RwProxy {
             _ => {}
         }
         ctx.in_flight = None;
-        // Nothing was sent: a read may go to another node. Writes are not retried here (the
-        // write hold of the failover issue takes over).
-        let retry = matches!(ctx.route, Some(RouteTarget::Readers | RouteTarget::Any))
-            && ctx.attempts <= ctx.active.settings.config.failover.read_retries
-            && Self::has_alternative(ctx);
+        ctx.write_ticket = None;
+        if let Some(w) = ctx.active.writer.as_ref().filter(|_| failed_writer) {
+            // The proxy learns from its own failure: until the topology changes or the writer
+            // accepts connections again, writes wait instead of each paying this failure.
+            self.shared.hold.mark_suspect(
+                Suspect {
+                    address: w.upstream.address.clone(),
+                    socket: w.upstream.socket,
+                    epoch: ctx.active.topology.epoch,
+                },
+                ctx.active.settings.config.timeouts.connect,
+            );
+        }
+        // Nothing was sent. A read may go to another node; a request for the writer goes
+        // back through the write hold (upstream_peer), which waits for a new topology.
+        let retry = match ctx.route {
+            Some(RouteTarget::Readers | RouteTarget::Any) => {
+                ctx.attempts <= ctx.active.settings.config.failover.read_retries
+                    && Self::has_alternative(ctx)
+            }
+            Some(RouteTarget::Writer | RouteTarget::WriterRead(_)) => true,
+            _ => false,
+        };
         e.set_retry(retry);
         e
     }
@@ -482,7 +516,8 @@ impl ProxyHttp for RwProxy {
         client_gone
             || matches!(
                 e.etype(),
-                ErrorType::Custom("no_writer" | "no_upstream") | ErrorType::HTTPStatus(413)
+                ErrorType::Custom("no_writer" | "hold_full" | "no_upstream")
+                    | ErrorType::HTTPStatus(413)
             )
     }
 
@@ -501,6 +536,7 @@ impl ProxyHttp for RwProxy {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         ctx.in_flight = None;
+        ctx.write_ticket = None;
         let mut status = session
             .response_written()
             .map(|r| r.status.as_u16())

@@ -222,6 +222,7 @@ mod tests {
             revision: 9,
             writer: writer.then(|| up("w", 1)),
             readers: (0..readers).map(|i| up("r", 2 + i as u16)).collect(),
+            switchover: None,
             epoch_header: http::HeaderValue::from(3u64),
             received_at: Some(Instant::now()),
         }

@@ -6,6 +6,7 @@
 //! rebuild `Active`; readers never lock.
 
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use pingora_core::upstreams::peer::HttpPeer;
@@ -13,6 +14,7 @@ use tokio::sync::watch;
 
 use crate::balance::{Balancer, HasStats};
 use crate::config::ProxyConfig;
+use crate::hold::WriteHold;
 use crate::metrics::Metrics;
 use crate::routing::RoutingTable;
 use crate::topology::{TopologySink, TopologySnapshot, Upstream, UpstreamStats};
@@ -114,11 +116,23 @@ pub struct TopologyVersion {
     pub revision: u64,
 }
 
+/// How current the topology is known to be, for a source that talks to something.
+#[derive(Debug, Clone, Copy)]
+struct Contact {
+    reachable: bool,
+    /// The last moment the topology was known to be current: the last success, or the moment
+    /// contact was lost (the open blocking query was fine until then).
+    current_at: Option<Instant>,
+}
+
 /// The proxy's shared state.
 pub struct Shared {
     active: ArcSwap<Active>,
     writer_lock: Mutex<()>,
     changes: watch::Sender<TopologyVersion>,
+    /// `None` for a static topology.
+    contact: Mutex<Option<Contact>>,
+    pub hold: Arc<WriteHold>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -132,6 +146,8 @@ impl Shared {
             active: ArcSwap::from_pointee(active),
             writer_lock: Mutex::new(()),
             changes: watch::channel(TopologyVersion::default()).0,
+            contact: Mutex::new(None),
+            hold: Arc::new(WriteHold::new(metrics.clone())),
             metrics,
         })
     }
@@ -159,6 +175,28 @@ impl Shared {
         self.writer_lock
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A new topology source starts: forget what the previous one knew about its contact.
+    pub fn source_changed(&self, follows_election: bool) {
+        let mut c = self.contact.lock().unwrap_or_else(|p| p.into_inner());
+        *c = follows_election.then_some(Contact {
+            reachable: false,
+            current_at: None,
+        });
+        self.metrics.election_reachable.set(0);
+    }
+
+    /// `rw_proxy_topology_age_seconds`: how long since the topology was last known current.
+    /// Following writer-election: 0 while it is reachable (a blocking query is open, a change
+    /// would arrive at once), else the time since contact was lost. Static: since loaded.
+    pub fn topology_age(&self) -> Option<Duration> {
+        let contact = *self.contact.lock().unwrap_or_else(|p| p.into_inner());
+        match contact {
+            Some(c) if c.reachable => Some(Duration::ZERO),
+            Some(c) => c.current_at.map(|t| t.elapsed()),
+            None => self.topology().received_at.map(|t| t.elapsed()),
+        }
     }
 
     /// Swaps in new settings, keeping the topology.
@@ -202,8 +240,29 @@ impl TopologySink for Shared {
         self.metrics
             .writer_epoch
             .set(i64::try_from(epoch).unwrap_or(i64::MAX));
+        self.hold.topology_changed(&self.active.load().topology);
         self.changes.send_replace(version);
         true
+    }
+
+    fn contact(&self, ok: bool) {
+        let mut guard = self.contact.lock().unwrap_or_else(|p| p.into_inner());
+        let c = guard.get_or_insert(Contact {
+            reachable: false,
+            current_at: None,
+        });
+        if ok {
+            c.reachable = true;
+            c.current_at = Some(Instant::now());
+            self.metrics.election_reachable.set(1);
+        } else {
+            if c.reachable {
+                c.current_at = Some(Instant::now());
+            }
+            c.reachable = false;
+            self.metrics.election_reachable.set(0);
+            self.metrics.election_errors.inc();
+        }
     }
 }
 
@@ -288,5 +347,30 @@ mod tests {
         assert!(shared.publish(s));
         assert_eq!(shared.metrics.topology_updates.get(), 2);
         assert_eq!(shared.metrics.writer_epoch.get(), 5);
+    }
+
+    #[test]
+    fn topology_age_follows_contact() {
+        let cfg = ProxyConfig::from_yaml_str("").unwrap();
+        let shared = Shared::new(cfg, Arc::new(Metrics::new()));
+        // Static: age since the topology was loaded.
+        assert_eq!(shared.topology_age(), None);
+        assert!(shared.publish(snapshot(&shared, 1, &[])));
+        assert!(shared.topology_age().is_some());
+
+        shared.source_changed(true);
+        assert_eq!(shared.topology_age(), None, "nothing known yet");
+        shared.contact(true);
+        assert_eq!(shared.topology_age(), Some(Duration::ZERO));
+        assert_eq!(shared.metrics.election_reachable.get(), 1);
+        shared.contact(false);
+        std::thread::sleep(Duration::from_millis(20));
+        shared.contact(false);
+        let age = shared.topology_age().unwrap();
+        assert!(age >= Duration::from_millis(20), "{age:?}");
+        assert_eq!(shared.metrics.election_errors.get(), 2);
+        assert_eq!(shared.metrics.election_reachable.get(), 0);
+        shared.contact(true);
+        assert_eq!(shared.topology_age(), Some(Duration::ZERO));
     }
 }

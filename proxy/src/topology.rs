@@ -3,7 +3,7 @@
 //! A [`TopologySnapshot`] is immutable: a [`TopologySource`] builds a new one for every change
 //! and publishes it through a [`TopologySink`] (the proxy's shared state swaps it in with one
 //! atomic store; requests never lock). Routing does not know or care which source is running:
-//! `topology.static` now, the live long-poll of writer-election (issue 4) next.
+//! [`StaticSource`] (`topology.static`) or `election::ElectionSource` (`topology.election_url`).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -90,6 +90,24 @@ pub struct Upstream {
     pub stats: Arc<UpstreamStats>,
 }
 
+/// A planned switchover under way (`topology.switchover`, see the failover protocol): the
+/// writer is still `from`, new writes are held until the election publishes `to`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SwitchoverView {
+    pub id: u64,
+    /// `draining`: every proxy holds new writes and acknowledges once its writes in flight to
+    /// the old writer are done.
+    pub state: Arc<str>,
+    pub from: Arc<str>,
+    pub to: Arc<str>,
+}
+
+impl SwitchoverView {
+    pub fn is_draining(&self) -> bool {
+        &*self.state == "draining"
+    }
+}
+
 /// An immutable view of the cluster, as routing sees it.
 #[derive(Debug, Clone)]
 pub struct TopologySnapshot {
@@ -98,6 +116,8 @@ pub struct TopologySnapshot {
     pub writer: Option<Upstream>,
     /// Ready nodes other than the writer.
     pub readers: Vec<Upstream>,
+    /// Set while a planned switchover is under way (writes are held).
+    pub switchover: Option<SwitchoverView>,
     /// `X-Writer-Epoch` value, built once.
     pub epoch_header: HeaderValue,
     /// When this snapshot was received; `None` for the placeholder before any source spoke.
@@ -112,6 +132,7 @@ impl TopologySnapshot {
             revision: 0,
             writer: None,
             readers: Vec::new(),
+            switchover: None,
             epoch_header: HeaderValue::from_static("0"),
             received_at: None,
         }
@@ -157,11 +178,18 @@ impl TopologySnapshot {
             .filter(|r| t.writer.as_ref().is_none_or(|w| w.address != r.address))
             .filter_map(|r| upstream(r, "reader"))
             .collect();
+        let switchover = t.switchover.as_ref().map(|s| SwitchoverView {
+            id: s.id,
+            state: s.state.as_str().into(),
+            from: s.from.as_str().into(),
+            to: s.to.as_str().into(),
+        });
         let snapshot = TopologySnapshot {
             epoch: t.epoch,
             revision: t.revision,
             writer,
             readers,
+            switchover,
             epoch_header: HeaderValue::from(t.epoch),
             received_at: Some(Instant::now()),
         };
@@ -206,6 +234,9 @@ pub trait TopologySink: Send + Sync {
     /// Swaps in a new snapshot. Returns false when it was refused (an epoch lower than one
     /// already seen: the epoch is a fencing token and only moves forward).
     fn publish(&self, snapshot: TopologySnapshot) -> bool;
+    /// The source reached its origin (`true`) or failed to (`false`); feeds
+    /// `rw_proxy_topology_age_seconds` and the election metrics. Static sources never call it.
+    fn contact(&self, _ok: bool) {}
 }
 
 /// Something that knows the topology and keeps the proxy's copy current.
@@ -279,28 +310,6 @@ impl TopologySource for StaticSource {
                 "static topology published"
             );
         }
-    }
-}
-
-/// `topology.election_url`: the live source arrives with the failover issue (issue 4). Until
-/// then the proxy says so and stays unready rather than guessing a topology.
-pub struct ElectionSource {
-    pub urls: Vec<String>,
-}
-
-#[async_trait]
-impl TopologySource for ElectionSource {
-    fn describe(&self) -> String {
-        format!("election {}", self.urls.join(", "))
-    }
-
-    async fn run(&self, _sink: Arc<dyn TopologySink>) {
-        tracing::error!(
-            urls = ?self.urls,
-            "topology.election_url: following writer-election is not built yet; \
-             the proxy has no topology and stays unready (use topology.static for now)"
-        );
-        std::future::pending::<()>().await;
     }
 }
 

@@ -243,7 +243,7 @@ async fn metrics_count_the_requests_just_made() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn not_ready_without_a_topology() {
-    // election_url is parsed but followed only from the failover issue on: no topology yet.
+    // writer-election does not answer: no topology, so not ready, and writes find no writer.
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("p.yaml");
     let port = |l: std::net::TcpListener| l.local_addr().unwrap();
@@ -251,7 +251,7 @@ async fn not_ready_without_a_topology() {
     let b = port(std::net::TcpListener::bind("127.0.0.1:0").unwrap());
     std::fs::write(
         &cfg,
-        format!("listen: \"{a}\"\nadmin_listen: \"{b}\"\ntopology: {{ election_url: \"http://127.0.0.1:1\" }}\n"),
+        format!("listen: \"{a}\"\nadmin_listen: \"{b}\"\ntopology: {{ election_url: \"http://127.0.0.1:1\" }}\nfailover: {{ hold_writes: 100ms }}\n"),
     )
     .unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_rw-proxy"))

@@ -241,21 +241,55 @@ async fn a_reader_that_refuses_connections_is_skipped() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn writes_to_a_refusing_writer_get_a_json_502_and_no_write_is_sent_twice() {
+async fn writes_to_a_refusing_writer_are_held_then_get_503_and_are_never_sent_twice() {
     let dead = refusing_addr().await;
     let reader = Backend::start("reader-0").await;
-    let proxy = Proxy::start(&static_topology(Some(dead), &[reader.addr])).await;
+    let cfg = format!(
+        "{}failover: {{ hold_writes: 300ms }}\n",
+        static_topology(Some(dead), &[reader.addr])
+    );
+    let proxy = Proxy::start(&cfg).await;
     let r = send(proxy.addr, "PUT", "/kv/a", &[], b"v").await.unwrap();
-    assert_eq!(r.status, 502);
-    assert_eq!(r.json()["error"], "upstream_unreachable");
+    assert_eq!(r.status, 503);
+    assert_eq!(r.json()["error"], "no_writer");
+    assert_eq!(r.header("retry-after"), Some("1"));
     assert_eq!(reader.count(), 0, "a write never goes to a reader");
+    let refused = r#"rw_proxy_upstream_errors_total{kind="connect_refused",target="writer"}"#;
+    assert_eq!(proxy.metric(refused).await, 1.0);
+    assert_eq!(proxy.metric("rw_proxy_writer_suspect").await, 1.0);
+    // The writer is suspect now: the next write is held without dialling it again.
+    let r = send(proxy.addr, "PUT", "/kv/b", &[], b"v").await.unwrap();
+    assert_eq!(r.status, 503);
+    assert_eq!(
+        proxy.metric(refused).await,
+        1.0,
+        "no second connect attempt"
+    );
+    assert_eq!(
+        proxy
+            .metric(r#"rw_proxy_write_holds_total{outcome="timeout"}"#)
+            .await,
+        2.0
+    );
+    assert_eq!(proxy.metric("rw_proxy_held_writes").await, 0.0);
+    // Reads are not held: the reader serves them.
+    assert_eq!(get(proxy.addr, "/kv/a").await.text(), "reader-0");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_a_writer_writes_get_503_no_writer() {
+async fn without_a_writer_writes_get_503_no_writer_after_the_hold() {
     let reader = Backend::start("reader-0").await;
-    let proxy = Proxy::start(&static_topology(None, &[reader.addr])).await;
+    let cfg = format!(
+        "{}failover: {{ hold_writes: 200ms }}\n",
+        static_topology(None, &[reader.addr])
+    );
+    let proxy = Proxy::start(&cfg).await;
+    let t0 = std::time::Instant::now();
     let r = send(proxy.addr, "POST", "/kv/a", &[], b"v").await.unwrap();
+    assert!(
+        t0.elapsed() >= std::time::Duration::from_millis(200),
+        "held first"
+    );
     assert_eq!(r.status, 503);
     assert_eq!(r.header("content-type"), Some("application/json"));
     assert_eq!(r.header("retry-after"), Some("1"));

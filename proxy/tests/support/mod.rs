@@ -7,6 +7,8 @@
 
 #![allow(dead_code)]
 
+pub mod election;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -34,12 +36,43 @@ pub struct Seen {
     pub body: Bytes,
 }
 
+/// What a backend records.
+#[derive(Default)]
+struct Record {
+    seen: Mutex<Vec<Seen>>,
+    /// (path, when the answer was ready), for requests answered in full.
+    answered: Mutex<Vec<(String, Instant)>>,
+}
+
 /// An HTTP/1.1 backend that answers with its name. `GET /slow/<ms>` answers after `ms`.
 pub struct Backend {
     pub name: String,
     pub addr: SocketAddr,
-    seen: Arc<Mutex<Vec<Seen>>>,
-    accept: JoinHandle<()>,
+    record: Arc<Record>,
+    accept: Option<JoinHandle<()>>,
+}
+
+/// Accepts until aborted. Connection tasks live in the set: aborting this task drops it and
+/// with it every open connection, so a killed backend refuses and resets like a dead process.
+async fn serve(listener: TcpListener, name: String, record: Arc<Record>) {
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let (n, r) = (name.clone(), record.clone());
+                conns.spawn(async move {
+                    let io = hyper_util::rt::TokioIo::new(stream);
+                    let svc =
+                        hyper::service::service_fn(move |req| handle(n.clone(), r.clone(), req));
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(io, svc)
+                        .await;
+                });
+            }
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
 }
 
 impl Backend {
@@ -48,50 +81,75 @@ impl Backend {
             .await
             .expect("bind a backend on 127.0.0.1");
         let addr = listener.local_addr().expect("backend address");
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let (n, s) = (name.to_string(), seen.clone());
-        let accept = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let (n, s) = (n.clone(), s.clone());
-                tokio::spawn(async move {
-                    let io = hyper_util::rt::TokioIo::new(stream);
-                    let svc =
-                        hyper::service::service_fn(move |req| handle(n.clone(), s.clone(), req));
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(io, svc)
-                        .await;
-                });
-            }
-        });
+        let record = Arc::new(Record::default());
+        let accept = tokio::spawn(serve(listener, name.to_string(), record.clone()));
         Backend {
             name: name.to_string(),
             addr,
-            seen,
-            accept,
+            record,
+            accept: Some(accept),
         }
     }
 
+    /// Like `kill -9`: the port refuses from now on and open connections are reset.
+    pub async fn kill(&mut self) {
+        if let Some(a) = self.accept.take() {
+            a.abort();
+            let _ = a.await;
+        }
+    }
+
+    /// Back on the same address (after [`Backend::kill`]), keeping what it recorded.
+    pub async fn restart(&mut self) {
+        self.kill().await;
+        let deadline = Instant::now() + WAIT;
+        let listener = loop {
+            match TcpListener::bind(self.addr).await {
+                Ok(l) => break l,
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("cannot rebind {}: {e}", self.addr),
+            }
+        };
+        self.accept = Some(tokio::spawn(serve(
+            listener,
+            self.name.clone(),
+            self.record.clone(),
+        )));
+    }
+
     pub fn seen(&self) -> Vec<Seen> {
-        self.seen.lock().map(|v| v.clone()).unwrap_or_default()
+        self.record
+            .seen
+            .lock()
+            .map(|v| v.clone())
+            .unwrap_or_default()
     }
 
     pub fn count(&self) -> usize {
-        self.seen.lock().map(|v| v.len()).unwrap_or(0)
+        self.record.seen.lock().map(|v| v.len()).unwrap_or(0)
+    }
+
+    /// When the answer to the first request for `path` was ready, if it was.
+    pub fn answered_at(&self, path: &str) -> Option<Instant> {
+        let answered = self.record.answered.lock().ok()?;
+        answered.iter().find(|(p, _)| p == path).map(|(_, t)| *t)
     }
 }
 
 impl Drop for Backend {
     fn drop(&mut self) {
-        self.accept.abort();
+        if let Some(a) = self.accept.take() {
+            a.abort();
+        }
     }
 }
 
 async fn handle(
     name: String,
-    seen: Arc<Mutex<Vec<Seen>>>,
+    record: Arc<Record>,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let (parts, body) = req.into_parts();
@@ -106,7 +164,7 @@ async fn handle(
         }
     };
     let path = parts.uri.path().to_string();
-    if let Ok(mut v) = seen.lock() {
+    if let Ok(mut v) = record.seen.lock() {
         v.push(Seen {
             method: parts.method.to_string(),
             path: path.clone(),
@@ -116,6 +174,9 @@ async fn handle(
     }
     if let Some(ms) = path.strip_prefix("/slow/").and_then(|ms| ms.parse().ok()) {
         tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    if let Ok(mut v) = record.answered.lock() {
+        v.push((path.clone(), Instant::now()));
     }
     let resp = Response::builder()
         .header("x-backend", name.as_str())
@@ -133,7 +194,7 @@ pub async fn refusing_addr() -> SocketAddr {
     addr
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
