@@ -117,7 +117,6 @@ pub fn run(
         // in-flight requests are done; this is the backstop.
         grace_period_seconds: Some(config.shutdown_grace.as_secs_f64().ceil() as u64 + 1),
         graceful_shutdown_timeout_seconds: Some(1),
-        work_stealing: std::env::var("XX_WS").map(|v| v == "1").unwrap_or(true),
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
