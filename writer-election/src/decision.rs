@@ -152,12 +152,6 @@ pub struct ObservedNode {
     pub penalized: bool,
 }
 
-impl ObservedNode {
-    fn eligible_base(&self, policy: &ElectionPolicy) -> bool {
-        self.running && self.health == Health::Ready && !policy.is_excluded(&self.name)
-    }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Request<'a> {
     /// Periodic or event-driven: keep, fail over, or elect the first writer.
@@ -301,31 +295,34 @@ fn trim_zeros(d: &[u8]) -> &[u8] {
 }
 
 /// The candidates ranked best first.
-fn rank(mut c: Vec<&ObservedNode>, order: CandidateOrder) -> Vec<&ObservedNode> {
-    c.sort_by(|a, b| {
-        let primary = match order {
-            CandidateOrder::Name => Ordering::Equal,
-            CandidateOrder::Oldest => match (a.created, b.created) {
-                (Some(x), Some(y)) => x.cmp(&y),
+/// Candidate order: best first.
+fn cmp_candidates(a: &ObservedNode, b: &ObservedNode, order: CandidateOrder) -> Ordering {
+    let primary = match order {
+        CandidateOrder::Name => Ordering::Equal,
+        CandidateOrder::Oldest => match (a.created, b.created) {
+            (Some(x), Some(y)) => x.cmp(&y),
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (None, None) => Ordering::Equal,
+        },
+        CandidateOrder::MostCaughtUp => {
+            let key = |n: &ObservedNode| match n.progress {
+                Progress::Offset(o) => Some(o),
+                _ => None,
+            };
+            match (key(a), key(b)) {
+                (Some(x), Some(y)) => y.cmp(&x),
                 (Some(_), None) => Ordering::Less,
                 (None, Some(_)) => Ordering::Greater,
                 (None, None) => Ordering::Equal,
-            },
-            CandidateOrder::MostCaughtUp => {
-                let key = |n: &ObservedNode| match n.progress {
-                    Progress::Offset(o) => Some(o),
-                    _ => None,
-                };
-                match (key(a), key(b)) {
-                    (Some(x), Some(y)) => y.cmp(&x),
-                    (Some(_), None) => Ordering::Less,
-                    (None, Some(_)) => Ordering::Greater,
-                    (None, None) => Ordering::Equal,
-                }
             }
-        };
-        primary.then_with(|| natural_cmp(&a.name, &b.name))
-    });
+        }
+    };
+    primary.then_with(|| natural_cmp(&a.name, &b.name))
+}
+
+fn rank(mut c: Vec<&ObservedNode>, order: CandidateOrder) -> Vec<&ObservedNode> {
+    c.sort_by(|a, b| cmp_candidates(a, b, order));
     c
 }
 
@@ -359,15 +356,44 @@ fn choose<'a>(
     observed: &'a [ObservedNode],
     policy: &ElectionPolicy,
 ) -> Result<Option<&'a ObservedNode>, Decision> {
+    let possible = |n: &&ObservedNode| {
+        n.running
+            && !policy.is_excluded(&n.name)
+            && !n.penalized
+            && !is_holder(n, recorded.holder.as_ref())
+    };
     let candidates: Vec<&ObservedNode> = observed
         .iter()
-        .filter(|n| n.eligible_base(policy) && !n.penalized)
-        .filter(|n| !is_holder(n, recorded.holder.as_ref()))
+        .filter(possible)
+        .filter(|n| n.health == Health::Ready)
+        .collect();
+    // Nodes without a verdict yet (right after a restart or a change of leader, or just
+    // discovered). One that could rank first is waited for (until its first verdict, bounded by
+    // the probe thresholds), so the choice does not depend on which probe answered first.
+    let pending: Vec<&ObservedNode> = observed
+        .iter()
+        .filter(possible)
+        .filter(|n| n.health == Health::Unknown)
         .collect();
     if let Some(need) = progress_needed(&candidates, policy) {
         return Err(need);
     }
-    Ok(rank(candidates, policy.candidate_order).into_iter().next())
+    let best = rank(candidates, policy.candidate_order).into_iter().next();
+    let wait_for = pending.iter().find(|p| match best {
+        None => true,
+        // An unknown node's offset is unknown: it could be the most caught up.
+        Some(_) if policy.candidate_order == CandidateOrder::MostCaughtUp => true,
+        Some(b) => cmp_candidates(p, b, policy.candidate_order) == Ordering::Less,
+    });
+    if let Some(p) = wait_for {
+        return Err(Decision::Wait {
+            why: format!(
+                "waiting for the first probe verdict of candidate {}",
+                p.name
+            ),
+        });
+    }
+    Ok(best)
 }
 
 /// The election decision. See the module documentation for the rules.
@@ -768,14 +794,58 @@ mod tests {
                 reason: Reason::WriterUnready
             }
         );
-        // Candidates with an unknown verdict are not candidates.
+        // A candidate without a verdict yet is waited for, not given up on.
         let o = [
             node("node-0", Health::Unready),
             node("node-1", Health::Unknown),
         ];
         assert!(matches!(
             eval(&rec(5, "node-0"), &o, &policy()),
-            Decision::Suspend { .. }
+            Decision::Wait { .. }
+        ));
+    }
+
+    #[test]
+    fn failover_waits_only_for_unprobed_nodes_that_could_win() {
+        // Right after a change of leader: node-0 not probed yet would win by name -> wait.
+        let o = [
+            node("node-0", Health::Unknown),
+            ready("node-1"),
+            node("node-2", Health::Unready),
+        ];
+        assert!(matches!(
+            eval(&rec(3, "node-2"), &o, &policy()),
+            Decision::Wait { .. }
+        ));
+        // An unprobed node that would rank after the best ready one does not delay the failover.
+        let o = [
+            ready("node-0"),
+            node("node-1", Health::Unknown),
+            node("node-2", Health::Unready),
+        ];
+        assert_eq!(elected(&eval(&rec(3, "node-2"), &o, &policy())).0, "node-0");
+        // Excluded unprobed nodes are never waited for.
+        let mut p = policy();
+        p.exclude = vec![NamePattern::new("node-0")];
+        let o = [
+            node("node-0", Health::Unknown),
+            ready("node-1"),
+            node("node-2", Health::Unready),
+        ];
+        assert_eq!(elected(&eval(&rec(3, "node-2"), &o, &p)).0, "node-1");
+        // most_caught_up: any unprobed candidate could be ahead.
+        let mut p = policy();
+        p.candidate_order = CandidateOrder::MostCaughtUp;
+        let mut r1 = ready("node-0");
+        r1.progress = Progress::Offset(9);
+        let o = [
+            r1,
+            node("node-1", Health::Unknown),
+            node("node-2", Health::Unready),
+        ];
+        assert!(matches!(
+            eval(&rec(3, "node-2"), &o, &p),
+            Decision::Wait { .. }
         ));
     }
 

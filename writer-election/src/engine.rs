@@ -121,8 +121,8 @@ impl Engine {
         Engine {
             policy: d.cfg.policy(),
             need_reload: d.initial.is_none(),
+            last_reload: d.initial.as_ref().map(|_| Instant::now()),
             recorded: d.initial,
-            last_reload: None,
             cfg: d.cfg,
             store: d.store,
             membership: d.membership,
@@ -198,7 +198,9 @@ impl Engine {
                 _ = tokio::time::sleep_until(wake.unwrap_or(now).into()), if wake.is_some() => {
                     self.retry_at = None;
                 }
-                _ = follow_tick.tick(), if !leading => {}
+                // Followers refresh the record; the leader re-reads it too, so a change made
+                // outside this process (an operator, a competing decider) is seen within one tick.
+                _ = follow_tick.tick() => {}
                 _ = tokio::time::sleep_until(valid_until.unwrap_or(now).into()), if leading && valid_until.is_some() => {}
             }
         }
@@ -305,6 +307,23 @@ impl Engine {
     }
 
     async fn lead_round(&mut self) {
+        let periodic = !self.need_reload
+            && self
+                .last_reload
+                .is_some_and(|t| t.elapsed() >= self.cfg.ha.retry_period.mul_f64(0.9));
+        if periodic {
+            self.last_reload = Some(Instant::now());
+            match self.store.load().await {
+                Ok(r) => {
+                    if self.recorded.as_ref() != Some(&r) {
+                        warn!(epoch = r.epoch, holder = ?r.holder.as_ref().map(|h| &h.name), active = r.active, "the record was changed outside this process; following it");
+                        self.recorded = Some(r);
+                    }
+                }
+                // Keep deciding from the last record; a write will find out (conflict) anyway.
+                Err(e) => debug!(error = %e, "periodic re-read of the record failed"),
+            }
+        }
         if !self.ensure_loaded().await {
             return;
         }
@@ -386,6 +405,43 @@ impl Engine {
         *self.api_up.borrow()
     }
 
+    /// Re-reads the record; Err (and a retry) if it cannot be read or changed since `old`.
+    async fn check_record(
+        &mut self,
+        old: &Recorded,
+        writer: &Holder,
+        reason: Reason,
+    ) -> Result<(), String> {
+        match self.store.load().await {
+            Ok(fresh) if &fresh == old => Ok(()),
+            Ok(fresh) => {
+                info!(
+                    epoch = fresh.epoch,
+                    "the record changed underneath; deciding again"
+                );
+                self.recorded = Some(fresh);
+                self.retry_at = Some(Instant::now());
+                Err("the record changed; decided again".into())
+            }
+            Err(e) => {
+                self.retry_at = Some(Instant::now() + Duration::from_secs(1));
+                let kind = if self.kube.is_some() {
+                    "api_unreachable"
+                } else {
+                    "record_failed"
+                };
+                Err(self.block(
+                    kind,
+                    format!(
+                        "cannot read the record ({e}): keeping {} as writer instead of electing {} ({reason})",
+                        old.writer().map(|h| h.name.as_str()).unwrap_or("no writer"),
+                        writer.name
+                    ),
+                ))
+            }
+        }
+    }
+
     async fn change_writer(
         &mut self,
         writer: Holder,
@@ -393,19 +449,12 @@ impl Engine {
         reason: Reason,
     ) -> Result<(), String> {
         let old = self.recorded.clone().unwrap_or_default();
-        if !self.api_reachable() {
-            return Err(self.block(
-                "api_unreachable",
-                format!(
-                    "Kubernetes API unreachable: keeping {} as writer instead of electing {} ({reason})",
-                    old.writer().map(|h| h.name.as_str()).unwrap_or("no writer"),
-                    writer.name
-                ),
-            ));
-        }
         if !self.leading() {
             return Err("not the leader".into());
         }
+        // The record must be writable before anything irreversible happens: this read proves the
+        // API answers (Kubernetes mode) and catches a change made by someone else.
+        self.check_record(&old, &writer, reason).await?;
         if self.cfg.fencing.delete_old_writer_pod {
             if let (Some(k), Some(h)) = (self.kube.clone(), old.holder.as_ref()) {
                 if let Some(uid) = &h.uid {
@@ -423,27 +472,10 @@ impl Engine {
                             self.retry_at = Some(Instant::now() + Duration::from_secs(1));
                             return Err(self.block("fencing_failed", e));
                         }
+                        // Fencing took a while: read again right before promoting.
+                        self.check_record(&old, &writer, reason).await?;
                     }
                 }
-            }
-        }
-        match self.store.load().await {
-            Ok(fresh) if fresh == old => {}
-            Ok(fresh) => {
-                info!(
-                    epoch = fresh.epoch,
-                    "the record changed underneath; deciding again"
-                );
-                self.recorded = Some(fresh);
-                self.retry_at = Some(Instant::now());
-                return Err("the record changed; decided again".into());
-            }
-            Err(e) => {
-                self.retry_at = Some(Instant::now() + Duration::from_secs(1));
-                return Err(self.block(
-                    "record_failed",
-                    format!("cannot re-read the record before promoting: {e}"),
-                ));
             }
         }
         if let Err(e) = self.promoter.promote(&writer.address).await {
@@ -526,9 +558,7 @@ impl Engine {
         let Some(holder) = old.holder.clone() else {
             return Err("no holder to reinstate".into());
         };
-        if !self.api_reachable() {
-            return Err(self.block("api_unreachable", "Kubernetes API unreachable".into()));
-        }
+        self.check_record(&old, &holder, reason).await?;
         if let Err(e) = self.promoter.promote(&holder.address).await {
             self.retry_at = Some(Instant::now() + Duration::from_secs(1));
             return Err(self.block(
@@ -561,12 +591,7 @@ impl Engine {
 
     async fn suspend(&mut self, reason: Reason) -> Result<(), String> {
         let old = self.recorded.clone().unwrap_or_default();
-        if !self.api_reachable() {
-            return Err(self.block(
-                "api_unreachable",
-                "Kubernetes API unreachable: keeping the recorded writer".into(),
-            ));
-        }
+        // A failed write keeps the last recorded writer published (e.g. the API is down).
         self.save(Recorded {
             active: false,
             ..old.clone()

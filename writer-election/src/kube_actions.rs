@@ -14,6 +14,9 @@ use tracing::{debug, info, warn};
 use crate::decision::Holder;
 use crate::discovery::Membership;
 
+/// Per API call: a partitioned API must not stall the decision loop.
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Pod name -> (uid, label value) of patches sent and not yet seen.
 type PendingLabels = HashMap<String, (Option<String>, String)>;
 
@@ -60,19 +63,25 @@ impl KubeActions {
             }),
             ..Default::default()
         };
-        match self.pods.delete(name, &dp).await {
-            Ok(_) => info!(pod = %name, uid = %uid, "fencing: deleted the old writer pod"),
-            Err(kube::Error::Api(s)) if s.is_not_found() || s.is_conflict() => {
+        match tokio::time::timeout(CALL_TIMEOUT, self.pods.delete(name, &dp)).await {
+            Ok(Ok(_)) => info!(pod = %name, uid = %uid, "fencing: deleted the old writer pod"),
+            Ok(Err(kube::Error::Api(s))) if s.is_not_found() || s.is_conflict() => {
                 // Gone already, or the name now belongs to another incarnation.
             }
-            Err(e) => return Err(format!("delete pod {name}: {e}")),
+            Ok(Err(e)) => return Err(format!("delete pod {name}: {e}")),
+            Err(_) => {
+                return Err(format!(
+                    "delete pod {name}: no answer within {CALL_TIMEOUT:?}"
+                ))
+            }
         }
         loop {
-            match self.pods.get_opt(name).await {
-                Ok(None) => return Ok(()),
-                Ok(Some(p)) if p.metadata.uid.as_deref() != Some(uid) => return Ok(()),
-                Ok(Some(_)) => {}
-                Err(e) => debug!(pod = %name, error = %e, "fencing: cannot read pod yet"),
+            match tokio::time::timeout(CALL_TIMEOUT, self.pods.get_opt(name)).await {
+                Ok(Ok(None)) => return Ok(()),
+                Ok(Ok(Some(p))) if p.metadata.uid.as_deref() != Some(uid) => return Ok(()),
+                Ok(Ok(Some(_))) => {}
+                Ok(Err(e)) => debug!(pod = %name, error = %e, "fencing: cannot read pod yet"),
+                Err(_) => debug!(pod = %name, "fencing: pod read timed out"),
             }
             if Instant::now() >= deadline {
                 return Err(format!(
@@ -119,8 +128,16 @@ impl KubeActions {
         };
         let api = self.events.clone();
         tokio::spawn(async move {
-            if let Err(e) = api.create(&PostParams::default(), &event).await {
-                warn!(error = %e, message = %message, "could not create the Kubernetes Event");
+            match tokio::time::timeout(CALL_TIMEOUT, api.create(&PostParams::default(), &event))
+                .await
+            {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    warn!(error = %e, message = %message, "could not create the Kubernetes Event")
+                }
+                Err(_) => {
+                    warn!(message = %message, "could not create the Kubernetes Event: no answer")
+                }
             }
         });
     }
@@ -157,10 +174,13 @@ impl KubeActions {
             let patch = serde_json::json!({"metadata": {"labels": {key.clone(): want}}});
             let pending = self.pending_labels.clone();
             tokio::spawn(async move {
-                match api
-                    .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-                    .await
-                {
+                let r = tokio::time::timeout(
+                    CALL_TIMEOUT,
+                    api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)),
+                )
+                .await
+                .unwrap_or_else(|_| Err(kube::Error::Service("no answer".into())));
+                match r {
                     Ok(_) => debug!(pod = %name, role = want, "labelled pod"),
                     Err(e) => {
                         warn!(pod = %name, error = %e, "could not label pod");

@@ -224,7 +224,16 @@ impl LeaderElector {
                     return;
                 }
                 let started = Instant::now();
-                match self.try_acquire_or_renew().await {
+                let attempt = match tokio::time::timeout(
+                    self.cfg.renew_deadline,
+                    self.try_acquire_or_renew(),
+                )
+                .await
+                {
+                    Ok(r) => r,
+                    Err(_) => Err("no answer from the API".to_string()),
+                };
+                match attempt {
                     Ok(Attempt::Leader) => {
                         renewed_at = started;
                         failing = false;

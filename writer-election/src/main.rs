@@ -71,7 +71,7 @@ fn main() -> ExitCode {
 
 async fn run(cfg: ElectionConfig) -> ExitCode {
     let kube_client = if matches!(cfg.discovery(), Discovery::Kubernetes(_)) {
-        match kube::Client::try_default().await {
+        match kube_client().await {
             Ok(c) => Some(c),
             Err(e) => {
                 error!(error = %e, "cannot build a Kubernetes client (in-cluster config or KUBECONFIG)");
@@ -101,6 +101,15 @@ async fn run(cfg: ElectionConfig) -> ExitCode {
     info!("stopping");
     handle.stop().await;
     ExitCode::SUCCESS
+}
+
+/// In-cluster config or KUBECONFIG, without kube's built-in retry of 429/503/504: that retry
+/// backs off up to minutes inside a single call, which would hide for as long that the API is
+/// back. Every call here has its own timeout and is retried by the service's own loops.
+async fn kube_client() -> Result<kube::Client, String> {
+    let mut config = kube::Config::infer().await.map_err(|e| e.to_string())?;
+    config.default_retry = false;
+    kube::Client::try_from(config).map_err(|e| e.to_string())
 }
 
 async fn shutdown_signal() {

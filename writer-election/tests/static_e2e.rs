@@ -220,8 +220,15 @@ async fn blocking_query_wakes_on_a_change() {
     let same = fetch_topology(&e.url, Some(t.revision), Some(Duration::from_millis(500)))
         .await
         .expect("blocking query");
-    assert_eq!(same.revision, t.revision);
-    assert!(started.elapsed() >= Duration::from_millis(450));
+    if same.revision == t.revision {
+        assert!(
+            started.elapsed() >= Duration::from_millis(450),
+            "held for `wait`"
+        );
+    } else {
+        // Something did change meanwhile (a busy machine can fail a probe): a newer document.
+        assert!(same.revision > t.revision);
+    }
 
     // A change while a long query is open answers it at once (well before its wait).
     let url = e.url.clone();

@@ -12,8 +12,11 @@ use std::sync::Arc;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
+use kube::runtime::utils::Backoff;
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
+use rand::Rng;
+use std::time::Duration;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
@@ -89,6 +92,40 @@ pub fn node_from_pod(pod: &Pod, port: &PortRef, label_key: Option<&str>) -> Opti
     })
 }
 
+/// Retry delays of the pod watch after an error: 200 ms doubling to 3 s, with jitter. kube's
+/// default goes up to 30 s, which would delay noticing that the API is back (and so every failover
+/// held during the outage) by as much.
+#[derive(Debug, Clone)]
+pub struct WatchBackoff {
+    next: Duration,
+}
+
+const BACKOFF_MIN: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(3);
+
+impl Default for WatchBackoff {
+    fn default() -> Self {
+        WatchBackoff { next: BACKOFF_MIN }
+    }
+}
+
+impl Iterator for WatchBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let d = self.next;
+        self.next = (self.next * 2).min(BACKOFF_MAX);
+        let f: f64 = rand::rng().random_range(0.5..1.0);
+        Some(d.mul_f64(f))
+    }
+}
+
+impl Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        self.next = BACKOFF_MIN;
+    }
+}
+
 pub struct PodWatch {
     pub api: Api<Pod>,
     pub label_selector: String,
@@ -116,7 +153,7 @@ pub async fn run(
     mut stop: watch::Receiver<bool>,
 ) {
     let cfg = watcher::Config::default().labels(&w.label_selector);
-    let stream = watcher::watcher(w.api.clone(), cfg).default_backoff();
+    let stream = watcher::watcher(w.api.clone(), cfg).backoff(WatchBackoff::default());
     futures::pin_mut!(stream);
     let mut pods: BTreeMap<String, DiscoveredNode> = BTreeMap::new();
     let mut listing: Option<BTreeMap<String, DiscoveredNode>> = None;

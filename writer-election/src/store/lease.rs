@@ -15,6 +15,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -147,6 +148,22 @@ pub fn lease_with_record(base: Option<Lease>, name: &str, rec: &Recorded) -> Res
     Ok(lease)
 }
 
+/// A partitioned API must not stall the decision loop (kube's own timeouts are minutes, and it
+/// retries 503s): every call gives up after this.
+pub const API_TIMEOUT: Duration = Duration::from_secs(5);
+
+async fn bounded<T>(
+    what: &str,
+    f: impl std::future::Future<Output = Result<T, kube::Error>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(API_TIMEOUT, f).await {
+        Ok(r) => r.map_err(|e| api_error(what, e)),
+        Err(_) => Err(StoreError::Unavailable(format!(
+            "{what}: no answer within {API_TIMEOUT:?}"
+        ))),
+    }
+}
+
 fn api_error(what: &str, e: kube::Error) -> StoreError {
     match &e {
         kube::Error::Api(s) if s.is_conflict() || s.is_already_exists() => {
@@ -160,11 +177,7 @@ fn api_error(what: &str, e: kube::Error) -> StoreError {
 impl RecordStore for LeaseStore {
     async fn load(&self) -> Result<Recorded, StoreError> {
         let what = format!("get Lease {}/{}", self.namespace, self.name);
-        let lease = self
-            .api
-            .get_opt(&self.name)
-            .await
-            .map_err(|e| api_error(&what, e))?;
+        let lease = bounded(&what, self.api.get_opt(&self.name)).await?;
         let rec = match &lease {
             None => Recorded::default(),
             Some(l) => record_from_lease(l).map_err(|why| {
@@ -184,16 +197,14 @@ impl RecordStore for LeaseStore {
         let lease = lease_with_record(base, &self.name, rec).map_err(StoreError::Corrupt)?;
         let written = if create {
             let what = format!("create Lease {}/{}", self.namespace, self.name);
-            self.api
-                .create(&PostParams::default(), &lease)
-                .await
-                .map_err(|e| api_error(&what, e))?
+            bounded(&what, self.api.create(&PostParams::default(), &lease)).await?
         } else {
             let what = format!("replace Lease {}/{}", self.namespace, self.name);
-            self.api
-                .replace(&self.name, &PostParams::default(), &lease)
-                .await
-                .map_err(|e| api_error(&what, e))?
+            bounded(
+                &what,
+                self.api.replace(&self.name, &PostParams::default(), &lease),
+            )
+            .await?
         };
         self.remember(Some(written));
         Ok(())

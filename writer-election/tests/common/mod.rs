@@ -217,7 +217,7 @@ pub fn static_config(nodes: &[TestNode], state_file: &Path, extra: &str) -> Stri
         ));
     }
     s.push_str(&format!(
-        r#"probe: {{ path: /health/ready, interval: 200ms, timeout: 300ms, failure_threshold: 3, success_threshold: 1 }}
+        r#"probe: {{ path: /health/ready, interval: 200ms, timeout: 1s, failure_threshold: 3, success_threshold: 1 }}
 state: {{ file: "{}" }}
 promotion:
   start:  {{ method: POST, path: {START} }}
@@ -415,4 +415,14 @@ pub fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
             Some((k.to_string(), v.parse().ok()?))
         })
         .collect()
+}
+
+/// In-process services log through the test writer (shown for failing tests).
+pub fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,writer_election=debug"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
 }
