@@ -150,7 +150,11 @@ impl Engine {
         let mut follow_tick = tokio::time::interval(self.cfg.ha.retry_period);
         follow_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut was_leading = false;
+        // A watch whose sender is gone answers `changed()` at once, forever: such a branch is
+        // switched off instead of spinning the loop.
         let mut membership_open = true;
+        let mut leader_open = true;
+        let mut api_up_open = true;
         let mut switch_open = true;
         loop {
             if *self.stop.borrow() {
@@ -193,8 +197,12 @@ impl Engine {
                     Some(cmd) => self.switchover(cmd).await,
                     None => switch_open = false,
                 },
-                _ = self.leader.changed() => {}
-                _ = self.api_up.changed() => {}
+                r = self.leader.changed(), if leader_open => {
+                    if r.is_err() { leader_open = false; }
+                }
+                r = self.api_up.changed(), if api_up_open => {
+                    if r.is_err() { api_up_open = false; }
+                }
                 _ = tokio::time::sleep_until(wake.unwrap_or(now).into()), if wake.is_some() => {
                     self.retry_at = None;
                 }

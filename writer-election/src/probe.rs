@@ -164,7 +164,7 @@ impl Prober {
 
     /// Probes exactly the running nodes of `m` (starting and stopping tasks as needed).
     pub fn sync(&mut self, m: &Membership) {
-        let wanted: Vec<NodeKey> = m
+        let wanted: std::collections::HashSet<NodeKey> = m
             .nodes
             .iter()
             .filter(|n| n.running)

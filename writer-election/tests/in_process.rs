@@ -116,3 +116,63 @@ async fn follower_moves_past_a_dead_url_and_sees_every_change() {
     }
     task.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_hundred_nodes_are_probed_and_published() {
+    // Scale check (functional, not timed): 500 real HTTP nodes on a 1 s interval.
+    let nodes = nodes(500).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut yaml = String::from("listen: \"127.0.0.1:0\"\ndiscovery:\n  static:\n    nodes:\n");
+    for n in &nodes {
+        yaml.push_str(&format!(
+            "      - {{ name: {}, address: \"{}\" }}\n",
+            n.name, n.addr
+        ));
+    }
+    yaml.push_str(&format!(
+        "probe: {{ interval: 1s, timeout: 2s }}\nstate: {{ file: \"{}\" }}\n",
+        dir.path().join("s.json").display()
+    ));
+    let cfg = ElectionConfig::from_yaml_str(&yaml).expect("config");
+    let svc = start(cfg, ServiceOptions::default()).await.expect("start");
+    let deadline = std::time::Instant::now() + LONG;
+    let t = loop {
+        if let Ok(t) = writer_election::client::fetch_topology(&svc.url(), None, None).await {
+            if all_ready(&t, 500) && t.writer.is_some() {
+                break t;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "500 nodes never all ready"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(writer_name(&t), Some("node-0"));
+    assert_eq!(t.readers.len(), 499);
+    // node-10 after node-9: natural order.
+    let pos = |n: &str| t.nodes.iter().position(|x| x.name == n).unwrap();
+    assert!(pos("node-9") < pos("node-10"));
+    // Every node is probed about once per interval: after a few more seconds each has been
+    // probed again (no node is starved).
+    let before: Vec<u64> = nodes
+        .iter()
+        .map(|n| n.state.probes.load(std::sync::atomic::Ordering::SeqCst))
+        .collect();
+    let deadline = std::time::Instant::now() + LONG;
+    loop {
+        let all_again = nodes
+            .iter()
+            .zip(&before)
+            .all(|(n, b)| n.state.probes.load(std::sync::atomic::Ordering::SeqCst) > *b);
+        if all_again {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "some nodes are not probed any more"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    svc.stop().await;
+}
