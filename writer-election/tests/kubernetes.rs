@@ -722,3 +722,57 @@ fn the_role_grants_what_the_code_calls_and_no_more() {
     expected.sort();
     assert_eq!(g, expected);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_runs_in_kubernetes_mode_from_a_kubeconfig() {
+    let nodes = nodes(2).await;
+    let api = Arc::new(fake_api(&nodes).await);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = dir.path().join("kubeconfig");
+    api.write_kubeconfig(&kubeconfig, NS).expect("kubeconfig");
+    let config = dir.path().join("election.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"listen: "127.0.0.1:0"
+discovery: {{ kubernetes: {{ port: http }} }}
+probe: {{ interval: 200ms, timeout: 1s }}
+state: {{ lease: {{ name: {WRITER_LEASE} }} }}
+ha: {{ enabled: true, lease_duration: 2s, renew_deadline: 1500ms, retry_period: 250ms }}
+label_pods: {{ enabled: true }}
+"#
+        ),
+    )
+    .expect("config");
+    let kc = kubeconfig.display().to_string();
+    let mut e = Election::start(
+        &config,
+        &[("KUBECONFIG", kc.as_str()), ("POD_NAME", "we-proc")],
+    );
+    e.wait_for("storagenode-0 writer", LONG, |t| {
+        writer_name(t) == Some("storagenode-0")
+    })
+    .await;
+    let l = lease(&api, LEADER_LEASE).expect("leader Lease");
+    assert_eq!(
+        l.spec.and_then(|s| s.holder_identity).as_deref(),
+        Some("we-proc"),
+        "identity from POD_NAME"
+    );
+    assert!(api.delete_pod(NS, "storagenode-0"));
+    let t = e
+        .wait_for("storagenode-1 writer", LONG, |t| {
+            writer_name(t) == Some("storagenode-1")
+        })
+        .await;
+    assert_eq!(t.epoch, 2);
+    let status = e.terminate().expect("exit status");
+    assert!(status.success(), "{status:?}");
+    let l = lease(&api, LEADER_LEASE).expect("leader Lease");
+    assert_eq!(
+        l.spec.and_then(|s| s.holder_identity).unwrap_or_default(),
+        "",
+        "released on SIGTERM"
+    );
+    assert_rbac_clean(&api);
+}
