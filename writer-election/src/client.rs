@@ -238,15 +238,16 @@ impl TopologyFollower {
                 Ok(t) => {
                     failures_in_row = 0;
                     backoff = self.opts.backoff_initial;
-                    let changed = last.as_ref() != Some(&t);
+                    let changed = last.as_ref().is_none_or(|l| !same_content(l, &t));
                     let early = after.is_some() && started.elapsed() < self.opts.wait / 2;
                     after = Some(t.revision);
                     if changed {
                         last = Some(t.clone());
                         on_event(FollowEvent::Updated(t));
                     } else if early {
-                        // Same document long before `wait`: a server that ignores blocking
-                        // queries. Do not spin on it.
+                        // The same content long before `wait`: replicas behind one Service answer
+                        // each other's revisions at once (each numbers its own), or a server
+                        // ignores blocking queries. Do not spin on it.
                         tokio::time::sleep(self.opts.backoff_initial).await;
                     }
                 }
@@ -267,6 +268,11 @@ impl TopologyFollower {
             }
         }
     }
+}
+
+/// What a follower acts on; revision and time differ between HA replicas for the same content.
+fn same_content(a: &Topology, b: &Topology) -> bool {
+    a.epoch == b.epoch && a.writer == b.writer && a.readers == b.readers && a.nodes == b.nodes
 }
 
 /// Cheap jitter without a dependency: xorshift seeded from the clock.
