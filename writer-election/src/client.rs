@@ -272,7 +272,11 @@ impl TopologyFollower {
 
 /// What a follower acts on; revision and time differ between HA replicas for the same content.
 fn same_content(a: &Topology, b: &Topology) -> bool {
-    a.epoch == b.epoch && a.writer == b.writer && a.readers == b.readers && a.nodes == b.nodes
+    a.epoch == b.epoch
+        && a.writer == b.writer
+        && a.readers == b.readers
+        && a.nodes == b.nodes
+        && a.switchover == b.switchover
 }
 
 /// Cheap jitter without a dependency: xorshift seeded from the clock.

@@ -26,6 +26,9 @@ use crate::discovery::Membership;
 use crate::http::{call, node_url, CallError, HttpClient};
 use crate::metrics::Metrics;
 
+/// Delay of the second probe that confirms a refused connection.
+pub const REFUSED_CONFIRM: Duration = Duration::from_millis(50);
+
 /// The pure part: consecutive results -> verdict.
 #[derive(Debug, Clone)]
 pub struct ProbeState {
@@ -289,10 +292,21 @@ async fn probe_loop(
     }
     loop {
         let started = Instant::now();
-        let (outcome, detail) = probe_once(&client, &key.address, &cfg).await;
+        let (mut outcome, mut detail) = probe_once(&client, &key.address, &cfg).await;
         metrics
             .probe_duration
             .observe(started.elapsed().as_secs_f64());
+        if outcome == Outcome::Refused && state.health() != Health::Unready {
+            // Confirm once, ~50 ms later, before failing a node at once on a refusal
+            // (notes/failover-protocol.md); a second refusal is the process being gone.
+            tokio::time::sleep(REFUSED_CONFIRM).await;
+            let (again, d) = probe_once(&client, &key.address, &cfg).await;
+            if again != Outcome::Refused {
+                // It answers (or merely fails): an ordinary failed probe, counted as such.
+                outcome = Outcome::Failure;
+                detail = format!("refused, then {d}");
+            }
+        }
         if let Some(h) = state.record(outcome) {
             info!(node = %key.name, address = %key.address, health = ?h, detail = %detail, "node verdict changed");
             table.set(&key, h);

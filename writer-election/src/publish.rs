@@ -77,7 +77,11 @@ pub fn build_topology(rec: &Recorded, nodes: &[NodeView]) -> Topology {
 }
 
 fn same_content(a: &Topology, b: &Topology) -> bool {
-    a.epoch == b.epoch && a.writer == b.writer && a.readers == b.readers && a.nodes == b.nodes
+    a.epoch == b.epoch
+        && a.writer == b.writer
+        && a.readers == b.readers
+        && a.nodes == b.nodes
+        && a.switchover == b.switchover
 }
 
 fn now_millis() -> u64 {
