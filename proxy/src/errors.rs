@@ -7,6 +7,8 @@ use pingora_error::{Error, ErrorSource, ErrorType};
 pub const NO_WRITER: ErrorType = ErrorType::Custom("no_writer");
 /// A write found no writer and `failover.max_held_writes` writes were already waiting.
 pub const HOLD_FULL: ErrorType = ErrorType::Custom("hold_full");
+/// A pooled upstream connection was found closed by the peer before anything was sent on it.
+pub const STALE_POOLED: ErrorType = ErrorType::Custom("stale_pooled_connection");
 /// A read arrived and no node can serve it.
 pub const NO_UPSTREAM: ErrorType = ErrorType::Custom("no_upstream");
 
@@ -135,7 +137,7 @@ pub fn upstream_error_kind(e: &Error) -> &'static str {
         ConnectError | BindError | SocketError => "connect_error",
         ReadTimedout => "read_timeout",
         WriteTimedout => "write_timeout",
-        ConnectionClosed => "closed",
+        ConnectionClosed | Custom("stale_pooled_connection") => "closed",
         ReadError | WriteError => "io_error",
         InvalidHTTPHeader | H1Error | H2Error | InvalidH2 | H2Downgrade => "protocol_error",
         _ => "other",

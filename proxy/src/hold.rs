@@ -137,9 +137,9 @@ impl WriteHold {
         self.suspect.borrow().clone()
     }
 
-    /// A connect to the writer failed before anything was sent: hold new writes to it without
-    /// dialling until the topology changes or [`recheck`] gets through.
-    pub fn mark_suspect(self: &Arc<Self>, suspect: Suspect, connect_timeout: Duration) {
+    /// Talking to the writer failed (`why`): hold new writes to it without dialling until the
+    /// topology changes or [`recheck`] gets through.
+    pub fn mark_suspect(self: &Arc<Self>, suspect: Suspect, connect_timeout: Duration, why: &str) {
         let newly = self.suspect.send_if_modified(|cur| {
             if cur.as_ref() == Some(&suspect) {
                 return false;
@@ -149,8 +149,8 @@ impl WriteHold {
         });
         if newly {
             tracing::warn!(
-                writer = %suspect.address, epoch = suspect.epoch,
-                "cannot connect to the writer: holding writes until the topology changes or it answers again"
+                writer = %suspect.address, epoch = suspect.epoch, why,
+                "the writer looks gone: holding writes until the topology changes or it accepts connections again"
             );
             self.metrics.writer_suspect.set(1);
             tokio::spawn(recheck(self.clone(), suspect, connect_timeout));
@@ -529,7 +529,7 @@ mod tests {
         drop(listener);
         assert!(s.publish(topo(4, 1, Some(port))));
         s.hold
-            .mark_suspect(suspect(port, 4), Duration::from_millis(200));
+            .mark_suspect(suspect(port, 4), Duration::from_millis(200), "test");
         assert_eq!(s.metrics.writer_suspect.get(), 1);
         let waiter = {
             let s = s.clone();
@@ -556,7 +556,7 @@ mod tests {
         let s = shared("");
         assert!(s.publish(topo(4, 1, Some(1))));
         s.hold
-            .mark_suspect(suspect(1, 4), Duration::from_millis(100));
+            .mark_suspect(suspect(1, 4), Duration::from_millis(100), "test");
         assert!(matches!(
             gate(&s.topology(), s.hold.suspect().as_ref(), true),
             Gate::Hold(HoldReason::Suspect)

@@ -14,6 +14,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use http::header::{CONNECTION, CONTENT_LENGTH, HOST};
 use http::HeaderValue;
+use pingora_core::protocols::Digest;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -179,6 +180,34 @@ async fn respond(
     }
     session.write_response_header(Box::new(resp), false).await?;
     session.write_response_body(Some(body), true).await
+}
+
+/// Whether the peer already closed (or reset) this idle pooled connection, asking the kernel
+/// directly. Pingora's own reuse test reads through tokio, whose readiness cache can lag behind
+/// a FIN that already arrived (a writer killed a moment ago); a write sent on such a connection
+/// fails after it was sent and must not be replayed. Checked before anything is written.
+fn pooled_connection_closed(fd: std::os::unix::io::RawFd) -> bool {
+    let mut byte = 0u8;
+    // SAFETY: `fd` is the open upstream socket Pingora hands to `connected_to_upstream`; a
+    // one-byte MSG_PEEK | MSG_DONTWAIT recv into a local neither blocks, consumes data, nor
+    // touches the descriptor's lifetime.
+    let n = unsafe {
+        libc::recv(
+            fd,
+            (&mut byte as *mut u8).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    match n {
+        // Nothing to read: open and idle, as it should be.
+        -1 => !matches!(
+            std::io::Error::last_os_error().kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+        ),
+        // 0: FIN. > 0: bytes nobody asked for on an idle connection (Pingora refuses those too).
+        _ => true,
+    }
 }
 
 fn content_length(req: &RequestHeader) -> Option<u64> {
@@ -363,6 +392,7 @@ impl ProxyHttp for RwProxy {
                     epoch: ctx.active.topology.epoch,
                 },
                 ctx.active.settings.config.timeouts.connect,
+                errors::upstream_error_kind(&e),
             );
         }
         // Nothing was sent. A read may go to another node; a request for the writer goes
@@ -377,6 +407,22 @@ impl ProxyHttp for RwProxy {
         };
         e.set_retry(retry);
         e
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        reused: bool,
+        _peer: &HttpPeer,
+        fd: std::os::unix::io::RawFd,
+        _digest: Option<&Digest>,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        // Only writes: a read that meets a dead pooled connection may simply be sent again.
+        if reused && ctx.route == Some(RouteTarget::Writer) && pooled_connection_closed(fd) {
+            return Err(Error::new_up(errors::STALE_POOLED));
+        }
+        Ok(())
     }
 
     fn error_while_proxy(
@@ -394,6 +440,41 @@ impl ProxyHttp for RwProxy {
                 .upstream_error(ctx.target_index(), errors::upstream_error_kind(&e));
         }
         ctx.in_flight = None;
+        // A pooled connection found closed before a byte was written on it: the writer may be
+        // gone, and the pool may hold more such connections than Pingora has noticed yet.
+        let stale = e.etype() == &errors::STALE_POOLED;
+        // The writer broke the connection after the request went out.
+        let broke = matches!(
+            e.etype(),
+            ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
+        ) && *e.esource() == ErrorSource::Upstream;
+        if let Some(w) = ctx
+            .backend()
+            .filter(|b| b.is_writer && (stale || broke))
+            .map(|b| b.upstream.clone())
+        {
+            // Either way the next writes wait (the write hold) until a new topology arrives or
+            // a fresh TCP connect to the writer succeeds, rather than meet the same fate.
+            self.shared.hold.mark_suspect(
+                Suspect {
+                    address: w.address,
+                    socket: w.socket,
+                    epoch: ctx.active.topology.epoch,
+                },
+                ctx.active.settings.config.timeouts.connect,
+                if stale {
+                    "pooled connection closed"
+                } else {
+                    errors::upstream_error_kind(&e)
+                },
+            );
+        }
+        if stale {
+            // Nothing was sent: this write goes back through the hold.
+            ctx.write_ticket = None;
+            e.set_retry(true);
+            return e;
+        }
         // The request reached the upstream. Only a read that sent no body byte may go again
         // (a stale pooled connection); a write never does: the writer may have applied it.
         let body_sent = session.upstream_body_bytes_sent().unwrap_or(0);
@@ -607,6 +688,37 @@ fn strip_response_hop_by_hop(resp: &mut ResponseHeader) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pooled_connection_closed_by_the_peer_is_noticed_without_tokio() {
+        use std::io::Write;
+        use std::os::unix::io::AsRawFd;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut server, _) = listener.accept().unwrap();
+        assert!(
+            !pooled_connection_closed(client.as_raw_fd()),
+            "open and idle"
+        );
+        // Unasked-for bytes on an idle connection: not reusable either.
+        server.write_all(b"x").unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !pooled_connection_closed(client.as_raw_fd()) {
+            assert!(std::time::Instant::now() < deadline, "data not seen");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        assert!(!pooled_connection_closed(client.as_raw_fd()));
+        drop(server);
+        while !pooled_connection_closed(client.as_raw_fd()) {
+            assert!(std::time::Instant::now() < deadline, "FIN not seen");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        // The peek consumed nothing and closed nothing: the socket is still ours.
+        assert!(client.peer_addr().is_ok());
+    }
 
     #[test]
     fn request_ids_are_unique_and_hex() {

@@ -458,3 +458,34 @@ async fn an_aborted_switchover_releases_held_writes_to_the_old_writer() {
     assert!(fake.drained().len() <= n + 1, "acknowledgements stopped");
     assert_eq!(proxy.metric("rw_proxy_switchover_drained_total").await, 0.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_the_writer_broke_is_not_replayed_and_the_next_one_waits_for_a_recheck() {
+    let writer = Backend::start("writer").await;
+    let reader = Backend::start("reader").await;
+    let cfg = format!(
+        "{}failover: {{ hold_writes: 30s }}\n",
+        support::static_topology(Some(writer.addr), &[reader.addr])
+    );
+    let proxy = Proxy::start(&cfg).await;
+    let r = send(proxy.addr, "PUT", "/drop/1", &[], b"v").await.unwrap();
+    assert_eq!(r.status, 502);
+    assert_eq!(r.json()["error"], "upstream_error");
+    assert_eq!(
+        writer.seen().iter().filter(|s| s.path == "/drop/1").count(),
+        1,
+        "sent once, never replayed"
+    );
+    assert!(
+        proxy.log().contains("the writer looks gone"),
+        "{}",
+        proxy.log()
+    );
+    // The writer still accepts connections: the recheck lets the next write through.
+    let r = send(proxy.addr, "PUT", "/kv/next", &[], b"v")
+        .await
+        .unwrap();
+    assert_eq!((r.status.as_u16(), r.text()), (200, "writer".to_string()));
+    assert_eq!(epochs_seen(&writer, "/kv/next"), vec!["1"]);
+    assert_eq!(proxy.metric("rw_proxy_writer_suspect").await, 0.0);
+}

@@ -9,7 +9,6 @@
 
 pub mod election;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -44,7 +43,8 @@ struct Record {
     answered: Mutex<Vec<(String, Instant)>>,
 }
 
-/// An HTTP/1.1 backend that answers with its name. `GET /slow/<ms>` answers after `ms`.
+/// An HTTP/1.1 backend that answers with its name. `/slow/<ms>` answers after `ms`;
+/// `/drop/...` is received in full and then the connection is dropped without an answer.
 pub struct Backend {
     pub name: String,
     pub addr: SocketAddr,
@@ -147,11 +147,13 @@ impl Drop for Backend {
     }
 }
 
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 async fn handle(
     name: String,
     record: Arc<Record>,
     req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+) -> Result<Response<Full<Bytes>>, BoxError> {
     let (parts, body) = req.into_parts();
     let body = match body.collect().await {
         Ok(b) => b.to_bytes(),
@@ -171,6 +173,10 @@ async fn handle(
             headers: parts.headers.clone(),
             body,
         });
+    }
+    if path.starts_with("/drop/") {
+        // An error from the service makes hyper close the connection without a response.
+        return Err("dropping the connection on purpose".into());
     }
     if let Some(ms) = path.strip_prefix("/slow/").and_then(|ms| ms.parse().ok()) {
         tokio::time::sleep(Duration::from_millis(ms)).await;
