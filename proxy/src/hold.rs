@@ -28,6 +28,9 @@ use crate::topology::TopologySnapshot;
 
 /// How often a suspect writer is re-dialled (TCP connect) to find out it is back.
 pub const RECHECK_INTERVAL: Duration = Duration::from_millis(100);
+/// How often a held request checks that its client is still there. A write whose client gave
+/// up (and may be retrying it elsewhere) must not be sent later: that would apply it twice.
+pub const CLIENT_CHECK_INTERVAL: Duration = Duration::from_millis(100);
 
 /// The writer one of our connects failed on, at the epoch it failed at. It stops mattering as
 /// soon as the topology names another writer or another epoch.
@@ -111,6 +114,8 @@ pub enum Admission {
     Overflow,
     /// Nothing changed in time (`failover.hold_writes`).
     TimedOut(HoldReason),
+    /// The client closed its connection while the request was held; nothing was sent.
+    ClientGone,
 }
 
 impl WriteHold {
@@ -247,16 +252,38 @@ impl Drop for Held<'_> {
     }
 }
 
+/// Whether the peer of a client connection has gone (FIN, reset), asked of the kernel without
+/// reading: unread request body bytes do not hide a FIN from `POLLRDHUP`.
+pub fn client_gone(fd: std::os::unix::io::RawFd) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLRDHUP,
+        revents: 0,
+    };
+    // SAFETY: one pollfd on the stack, zero timeout; `fd` is the open client socket of the
+    // request being held (Pingora keeps it open for the request's lifetime).
+    let n = unsafe { libc::poll(&mut p, 1, 0) };
+    n > 0 && p.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0
+}
+
 /// Lets a request that needs the writer through, or holds it until it can go or its time is up.
 ///
 /// `deadline` belongs to the request: set by its first hold (`now + failover.hold_writes`) and
 /// kept across later ones, so a request is never held longer than `hold_writes` in total.
-pub async fn admit(shared: &Shared, is_write: bool, deadline: &mut Option<Instant>) -> Admission {
+/// `client`: the client's socket, checked every [`CLIENT_CHECK_INTERVAL`] while held.
+pub async fn admit(
+    shared: &Shared,
+    is_write: bool,
+    deadline: &mut Option<Instant>,
+    client: Option<std::os::unix::io::RawFd>,
+) -> Admission {
     let hold = &shared.hold;
     // Subscribed before the first look, so no change between the look and the wait is missed.
     let mut topology_rx = shared.subscribe();
     let mut suspect_rx = hold.suspect.subscribe();
     let mut held: Option<Held<'_>> = None;
+    let mut client_check = tokio::time::interval(CLIENT_CHECK_INTERVAL);
+    client_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let ticket = is_write.then(|| hold.begin_write());
         topology_rx.borrow_and_update();
@@ -300,6 +327,13 @@ pub async fn admit(shared: &Shared, is_write: bool, deadline: &mut Option<Instan
         let closed = tokio::select! {
             r = topology_rx.changed() => r.is_err(),
             r = suspect_rx.changed() => r.is_err(),
+            _ = client_check.tick() => {
+                if client.is_some_and(client_gone) {
+                    hold.metrics.write_holds_abandoned.inc();
+                    return Admission::ClientGone;
+                }
+                false
+            }
             _ = tokio::time::sleep_until(until) => {
                 // One last look: a change may have landed together with the deadline.
                 let active = shared.load();
@@ -428,7 +462,7 @@ mod tests {
             let s = s.clone();
             tokio::spawn(async move {
                 let mut deadline = None;
-                admit(&s, true, &mut deadline).await
+                admit(&s, true, &mut deadline, None).await
             })
         };
         let held = async {
@@ -472,7 +506,7 @@ mod tests {
         assert!(s.publish(topo(1, 1, None)));
         let mut deadline = None;
         let t0 = tokio::time::Instant::now();
-        match admit(&s, true, &mut deadline).await {
+        match admit(&s, true, &mut deadline, None).await {
             Admission::TimedOut(HoldReason::NoWriter) => {}
             _ => panic!("expected a timeout"),
         }
@@ -480,7 +514,7 @@ mod tests {
         // The same request held again has no time left.
         let t1 = tokio::time::Instant::now();
         assert!(matches!(
-            admit(&s, true, &mut deadline).await,
+            admit(&s, true, &mut deadline, None).await,
             Admission::TimedOut(_)
         ));
         assert_eq!(t1.elapsed(), Duration::ZERO);
@@ -497,7 +531,7 @@ mod tests {
         for _ in 0..2 {
             let s = s.clone();
             waiters.push(tokio::spawn(async move {
-                admit(&s, true, &mut None).await;
+                admit(&s, true, &mut None, None).await;
             }));
         }
         while s.hold.held() < 2 {
@@ -505,7 +539,7 @@ mod tests {
         }
         let t0 = tokio::time::Instant::now();
         assert!(matches!(
-            admit(&s, true, &mut None).await,
+            admit(&s, true, &mut None, None).await,
             Admission::Overflow
         ));
         assert_eq!(t0.elapsed(), Duration::ZERO);
@@ -533,7 +567,7 @@ mod tests {
         assert_eq!(s.metrics.writer_suspect.get(), 1);
         let waiter = {
             let s = s.clone();
-            tokio::spawn(async move { admit(&s, true, &mut None).await })
+            tokio::spawn(async move { admit(&s, true, &mut None, None).await })
         };
         // Several rechecks fail while nothing listens.
         tokio::time::sleep(RECHECK_INTERVAL * 3).await;
@@ -549,6 +583,36 @@ mod tests {
         assert!(matches!(a, Admission::Dial { .. }));
         assert!(s.hold.suspect().is_none());
         assert_eq!(s.metrics.writer_suspect.get(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_held_request_whose_client_left_is_dropped() {
+        use std::os::unix::io::AsRawFd;
+        let s = shared("failover: { hold_writes: 30s }");
+        assert!(s.publish(topo(1, 1, None)));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (ours, _) = listener.accept().unwrap();
+        // Unread request bytes must not hide the client's FIN.
+        std::io::Write::write_all(&mut client, b"PUT /x HTTP/1.1\r\n").unwrap();
+        assert!(!client_gone(ours.as_raw_fd()));
+        let fd = ours.as_raw_fd();
+        let waiter = {
+            let s = s.clone();
+            tokio::spawn(async move { admit(&s, true, &mut None, Some(fd)).await })
+        };
+        while s.hold.held() == 0 {
+            tokio::task::yield_now().await;
+        }
+        drop(client);
+        let a = tokio::time::timeout(Duration::from_secs(10), waiter)
+            .await
+            .expect("noticed the client left")
+            .unwrap();
+        assert!(matches!(a, Admission::ClientGone));
+        assert_eq!(s.hold.held(), 0);
+        assert_eq!(s.metrics.write_holds_abandoned.get(), 1);
+        drop(ours);
     }
 
     #[tokio::test]
@@ -577,12 +641,12 @@ mod tests {
         let Admission::Dial {
             ticket: Some(in_flight),
             ..
-        } = admit(&s, true, &mut None).await
+        } = admit(&s, true, &mut None, None).await
         else {
             panic!("admitted")
         };
         // Reads served by the writer carry no ticket.
-        let Admission::Dial { ticket: None, .. } = admit(&s, false, &mut None).await else {
+        let Admission::Dial { ticket: None, .. } = admit(&s, false, &mut None, None).await else {
             panic!("admitted")
         };
         let mut t = topo(1, 2, Some(1));
@@ -594,7 +658,7 @@ mod tests {
         };
         let new_write = {
             let s = s.clone();
-            tokio::spawn(async move { admit(&s, true, &mut None).await })
+            tokio::spawn(async move { admit(&s, true, &mut None, None).await })
         };
         while s.hold.held() == 0 {
             tokio::task::yield_now().await;

@@ -45,6 +45,7 @@ pub struct Metrics {
     pub write_holds_released: IntCounter,
     pub write_holds_timed_out: IntCounter,
     pub write_holds_overflow: IntCounter,
+    pub write_holds_abandoned: IntCounter,
     pub writer_suspect: IntGauge,
     pub writer_epoch: IntGauge,
     pub topology_updates: IntCounter,
@@ -110,7 +111,8 @@ impl Metrics {
             Opts::new(
                 "rw_proxy_write_holds_total",
                 "Writes held, by outcome: released (went to a writer), timeout (503 after \
-                 failover.hold_writes), overflow (503 at once: failover.max_held_writes reached)",
+                 failover.hold_writes), overflow (503 at once: failover.max_held_writes reached), \
+                 client_gone (the client left while held; nothing was sent)",
             ),
             &["outcome"],
         )
@@ -208,6 +210,7 @@ impl Metrics {
             write_holds_released: write_holds.with_label_values(&["released"]),
             write_holds_timed_out: write_holds.with_label_values(&["timeout"]),
             write_holds_overflow: write_holds.with_label_values(&["overflow"]),
+            write_holds_abandoned: write_holds.with_label_values(&["client_gone"]),
             writer_suspect,
             writer_epoch,
             topology_updates,

@@ -306,7 +306,7 @@ impl ProxyHttp for RwProxy {
         Ok(())
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         let route = ctx
             .route
             .unwrap_or(RouteTarget::NoUpstream(crate::config::Target::Readers));
@@ -314,13 +314,24 @@ impl ProxyHttp for RwProxy {
             // Nothing of this request went upstream yet: it may wait for a writer (the write
             // hold), and goes with the newest topology, so the epoch it carries is current.
             let is_write = route == RouteTarget::Writer;
-            match hold::admit(&self.shared, is_write, &mut ctx.hold_deadline).await {
+            let client = session.as_downstream().stream().map(|s| s.id());
+            match hold::admit(&self.shared, is_write, &mut ctx.hold_deadline, client).await {
                 Admission::Dial { active, ticket } => {
                     ctx.active = active;
                     ctx.write_ticket = ticket;
                 }
                 Admission::TimedOut(_) => return Err(Error::new(errors::NO_WRITER)),
                 Admission::Overflow => return Err(Error::new(errors::HOLD_FULL)),
+                Admission::ClientGone => {
+                    return Error::e_explain(
+                        ErrorType::ConnectionClosed,
+                        "the client left while its request was held",
+                    )
+                    .map_err(|mut e| {
+                        e.esource = ErrorSource::Downstream;
+                        e
+                    })
+                }
             }
         }
         let a = &ctx.active;

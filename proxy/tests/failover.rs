@@ -489,3 +489,46 @@ async fn a_write_the_writer_broke_is_not_replayed_and_the_next_one_waits_for_a_r
     assert_eq!(epochs_seen(&writer, "/kv/next"), vec!["1"]);
     assert_eq!(proxy.metric("rw_proxy_writer_suspect").await, 0.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_write_whose_client_left_is_never_sent() {
+    use tokio::io::AsyncWriteExt;
+    let writer = Backend::start("writer").await;
+    let no_writer = format!(
+        "{}failover: {{ hold_writes: 60s }}\n",
+        support::static_topology(None, &[])
+    );
+    let mut proxy = Proxy::start(&no_writer).await;
+    let mut client = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    client
+        .write_all(b"PUT /kv/gone HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\n\r\nv")
+        .await
+        .unwrap();
+    wait_metric(&proxy, "rw_proxy_held_writes", "held", |v| v == 1.0).await;
+    // The client gives up (and might retry elsewhere): its write must not be applied later.
+    drop(client);
+    wait_metric(
+        &proxy,
+        r#"rw_proxy_write_holds_total{outcome="client_gone"}"#,
+        "the hold is abandoned",
+        |v| v == 1.0,
+    )
+    .await;
+    assert_eq!(proxy.metric("rw_proxy_held_writes").await, 0.0);
+
+    // A writer appears: only new writes reach it.
+    proxy.write_config(&format!(
+        "{}failover: {{ hold_writes: 60s }}\n",
+        support::static_topology(Some(writer.addr), &[])
+    ));
+    eventually("the writer is known", || async {
+        get(proxy.admin, "/health/ready").await.json()["writer"] == "writer"
+    })
+    .await;
+    let r = send(proxy.addr, "PUT", "/kv/after", &[], b"v")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert!(epochs_seen(&writer, "/kv/gone").is_empty());
+    assert_eq!(writer.count(), 1);
+}
