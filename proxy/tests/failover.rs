@@ -532,3 +532,31 @@ async fn a_held_write_whose_client_left_is_never_sent() {
     assert!(epochs_seen(&writer, "/kv/gone").is_empty());
     assert_eq!(writer.count(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_list_of_election_urls_a_dead_one_is_skipped() {
+    let a = Backend::start("a").await;
+    let fake = FakeElection::start(doc(2, 1, Some(("a", a.addr)), &[], None)).await;
+    let dead = support::refusing_addr().await;
+    let proxy = Proxy::start(&format!(
+        "topology:\n  election_url:\n    - \"http://{dead}\"\n    - \"{}\"\nfailover: {{ hold_writes: 30s }}\n",
+        fake.url
+    ))
+    .await;
+    let r = send(proxy.addr, "PUT", "/kv/1", &[], b"v").await.unwrap();
+    assert_eq!((r.status.as_u16(), r.text()), (200, "a".to_string()));
+    assert_eq!(epochs_seen(&a, "/kv/1"), vec!["2"]);
+    // The drain acknowledgement finds the live replica too.
+    fake.publish(doc(
+        2,
+        2,
+        Some(("a", a.addr)),
+        &[],
+        switchover(1, "a", "a2"),
+    ));
+    eventually("acknowledged through the second URL", || async {
+        !fake.drained().is_empty()
+    })
+    .await;
+    assert_eq!(proxy.metric("rw_proxy_switchover_drained_total").await, 1.0);
+}
