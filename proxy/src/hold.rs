@@ -282,8 +282,8 @@ pub async fn admit(
     let mut topology_rx = shared.subscribe();
     let mut suspect_rx = hold.suspect.subscribe();
     let mut held: Option<Held<'_>> = None;
-    let mut client_check = tokio::time::interval(CLIENT_CHECK_INTERVAL);
-    client_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Made when the first hold starts: the common case (dial at once) allocates no timer.
+    let mut client_check: Option<tokio::time::Interval> = None;
     loop {
         let ticket = is_write.then(|| hold.begin_write());
         topology_rx.borrow_and_update();
@@ -324,10 +324,18 @@ pub async fn admit(
             tracing::debug!(reason = reason.as_str(), "holding a request for the writer");
         }
         let until = deadline.unwrap_or_else(Instant::now);
+        let check = client_check.get_or_insert_with(|| {
+            let mut i = tokio::time::interval_at(
+                Instant::now() + CLIENT_CHECK_INTERVAL,
+                CLIENT_CHECK_INTERVAL,
+            );
+            i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            i
+        });
         let closed = tokio::select! {
             r = topology_rx.changed() => r.is_err(),
             r = suspect_rx.changed() => r.is_err(),
-            _ = client_check.tick() => {
+            _ = check.tick() => {
                 if client.is_some_and(client_gone) {
                     hold.metrics.write_holds_abandoned.inc();
                     return Admission::ClientGone;
