@@ -1,5 +1,6 @@
-//! The HTTP API on `listen`: `/v1/topology` (with blocking queries), `/v1/switchover`, `/health`,
-//! `/health/ready`, `/metrics`. Errors are JSON: `{"error": "<code>", "message": "..."}`.
+//! The HTTP API on `listen`: `/v1/topology` (with blocking queries), `/v1/switchover`,
+//! `/v1/switchover/drained`, `/health`, `/health/ready`, `/metrics`. Errors are JSON:
+//! `{"error": "<code>", "message": "..."}`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,9 +15,10 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
 use tokio::sync::{mpsc, oneshot, watch};
-use tracing::warn;
+use tracing::{info, warn};
 
 use crate::config::TokenSource;
+use crate::drain::{check_client_id, ClientRegistry, DrainBarrier};
 use crate::engine::{SwitchoverCmd, SwitchoverOutcome};
 use crate::leader::LeaderState;
 use crate::metrics::Metrics;
@@ -27,7 +29,8 @@ use crate::topology::{Topology, REVISION_HEADER};
 pub const MAX_WAIT: Duration = Duration::from_secs(300);
 /// `wait` when a query gives `after` only.
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(30);
-/// How long a switchover request waits for the engine (fencing + promotion can take a while).
+/// How long a switchover request waits for the engine beyond the drain (fencing + promotion can
+/// take a while).
 const SWITCHOVER_TIMEOUT: Duration = Duration::from_secs(120);
 
 #[derive(Clone)]
@@ -39,12 +42,17 @@ pub struct AppState {
     pub ready: watch::Receiver<bool>,
     pub leader: watch::Receiver<LeaderState>,
     pub stop: watch::Receiver<bool>,
+    pub clients: Arc<ClientRegistry>,
+    pub drain: Arc<DrainBarrier>,
+    /// `switchover.drain_timeout`
+    pub drain_timeout: Duration,
 }
 
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/topology", get(topology))
         .route("/v1/switchover", post(switchover))
+        .route("/v1/switchover/drained", post(drained))
         .route("/health", get(health))
         .route("/health/ready", get(health_ready))
         .route("/metrics", get(metrics))
@@ -68,8 +76,7 @@ async fn not_found() -> Response {
 struct TopologyQuery {
     after: Option<String>,
     wait: Option<String>,
-    /// The follower's id (used by the switchover drain of the next issue); accepted, not needed.
-    #[allow(dead_code)]
+    /// The follower's id: makes it part of the drain set of a switchover (see `drain`).
     client: Option<String>,
 }
 
@@ -117,6 +124,11 @@ async fn topology(
         Some(Ok(w)) => w,
         Some(Err(e)) => return error(StatusCode::BAD_REQUEST, "bad_query", e),
     };
+    if let Some(Err(e)) = q.client.as_deref().map(check_client_id) {
+        return error(StatusCode::BAD_REQUEST, "bad_query", e);
+    }
+    // Held for the whole (blocking) query: a client with a query open is in any drain set.
+    let _visit = q.client.as_deref().and_then(|c| st.clients.visit(c, wait));
     let mut rx = st.hub.subscribe();
     let Some(after) = after else {
         let cur = rx.borrow().clone();
@@ -154,6 +166,9 @@ impl Drop for GaugeGuard<'_> {
 struct SwitchoverBody {
     #[serde(default)]
     to: Option<String>,
+    /// Promote even if some proxies did not acknowledge the drain within the timeout.
+    #[serde(default)]
+    force: bool,
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
@@ -198,7 +213,9 @@ async fn switchover(State(st): State<AppState>, headers: HeaderMap, body: Bytes)
                 return error(
                     StatusCode::BAD_REQUEST,
                     "bad_request",
-                    format!("body must be {{\"to\": \"<node>\"}} or {{}}: {e}"),
+                    format!(
+                        "body must be {{\"to\": \"<node>\", \"force\": false}} (both optional): {e}"
+                    ),
                 )
             }
         }
@@ -210,7 +227,11 @@ async fn switchover(State(st): State<AppState>, headers: HeaderMap, body: Bytes)
     let (reply, rx) = oneshot::channel();
     if st
         .switch_tx
-        .send(SwitchoverCmd { to, reply })
+        .send(SwitchoverCmd {
+            to,
+            force: req.force,
+            reply,
+        })
         .await
         .is_err()
     {
@@ -220,7 +241,7 @@ async fn switchover(State(st): State<AppState>, headers: HeaderMap, body: Bytes)
             "the service is stopping",
         );
     }
-    let outcome = match tokio::time::timeout(SWITCHOVER_TIMEOUT, rx).await {
+    let outcome = match tokio::time::timeout(st.drain_timeout + SWITCHOVER_TIMEOUT, rx).await {
         Ok(Ok(o)) => o,
         Ok(Err(_)) => {
             return error(
@@ -240,23 +261,82 @@ async fn switchover(State(st): State<AppState>, headers: HeaderMap, body: Bytes)
     match outcome {
         SwitchoverOutcome::Switched(t) | SwitchoverOutcome::Unchanged(t) => topology_response(&t),
         SwitchoverOutcome::Rejected(why) => error(StatusCode::CONFLICT, "not_a_candidate", why),
-        SwitchoverOutcome::NotLeader(leader) => {
-            let mut r = error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "not_leader",
-                match leader {
-                    Some(l) => format!("this replica does not decide; the leader is {l}"),
-                    None => "this replica does not decide and no leader is known".into(),
-                },
-            );
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            r
-        }
+        SwitchoverOutcome::NotLeader(leader) => not_leader(leader),
         SwitchoverOutcome::Failed(why) => {
             error(StatusCode::SERVICE_UNAVAILABLE, "switchover_failed", why)
         }
+        SwitchoverOutcome::DrainTimeout { pending } => (
+            StatusCode::GATEWAY_TIMEOUT,
+            Json(serde_json::json!({
+                "error": "drain_timeout",
+                "message": format!(
+                    "{} proxy(ies) did not acknowledge the drain within switchover.drain_timeout \
+                     ({:?}); the switchover was aborted and the writer is unchanged. Retry, or \
+                     send \"force\": true to promote anyway",
+                    pending.len(),
+                    st.drain_timeout
+                ),
+                "pending": pending,
+            })),
+        )
+            .into_response(),
+        SwitchoverOutcome::Busy { running } => error(
+            StatusCode::CONFLICT,
+            "switchover_running",
+            format!("switchover {running} is draining; wait for it to finish"),
+        ),
     }
+}
+
+/// `POST /v1/switchover/drained`: a proxy's word that its writes to the old writer are done.
+#[derive(Debug, Deserialize)]
+struct DrainedBody {
+    client: String,
+    switchover: u64,
+}
+
+/// No token: an acknowledgement only lets a running switchover go on, it cannot start or steer one.
+async fn drained(State(st): State<AppState>, body: Bytes) -> Response {
+    let req: DrainedBody = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("body must be {{\"client\": \"<id>\", \"switchover\": <id>}}: {e}"),
+            )
+        }
+    };
+    if let Err(e) = check_client_id(&req.client) {
+        return error(StatusCode::BAD_REQUEST, "bad_request", e);
+    }
+    let leader = st.leader.borrow().clone();
+    if !leader.leading_now() {
+        return not_leader(leader.leader);
+    }
+    match st.drain.ack(req.switchover, &req.client) {
+        Ok(first) => {
+            if first {
+                info!(client = %req.client, switchover = req.switchover, "switchover: proxy drained");
+            }
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => error(StatusCode::CONFLICT, "unknown_switchover", e.to_string()),
+    }
+}
+
+fn not_leader(leader: Option<String>) -> Response {
+    let mut r = error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "not_leader",
+        match leader {
+            Some(l) => format!("this replica does not decide; the leader is {l}"),
+            None => "this replica does not decide and no leader is known".into(),
+        },
+    );
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    r
 }
 
 async fn health() -> Response {
@@ -281,6 +361,11 @@ async fn health_ready(State(st): State<AppState>) -> Response {
 }
 
 async fn metrics(State(st): State<AppState>) -> Response {
+    let clients = st.clients.live(std::time::Instant::now()).len();
+    st.metrics.clients.set(clients as i64);
+    // From the barrier itself: an ack answered 204 shows in the next scrape.
+    let pending = st.drain.current().map_or(0, |b| b.pending().len());
+    st.metrics.switchover_pending_clients.set(pending as i64);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         st.metrics.render(),

@@ -348,13 +348,27 @@ impl Default for FencingConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SwitchoverConfig {
     #[serde(default)]
     pub token_file: String,
     #[serde(default)]
     pub token_env: String,
+    /// How long a planned switchover waits for every proxy of the drain set to acknowledge that
+    /// its writes to the old writer are done; then it is aborted (or forced: `"force": true`).
+    #[serde(default = "defaults::drain_timeout", with = "humantime_serde_dur")]
+    pub drain_timeout: Duration,
+}
+
+impl Default for SwitchoverConfig {
+    fn default() -> Self {
+        SwitchoverConfig {
+            token_file: String::new(),
+            token_env: String::new(),
+            drain_timeout: defaults::drain_timeout(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -440,6 +454,9 @@ mod defaults {
     }
     pub fn fencing_timeout() -> Duration {
         Duration::from_secs(60)
+    }
+    pub fn drain_timeout() -> Duration {
+        Duration::from_secs(5)
     }
     pub fn label_key() -> String {
         "microstream.one/role".into()
@@ -783,6 +800,14 @@ impl ElectionConfig {
                 "set token_file or token_env, not both",
             ));
         }
+        if self.switchover.drain_timeout.is_zero()
+            || self.switchover.drain_timeout > MAX_DRAIN_TIMEOUT
+        {
+            return Err(ConfigError::invalid(
+                "switchover.drain_timeout",
+                "must be greater than 0 and at most 5m",
+            ));
+        }
         if self.label_pods.enabled {
             if !kube {
                 return Err(ConfigError::invalid(
@@ -797,6 +822,9 @@ impl ElectionConfig {
         Ok(())
     }
 }
+
+/// Proxies hold their writes during the drain: longer than a few minutes is never what is meant.
+pub const MAX_DRAIN_TIMEOUT: Duration = Duration::from_secs(300);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TokenSource {
@@ -997,6 +1025,21 @@ state:
             "{STATIC}switchover: {{ token_file: /a, token_env: B }}\n"
         ));
         assert_eq!(key, "switchover");
+    }
+
+    #[test]
+    fn drain_timeout_defaults_to_5s_and_is_bounded() {
+        let c = ElectionConfig::from_yaml_str(STATIC).unwrap();
+        assert_eq!(c.switchover.drain_timeout, Duration::from_secs(5));
+        let c = ElectionConfig::from_yaml_str(&format!(
+            "{STATIC}switchover: {{ drain_timeout: 750ms }}\n"
+        ))
+        .unwrap();
+        assert_eq!(c.switchover.drain_timeout, Duration::from_millis(750));
+        for bad in ["0s", "10m", "soon"] {
+            let (key, _) = err(&format!("{STATIC}switchover: {{ drain_timeout: {bad} }}\n"));
+            assert_eq!(key, "switchover.drain_timeout", "{bad}");
+        }
     }
 
     #[test]

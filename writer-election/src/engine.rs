@@ -13,6 +13,12 @@
 //! 5. record it (optimistic write: a conflict means decide again), then
 //! 6. publish it (the topology and its revision), then the Event and the pod labels.
 //!
+//! A planned switchover away from a published writer first drains the proxies (the barrier of
+//! notes/failover-protocol.md, state in [`crate::drain`]): it publishes the old writer with
+//! `switchover: draining`, keeps deciding meanwhile (a failing writer abandons the switchover
+//! and is replaced as usual), and once every proxy of the drain set acknowledged (or after
+//! `switchover.drain_timeout`: abort, or with `force` go on) runs steps 1-6 for the target.
+//!
 //! HA followers run none of this: they publish the recorded writer (re-read every
 //! `ha.retry_period`) with their own pod watch's readiness.
 
@@ -30,6 +36,7 @@ use crate::decision::{
     Request,
 };
 use crate::discovery::{Membership, MembershipRx};
+use crate::drain::{drain_verdict, Barrier, ClientRegistry, DrainBarrier, DrainVerdict};
 use crate::http::HttpClient;
 use crate::kube_actions::KubeActions;
 use crate::leader::LeaderState;
@@ -38,10 +45,12 @@ use crate::probe::{HealthTable, NodeKey, Prober};
 use crate::promotion::{fetch_progress, Promoter};
 use crate::publish::{build_topology, NodeView, TopologyHub};
 use crate::store::{RecordStore, StoreError};
-use crate::topology::Topology;
+use crate::topology::{Switchover, Topology};
 
 pub struct SwitchoverCmd {
     pub to: Option<String>,
+    /// Promote even when some proxies did not acknowledge within `switchover.drain_timeout`.
+    pub force: bool,
     pub reply: oneshot::Sender<SwitchoverOutcome>,
 }
 
@@ -56,6 +65,47 @@ pub enum SwitchoverOutcome {
     NotLeader(Option<String>),
     /// Could not be carried out now (API down, promotion or record failed) (-> 503).
     Failed(String),
+    /// Some proxies did not acknowledge the drain in time: aborted, the old writer stays (-> 504).
+    DrainTimeout {
+        pending: Vec<String>,
+    },
+    /// Another switchover is draining (-> 409).
+    Busy {
+        running: u64,
+    },
+}
+
+impl SwitchoverOutcome {
+    fn label(&self) -> &'static str {
+        match self {
+            SwitchoverOutcome::Switched(_) => "switched",
+            SwitchoverOutcome::Unchanged(_) => "unchanged",
+            SwitchoverOutcome::Rejected(_) => "rejected",
+            SwitchoverOutcome::NotLeader(_) => "not_leader",
+            SwitchoverOutcome::Failed(_) => "failed",
+            SwitchoverOutcome::DrainTimeout { .. } => "drain_timeout",
+            SwitchoverOutcome::Busy { .. } => "busy",
+        }
+    }
+}
+
+/// A planned switchover waiting for the proxies to drain their writes to the old writer.
+struct Draining {
+    id: u64,
+    from: String,
+    /// Chosen when the switchover began (`to`, or the best candidate then).
+    target: Holder,
+    force: bool,
+    started: Instant,
+    deadline: Instant,
+    reply: oneshot::Sender<SwitchoverOutcome>,
+}
+
+/// How a switchover that got past its drain ended.
+enum SwitchResult {
+    Switched,
+    Unchanged,
+    Other(SwitchoverOutcome),
 }
 
 pub struct EngineDeps {
@@ -73,6 +123,10 @@ pub struct EngineDeps {
     pub ready: watch::Sender<bool>,
     pub stop: watch::Receiver<bool>,
     pub client: HttpClient,
+    /// The proxies seen polling (the drain set of a switchover).
+    pub clients: Arc<ClientRegistry>,
+    /// Acknowledgements of the running switchover (recorded by the API).
+    pub drain: Arc<DrainBarrier>,
 }
 
 pub struct Engine {
@@ -101,6 +155,10 @@ pub struct Engine {
     blocked: Option<String>,
     last_wait: Option<String>,
     ready_gauges: HashSet<String>,
+    clients: Arc<ClientRegistry>,
+    drain: Arc<DrainBarrier>,
+    drain_rx: watch::Receiver<Option<Barrier>>,
+    draining: Option<Draining>,
 }
 
 /// How long a node whose promotion failed is skipped by automatic elections.
@@ -143,6 +201,10 @@ impl Engine {
             blocked: None,
             last_wait: None,
             ready_gauges: HashSet::new(),
+            drain_rx: d.drain.subscribe(),
+            clients: d.clients,
+            drain: d.drain,
+            draining: None,
         }
     }
 
@@ -176,16 +238,29 @@ impl Engine {
             }
             if leading {
                 self.lead_round().await;
+                self.advance_switchover().await;
             } else {
+                if self.draining.is_some() {
+                    let leader = self.leader.borrow().leader.clone();
+                    self.abandon_switchover(
+                        "lost leadership",
+                        SwitchoverOutcome::NotLeader(leader),
+                    );
+                }
                 self.follow_round().await;
             }
 
             let now = Instant::now();
             let next_penalty = self.penalties.values().filter(|t| **t > now).min().copied();
-            let wake = match (self.retry_at, next_penalty) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            let wake = [
+                self.retry_at,
+                next_penalty,
+                self.draining.as_ref().map(|d| d.deadline),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            let draining = self.draining.is_some();
             let valid_until = self.leader.borrow().valid_until;
             tokio::select! {
                 _ = self.stop.changed() => break,
@@ -193,6 +268,8 @@ impl Engine {
                     if r.is_err() { membership_open = false; }
                 }
                 _ = self.table.changed.notified() => {}
+                // An acknowledgement: the barrier may be complete.
+                _ = self.drain_rx.changed(), if draining => {}
                 cmd = self.switch_rx.recv(), if switch_open => match cmd {
                     Some(cmd) => self.switchover(cmd).await,
                     None => switch_open = false,
@@ -345,6 +422,7 @@ impl Engine {
         let decision = self
             .decide_with_progress(&observed, Request::Evaluate)
             .await;
+        self.abandon_on_failover(&decision);
         match decision {
             Decision::Keep => {
                 self.blocked = None;
@@ -373,6 +451,20 @@ impl Engine {
         }
         self.publish(true);
         self.ready.send_replace(true);
+    }
+
+    /// A draining switchover ends when the writer it drains away from is lost: the failover takes
+    /// over (the proxies see the new writer, or none, instead of the draining state).
+    fn abandon_on_failover(&mut self, decision: &Decision) {
+        if self.draining.is_some() && !matches!(decision, Decision::Keep) {
+            self.abandon_switchover(
+                "the writer failed during the drain",
+                SwitchoverOutcome::Failed(format!(
+                    "the writer failed during the drain; the switchover was abandoned and the \
+                     failover decides ({decision:?})"
+                )),
+            );
+        }
     }
 
     async fn follow_round(&mut self) {
@@ -642,7 +734,13 @@ impl Engine {
                 }
             })
             .collect();
-        let doc = build_topology(&rec, &views);
+        let mut doc = build_topology(&rec, &views);
+        doc.switchover = self.draining.as_ref().map(|d| Switchover {
+            id: d.id,
+            state: "draining".into(),
+            from: d.from.clone(),
+            to: d.target.name.clone(),
+        });
         if let Some(t) = self.hub.publish(doc) {
             debug!(revision = t.revision, epoch = t.epoch, writer = ?t.writer.as_ref().map(|w| &w.name), "published topology");
             self.metrics.topology_revision.set(t.revision as i64);
@@ -686,56 +784,232 @@ impl Engine {
         }
     }
 
-    async fn switchover(&mut self, cmd: SwitchoverCmd) {
-        let outcome = self.switchover_outcome(cmd.to.as_deref()).await;
-        let label = match &outcome {
-            SwitchoverOutcome::Switched(_) => "switched",
-            SwitchoverOutcome::Unchanged(_) => "unchanged",
-            SwitchoverOutcome::Rejected(_) => "rejected",
-            SwitchoverOutcome::NotLeader(_) => "not_leader",
-            SwitchoverOutcome::Failed(_) => "failed",
-        };
-        self.metrics.switchovers.with_label_values(&[label]).inc();
-        let _ = cmd.reply.send(outcome);
+    fn reply_switchover(&self, reply: oneshot::Sender<SwitchoverOutcome>, o: SwitchoverOutcome) {
+        self.metrics
+            .switchovers
+            .with_label_values(&[o.label()])
+            .inc();
+        let _ = reply.send(o);
     }
 
-    async fn switchover_outcome(&mut self, to: Option<&str>) -> SwitchoverOutcome {
+    async fn switchover(&mut self, cmd: SwitchoverCmd) {
+        if let Some(d) = &self.draining {
+            let running = d.id;
+            return self.reply_switchover(cmd.reply, SwitchoverOutcome::Busy { running });
+        }
         let leader = self.leader.borrow().clone();
         if !leader.leading_now() {
-            return SwitchoverOutcome::NotLeader(leader.leader);
+            return self.reply_switchover(cmd.reply, SwitchoverOutcome::NotLeader(leader.leader));
         }
         if !self.ensure_loaded().await {
-            return SwitchoverOutcome::Failed("the record cannot be read".into());
+            return self.reply_switchover(
+                cmd.reply,
+                SwitchoverOutcome::Failed("the record cannot be read".into()),
+            );
         }
         let m = self.membership.borrow().clone();
         if !m.synced {
-            return SwitchoverOutcome::Failed("the node list is not known yet".into());
+            return self.reply_switchover(
+                cmd.reply,
+                SwitchoverOutcome::Failed("the node list is not known yet".into()),
+            );
         }
         self.prober.sync(&m);
         let observed = self.observe();
+        let to = cmd.to.as_deref();
         let decision = self
             .decide_with_progress(&observed, Request::Switchover { to })
             .await;
-        info!(to = ?to, decision = ?decision, "switchover requested");
+        info!(to = ?to, force = cmd.force, decision = ?decision, "switchover requested");
         let result = match decision {
             Decision::Elect {
                 writer,
                 epoch,
                 reason,
-            } => self
-                .change_writer(writer, epoch, reason)
-                .await
-                .map(|_| true),
+            } => {
+                let from = self
+                    .recorded
+                    .as_ref()
+                    .and_then(|r| r.writer())
+                    .map(|h| h.name.clone());
+                match from {
+                    Some(from) => return self.begin_drain(from, writer, cmd.force, cmd.reply),
+                    // No writer is published, so no proxy has a write in flight to one.
+                    None => self
+                        .change_writer(writer, epoch, reason)
+                        .await
+                        .map(|_| true),
+                }
+            }
             Decision::Reinstate { reason } => self.reinstate(reason).await.map(|_| true),
             Decision::Keep => Ok(false),
-            Decision::Rejected { why } => return SwitchoverOutcome::Rejected(why),
+            Decision::Rejected { why } => {
+                return self.reply_switchover(cmd.reply, SwitchoverOutcome::Rejected(why))
+            }
             other => Err(format!("cannot switch over now: {other:?}")),
         };
         self.publish(true);
-        match result {
+        let outcome = match result {
             Ok(true) => SwitchoverOutcome::Switched(self.hub.current()),
             Ok(false) => SwitchoverOutcome::Unchanged(self.hub.current()),
             Err(e) => SwitchoverOutcome::Failed(e),
+        };
+        self.reply_switchover(cmd.reply, outcome);
+    }
+
+    /// Records the drain set and publishes the old writer with `switchover: draining`.
+    fn begin_drain(
+        &mut self,
+        from: String,
+        target: Holder,
+        force: bool,
+        reply: oneshot::Sender<SwitchoverOutcome>,
+    ) {
+        let id = self.drain.next_id();
+        let drain_set = self.clients.live(Instant::now());
+        let timeout = self.cfg.switchover.drain_timeout;
+        info!(
+            switchover = id,
+            from = %from,
+            to = %target.name,
+            clients = ?drain_set,
+            ?timeout,
+            "switchover: draining (proxies hold new writes and acknowledge once their writes to the old writer are done)"
+        );
+        self.metrics
+            .switchover_pending_clients
+            .set(drain_set.len() as i64);
+        self.drain.begin(id, drain_set);
+        self.metrics.switchover_draining.set(1);
+        let now = Instant::now();
+        self.draining = Some(Draining {
+            id,
+            from,
+            target,
+            force,
+            started: now,
+            deadline: now + timeout,
+            reply,
+        });
+        self.publish(true);
+    }
+
+    /// Ends the drain and answers the request; the caller publishes.
+    fn end_drain(&mut self) -> Option<Draining> {
+        let d = self.draining.take()?;
+        self.drain.end();
+        self.metrics.switchover_draining.set(0);
+        self.metrics.switchover_pending_clients.set(0);
+        Some(d)
+    }
+
+    fn abandon_switchover(&mut self, why: &str, outcome: SwitchoverOutcome) {
+        if let Some(d) = self.end_drain() {
+            warn!(
+                switchover = d.id,
+                why, "switchover abandoned; the proxies stop holding"
+            );
+            self.metrics
+                .switchover_drain_seconds
+                .observe(d.started.elapsed().as_secs_f64());
+            self.reply_switchover(d.reply, outcome);
+        }
+    }
+
+    /// Checks the barrier of a draining switchover: promotes, aborts, or keeps waiting.
+    async fn advance_switchover(&mut self) {
+        let Some(d) = &self.draining else { return };
+        let pending = self
+            .drain
+            .current()
+            .filter(|b| b.id == d.id)
+            .map(|b| b.pending())
+            .unwrap_or_default();
+        self.metrics
+            .switchover_pending_clients
+            .set(pending.len() as i64);
+        let (id, started, target) = (d.id, d.started, d.target.clone());
+        match drain_verdict(pending, Instant::now() >= d.deadline, d.force) {
+            DrainVerdict::Wait => {}
+            DrainVerdict::Abort { pending } => {
+                self.metrics
+                    .switchover_drain_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                warn!(
+                    switchover = id,
+                    pending = ?pending,
+                    timeout = ?self.cfg.switchover.drain_timeout,
+                    "switchover aborted: these proxies did not acknowledge the drain in time; the old writer stays"
+                );
+                if let Some(d) = self.end_drain() {
+                    self.publish(true);
+                    self.reply_switchover(d.reply, SwitchoverOutcome::DrainTimeout { pending });
+                }
+            }
+            DrainVerdict::Proceed { forced_past } => {
+                self.metrics
+                    .switchover_drain_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                if forced_past.is_empty() {
+                    info!(switchover = id, after = ?started.elapsed(), "switchover: every proxy drained; promoting {}", target.name);
+                } else {
+                    warn!(switchover = id, pending = ?forced_past, "switchover forced past the drain timeout; promoting {}", target.name);
+                }
+                let result = self.promote_after_drain(&target).await;
+                if let Some(d) = self.end_drain() {
+                    self.publish(true);
+                    let outcome = match result {
+                        SwitchResult::Switched => SwitchoverOutcome::Switched(self.hub.current()),
+                        SwitchResult::Unchanged => SwitchoverOutcome::Unchanged(self.hub.current()),
+                        SwitchResult::Other(o) => o,
+                    };
+                    if let SwitchoverOutcome::Failed(e) | SwitchoverOutcome::Rejected(e) = &outcome
+                    {
+                        warn!(switchover = id, error = %e, "switchover failed after the drain; the old writer stays");
+                    }
+                    self.reply_switchover(d.reply, outcome);
+                }
+            }
+        }
+    }
+
+    /// Steps 1-6 for the target chosen when the switchover began. The drain took a while, so the
+    /// decision is made again (the target may have become unready meanwhile).
+    async fn promote_after_drain(&mut self, target: &Holder) -> SwitchResult {
+        let leader = self.leader.borrow().clone();
+        if !leader.leading_now() {
+            return SwitchResult::Other(SwitchoverOutcome::NotLeader(leader.leader));
+        }
+        if !self.ensure_loaded().await {
+            return SwitchResult::Other(SwitchoverOutcome::Failed(
+                "the record cannot be read".into(),
+            ));
+        }
+        let m = self.membership.borrow().clone();
+        self.prober.sync(&m);
+        let observed = self.observe();
+        let decision = self
+            .decide_with_progress(
+                &observed,
+                Request::Switchover {
+                    to: Some(&target.name),
+                },
+            )
+            .await;
+        match decision {
+            Decision::Elect {
+                writer,
+                epoch,
+                reason,
+            } => match self.change_writer(writer, epoch, reason).await {
+                Ok(()) => SwitchResult::Switched,
+                Err(e) => SwitchResult::Other(SwitchoverOutcome::Failed(e)),
+            },
+            Decision::Keep => SwitchResult::Unchanged,
+            Decision::Rejected { why } => SwitchResult::Other(SwitchoverOutcome::Rejected(why)),
+            other => SwitchResult::Other(SwitchoverOutcome::Failed(format!(
+                "cannot switch over now: {other:?}"
+            ))),
         }
     }
 }

@@ -17,6 +17,8 @@ pub mod decision;
 #[cfg(feature = "server")]
 pub mod discovery;
 #[cfg(feature = "server")]
+pub mod drain;
+#[cfg(feature = "server")]
 pub mod engine;
 #[cfg(feature = "server")]
 pub mod kube_actions;

@@ -28,6 +28,15 @@ pub struct Metrics {
     pub topology_revision: IntGauge,
     pub blocking_queries: IntGauge,
     pub record_writes: IntCounterVec,
+    /// Clients (proxies) seen polling /v1/topology with `client=<id>` recently (the drain set a
+    /// switchover would wait for).
+    pub clients: IntGauge,
+    /// 1 while a planned switchover waits for the proxies to drain.
+    pub switchover_draining: IntGauge,
+    /// Drain-set members that have not acknowledged the running switchover.
+    pub switchover_pending_clients: IntGauge,
+    /// From publishing `draining` to the last acknowledgement (or the timeout).
+    pub switchover_drain_seconds: Histogram,
 }
 
 impl Metrics {
@@ -113,6 +122,31 @@ impl Metrics {
             &["result"],
         )
         .unwrap();
+        let clients = IntGauge::new(
+            "writer_election_clients",
+            "Clients seen polling the topology with a client id within their wait + 5s",
+        )
+        .unwrap();
+        let switchover_draining = IntGauge::new(
+            "writer_election_switchover_draining",
+            "1 while a planned switchover waits for the proxies to drain",
+        )
+        .unwrap();
+        let switchover_pending_clients = IntGauge::new(
+            "writer_election_switchover_pending_clients",
+            "Clients of the running switchover's drain set that have not acknowledged",
+        )
+        .unwrap();
+        let switchover_drain_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "writer_election_switchover_drain_seconds",
+                "Time from publishing a draining switchover to the last acknowledgement or the timeout",
+            )
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
+        )
+        .unwrap();
         for c in [
             Box::new(epoch.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(failovers.clone()),
@@ -126,6 +160,10 @@ impl Metrics {
             Box::new(topology_revision.clone()),
             Box::new(blocking_queries.clone()),
             Box::new(record_writes.clone()),
+            Box::new(clients.clone()),
+            Box::new(switchover_draining.clone()),
+            Box::new(switchover_pending_clients.clone()),
+            Box::new(switchover_drain_seconds.clone()),
         ] {
             // Names are constants and unique: registration cannot fail.
             registry.register(c).unwrap();
@@ -145,6 +183,10 @@ impl Metrics {
             topology_revision,
             blocking_queries,
             record_writes,
+            clients,
+            switchover_draining,
+            switchover_pending_clients,
+            switchover_drain_seconds,
         }
     }
 
@@ -189,4 +231,15 @@ pub fn prime(m: &Metrics) {
         let _ = m.failovers_blocked.with_label_values(&[r]);
     }
     let _ = m.record_writes.with_label_values(&["ok"]);
+    for r in [
+        "switched",
+        "unchanged",
+        "rejected",
+        "not_leader",
+        "failed",
+        "drain_timeout",
+        "busy",
+    ] {
+        let _ = m.switchovers.with_label_values(&[r]);
+    }
 }

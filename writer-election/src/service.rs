@@ -16,6 +16,7 @@ use tracing::{info, warn};
 use crate::api::{router, AppState};
 use crate::config::{Discovery, ElectionConfig};
 use crate::discovery::{self, kubernetes::PodWatch, MembershipTx};
+use crate::drain::{ClientRegistry, DrainBarrier};
 use crate::engine::{Engine, EngineDeps};
 use crate::http::build_client;
 use crate::kube_actions::KubeActions;
@@ -270,6 +271,8 @@ pub async fn start(
     };
 
     let hub = Arc::new(TopologyHub::new());
+    let clients = Arc::new(ClientRegistry::default());
+    let drain = Arc::new(DrainBarrier::new());
     let engine = Engine::new(EngineDeps {
         cfg: cfg.clone(),
         store,
@@ -284,6 +287,8 @@ pub async fn start(
         ready: ready_tx,
         stop: stop_rx.clone(),
         client,
+        clients: clients.clone(),
+        drain: drain.clone(),
     });
     // Keep the leader sender alive as long as the engine runs (non-HA: nobody else holds it).
     let engine_task = tokio::spawn(async move {
@@ -309,6 +314,9 @@ pub async fn start(
         ready: ready_rx,
         leader: leader_rx.clone(),
         stop: stop_rx.clone(),
+        clients,
+        drain,
+        drain_timeout: cfg.switchover.drain_timeout,
     };
     let mut stop_srv = stop_rx.clone();
     let app = router(state);
