@@ -407,6 +407,11 @@ async fn without_proxies_the_switchover_proceeds_at_once() {
     let (status, _) = e.get("/v1/topology").await;
     assert_eq!(status, 200);
     assert_eq!(metric(&e, "writer_election_clients").await, Some(0.0));
+    // A proxy that asked once (wait 0) and went away is forgotten after wait + 5 s.
+    let (status, _) = e.get("/v1/topology?client=gone-proxy&wait=0s").await;
+    assert_eq!(status, 200);
+    assert_eq!(metric(&e, "writer_election_clients").await, Some(1.0));
+    wait_clients(&e, 0).await;
     let (status, body) = switchover(&e, r#"{"to": "node-1"}"#)
         .await
         .expect("switchover task");
@@ -447,4 +452,40 @@ async fn drained_acknowledgements_are_checked() {
     // The service is unharmed.
     let (status, _) = e.get("/v1/topology?client=ok-1").await;
     assert_eq!(status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_failing_during_the_drain_abandons_the_switchover_for_a_failover() {
+    let mut nodes = nodes(3).await;
+    let s = setup(
+        &nodes,
+        "switchover: { token_env: TEST_DRAIN_TOKEN, drain_timeout: 5m }\n",
+    );
+    let e = Election::start(&s.config, &[TOKEN]);
+    ready_cluster(&e).await;
+    let stuck = FakeProxy::start(&e.url, "proxy-stuck", Ack::Never);
+    wait_clients(&e, 1).await;
+    let call = switchover(&e, r#"{"to": "node-2"}"#);
+    stuck
+        .wait_seen("the draining switchover", |t| t.switchover.is_some())
+        .await;
+
+    nodes[0].stop().await;
+    let (status, body) = call.await.expect("switchover task");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("switchover_failed"), "{body}");
+    // The failover picks by name (node-1), with the next epoch, and no draining state is left.
+    let t = e
+        .wait_for("the failover", LONG, |t| writer_name(t) == Some("node-1"))
+        .await;
+    assert_eq!(t.epoch, 2);
+    assert!(t.switchover.is_none());
+    assert_eq!(
+        nodes[2].start_calls(),
+        0,
+        "the switchover target was not promoted"
+    );
+    stuck
+        .wait_seen("the new writer", |t| writer_name(t) == Some("node-1"))
+        .await;
 }
