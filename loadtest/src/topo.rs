@@ -42,7 +42,9 @@ pub async fn follow(
 ) {
     let opts = FollowOptions {
         wait: Duration::from_secs(20),
-        client_id: Some("loadtest".into()),
+        // No client id: an id makes writer-election wait for this watcher's drain acknowledgement
+        // at every switchover, and loadtest only watches, it never sends writes to drain.
+        client_id: None,
         ..FollowOptions::default()
     };
     let follower = match TopologyFollower::new(vec![election_url], opts) {

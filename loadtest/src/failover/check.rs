@@ -35,7 +35,9 @@ pub struct WriteSummary {
     pub acked: u64,
     pub failed: u64,
     pub failed_by_kind: BTreeMap<String, u64>,
-    /// Sent before the fault, answered (or failed) after it.
+    /// Answered (or failed) after the fault, and sent before the faulted process was gone: a
+    /// killed process keeps its sockets until the kernel has torn it down, so a write sent in
+    /// that window may have reached it and can neither be acknowledged nor safely replayed.
     pub in_flight_at_fault: u64,
     /// Acked by the new writer although sent between the fault and the new writer's first
     /// ack: the proxy held them through the failover.
@@ -113,6 +115,7 @@ pub fn analyze(
     history: &[WriteRecord],
     lines: &[Line],
     fault_us: u64,
+    gone_us: u64,
     old_writer: &str,
 ) -> Analysis {
     let mut a = Analysis {
@@ -136,7 +139,7 @@ pub fn analyze(
             w.failed += 1;
             *w.failed_by_kind.entry(h.outcome.clone()).or_default() += 1;
         }
-        if h.sent_us <= fault_us && h.ack_us > fault_us {
+        if h.sent_us <= gone_us.max(fault_us) && h.ack_us > fault_us {
             w.in_flight_at_fault += 1;
         }
     }
@@ -309,9 +312,24 @@ mod tests {
     }
 
     #[test]
+    fn a_write_sent_while_the_killed_writer_dies_counts_as_in_flight() {
+        let (mut h, l) = scenario();
+        // Sent 0.2 ms after SIGKILL, reset by the dying process 0.5 ms later.
+        h.push(w("e", 1200, 1700, "io", None, 0));
+        let a = analyze(&h, &l, 1000, 1500, "node-1");
+        // b (sent before the signal), c and e (sent before the process was gone).
+        assert_eq!(a.writes.in_flight_at_fault, 3);
+        assert!(failures(Fault::Kill, &a, "node-1").is_empty());
+        // Had the process been gone at the signal, that write would be a failure after the kill.
+        let a = analyze(&h, &l, 1000, 1000, "node-1");
+        assert_eq!(a.writes.in_flight_at_fault, 1);
+        assert!(!failures(Fault::Kill, &a, "node-1").is_empty());
+    }
+
+    #[test]
     fn a_clean_kill_passes_and_measures_the_gap() {
         let (h, l) = scenario();
-        let a = analyze(&h, &l, 1000, "node-1");
+        let a = analyze(&h, &l, 1000, 1000, "node-1");
         assert_eq!(a.lost_acked_writes, 0);
         assert_eq!(a.writes.sent, 4);
         assert_eq!(a.writes.acked, 3);
@@ -334,7 +352,7 @@ mod tests {
         l.remove(1); // c was acked but is not in the log
         l.push(rec(4, "node-1", 2, "zombie", "x")); // old writer accepted epoch 2 as well
         l.push(rec(5, "node-2", 1, "late", "x")); // and an epoch went backwards
-        let a = analyze(&h, &l, 1000, "node-1");
+        let a = analyze(&h, &l, 1000, 1000, "node-1");
         assert_eq!(a.lost_acked_writes, 1);
         assert!(
             a.lost_examples[0].starts_with("c "),
@@ -360,7 +378,7 @@ mod tests {
             rec(1, "node-1", 1, "a", "v-a"),
             rec(2, "node-1", 1, "b", "v-b"),
         ];
-        let a = analyze(&history, &log, 1000, "node-1");
+        let a = analyze(&history, &log, 1000, 1000, "node-1");
         assert_eq!(a.last_old_ack_ms, Some(2.4));
         assert_eq!(a.first_new_ack_ms, None);
         let f = failures(Fault::Unready, &a, "node-1");
@@ -372,7 +390,7 @@ mod tests {
     fn too_many_failures_for_a_kill() {
         let (mut h, l) = scenario();
         h.push(w("e", 5000, 5001, "http_503", None, 0));
-        let a = analyze(&h, &l, 1000, "node-1");
+        let a = analyze(&h, &l, 1000, 1000, "node-1");
         let f = failures(Fault::Kill, &a, "node-1");
         assert!(f.iter().any(|s| s.contains("in flight")), "{f:?}");
     }

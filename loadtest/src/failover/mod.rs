@@ -259,6 +259,10 @@ async fn scenario(
     tokio::time::sleep_until(start + args.fault_after).await;
     let fault_at = Instant::now();
     let fault_response = inject(fault, cluster, &old.name).await?;
+    let gone_at = match fault {
+        Fault::Kill => wait_gone(cluster, &old.name).await,
+        _ => fault_at,
+    };
     tracing::info!(fault = fault.as_str(), writer = %old.name, "fault injected");
 
     if fault == Fault::Hang {
@@ -296,7 +300,8 @@ async fn scenario(
     }
 
     let fault_us = (fault_at - start).as_micros() as u64;
-    let analysis = check::analyze(&outcome.history, &lines, fault_us, &old.name);
+    let gone_us = (gone_at - start).as_micros() as u64;
+    let analysis = check::analyze(&outcome.history, &lines, fault_us, gone_us, &old.name);
     let read_back = read_back(cluster, &live, &outcome.history).await;
 
     let mut failures = check::failures(fault, &analysis, &old.name);
@@ -397,8 +402,9 @@ async fn inject(fault: Fault, cluster: &Cluster, writer: &str) -> anyhow::Result
         }
         Fault::Switchover => {
             let auth = format!("Bearer {}", cluster.token);
-            let r = cluster
-                .client
+            // A switchover answers only after the proxies drained and the new writer was
+            // promoted: longer than the cluster client's 5 s.
+            let r = crate::httpc::HttpClient::new(Duration::from_secs(60))
                 .send(
                     http::Method::POST,
                     &format!("{}/v1/switchover", cluster.election_url),
@@ -412,6 +418,31 @@ async fn inject(fault: Fault, cluster: &Cluster, writer: &str) -> anyhow::Result
             Ok(Some(format!("HTTP {} {}", r.status, r.text())))
         }
     }
+}
+
+/// When a SIGKILLed child has really exited (a zombie, its sockets closed by the kernel), polled
+/// every millisecond for at most 5 s; the signal alone does not close its connections.
+async fn wait_gone(cluster: &Cluster, name: &str) -> Instant {
+    let Some(pid) = cluster.group.get(name).map(|c| c.pid()) else {
+        return Instant::now();
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let stat = format!("/proc/{pid}/stat");
+    while Instant::now() < deadline {
+        match std::fs::read_to_string(&stat) {
+            // Field 3, after the parenthesised command name, is the state: Z (zombie) or X (dead).
+            Ok(text) => match text
+                .rsplit_once(") ")
+                .and_then(|(_, rest)| rest.chars().next())
+            {
+                Some('Z') | Some('X') | None => break,
+                Some(_) => {}
+            },
+            Err(_) => break,
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    Instant::now()
 }
 
 async fn wait_caught_up(cluster: &Cluster, url: &str, lines: u64) -> anyhow::Result<()> {
