@@ -198,6 +198,10 @@ impl LeaseHistory {
         LeaseHistory { seen, task }
     }
 
+    fn epochs_seen(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+
     fn assert_one_holder_per_epoch(&self) -> BTreeMap<u64, (String, String)> {
         let m = self.seen.lock().unwrap().clone();
         let mut out = BTreeMap::new();
@@ -666,6 +670,11 @@ async fn ha_replicas_elect_one_leader_and_the_other_takes_over() {
     )
     .await;
     assert_eq!(t.epoch, 3);
+    // The sampler polls the Lease on its own schedule: let it catch up with the record.
+    wait("the Lease sampler saw 3 epochs", || {
+        history.epochs_seen() >= 3
+    })
+    .await;
     let epochs = history.assert_one_holder_per_epoch();
     assert_eq!(epochs.len(), 3, "{epochs:?}");
 
