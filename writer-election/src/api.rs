@@ -8,18 +8,19 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
 use tokio::sync::{mpsc, oneshot, watch};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::config::TokenSource;
 use crate::drain::{check_client_id, ClientRegistry, DrainBarrier};
 use crate::engine::{SwitchoverCmd, SwitchoverOutcome};
+use crate::forward::Forwarder;
 use crate::leader::LeaderState;
 use crate::metrics::Metrics;
 use crate::publish::TopologyHub;
@@ -32,6 +33,12 @@ pub const DEFAULT_WAIT: Duration = Duration::from_secs(30);
 /// How long a switchover request waits for the engine beyond the drain (fencing + promotion can
 /// take a while).
 const SWITCHOVER_TIMEOUT: Duration = Duration::from_secs(120);
+/// A forwarded blocking query may take this much longer than its `wait` before the follower
+/// answers from its own record (well inside the proxies' own margin of 10 s).
+const FORWARD_MARGIN: Duration = Duration::from_secs(2);
+/// Timeout of a forwarded plain query, and of a forwarded drain acknowledgement (rw-proxy gives
+/// one acknowledgement 2 s).
+const FORWARD_TIMEOUT: Duration = Duration::from_millis(1500);
 
 #[derive(Clone)]
 pub struct AppState {
@@ -46,6 +53,8 @@ pub struct AppState {
     pub drain: Arc<DrainBarrier>,
     /// `switchover.drain_timeout`
     pub drain_timeout: Duration,
+    /// HA followers pass topology queries and drain acknowledgements on to the leader.
+    pub forward: Arc<Forwarder>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -100,8 +109,54 @@ fn topology_response(t: &Topology) -> Response {
     resp
 }
 
+/// The leader's answer to a forwarded query, if it gave a topology document.
+async fn forward_topology(
+    st: &AppState,
+    headers: &HeaderMap,
+    uri: &Uri,
+    blocking: Option<Duration>,
+) -> Option<Response> {
+    let leader = st.leader.borrow().clone();
+    let base = st.forward.target(&leader, headers, true)?;
+    let url = match uri.query() {
+        Some(q) => format!("{base}/v1/topology?{q}"),
+        None => format!("{base}/v1/topology"),
+    };
+    let timeout = blocking.map_or(FORWARD_TIMEOUT, |w| w + FORWARD_MARGIN);
+    let mut stop = st.stop.clone();
+    let sent = st
+        .forward
+        .send(http::Method::GET, &url, Bytes::new(), timeout);
+    let answer = tokio::select! {
+        r = sent => r,
+        // Stopping: answer from the local record at once, like local blocking queries.
+        _ = stop.changed() => return None,
+    };
+    match answer {
+        Ok((status, _, body)) if status == StatusCode::OK => {
+            match serde_json::from_slice::<Topology>(&body) {
+                Ok(t) => Some(topology_response(&t)),
+                Err(e) => {
+                    debug!(%url, error = %e, "the leader answered no topology; serving the local one");
+                    None
+                }
+            }
+        }
+        Ok((status, _, _)) => {
+            debug!(%url, %status, "the leader refused a forwarded topology query; serving the local one");
+            None
+        }
+        Err(e) => {
+            debug!(%url, error = %e, "cannot forward the topology query to the leader; serving the local one");
+            None
+        }
+    }
+}
+
 async fn topology(
     State(st): State<AppState>,
+    headers: HeaderMap,
+    uri: Uri,
     q: Result<Query<TopologyQuery>, QueryRejection>,
 ) -> Response {
     let Query(q) = match q {
@@ -129,6 +184,9 @@ async fn topology(
     }
     // Held for the whole (blocking) query: a client with a query open is in any drain set.
     let _visit = q.client.as_deref().and_then(|c| st.clients.visit(c, wait));
+    if let Some(r) = forward_topology(&st, &headers, &uri, after.map(|_| wait)).await {
+        return r;
+    }
     let mut rx = st.hub.subscribe();
     let Some(after) = after else {
         let cur = rx.borrow().clone();
@@ -296,7 +354,7 @@ struct DrainedBody {
 }
 
 /// No token: an acknowledgement only lets a running switchover go on, it cannot start or steer one.
-async fn drained(State(st): State<AppState>, body: Bytes) -> Response {
+async fn drained(State(st): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
     let req: DrainedBody = match serde_json::from_slice(&body) {
         Ok(b) => b,
         Err(e) => {
@@ -312,7 +370,33 @@ async fn drained(State(st): State<AppState>, body: Bytes) -> Response {
     }
     let leader = st.leader.borrow().clone();
     if !leader.leading_now() {
-        return not_leader(leader.leader);
+        let Some(base) = st.forward.target(&leader, &headers, false) else {
+            return not_leader(leader.leader);
+        };
+        let url = format!("{base}/v1/switchover/drained");
+        return match st
+            .forward
+            .send(http::Method::POST, &url, body, FORWARD_TIMEOUT)
+            .await
+        {
+            Ok((status, h, body)) => {
+                let mut r = (status, body).into_response();
+                if let Some(ct) = h.get(header::CONTENT_TYPE) {
+                    r.headers_mut().insert(header::CONTENT_TYPE, ct.clone());
+                }
+                r
+            }
+            Err(e) => {
+                let mut r = error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "leader_unreachable",
+                    format!("cannot pass the acknowledgement on to the leader at {base}: {e}"),
+                );
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                r
+            }
+        };
     }
     match st.drain.ack(req.switchover, &req.client) {
         Ok(first) => {

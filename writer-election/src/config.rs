@@ -263,6 +263,11 @@ pub struct HaConfig {
     /// This replica's name in the leader Lease. Empty: env `POD_NAME`, else `HOSTNAME`.
     #[serde(default)]
     pub identity: String,
+    /// The URL other replicas reach this one at while it leads (they forward topology queries
+    /// and drain acknowledgements to it). Empty: `http://<env POD_IP>:<port>`, else the listen
+    /// address if it names one, else the address the host name resolves to (a pod's own IP).
+    #[serde(default)]
+    pub advertise_url: String,
 }
 
 impl Default for HaConfig {
@@ -274,6 +279,7 @@ impl Default for HaConfig {
             renew_deadline: defaults::renew_deadline(),
             retry_period: defaults::retry_period(),
             identity: String::new(),
+            advertise_url: String::new(),
         }
     }
 }
@@ -743,6 +749,18 @@ impl ElectionConfig {
                     "must be at least 1s (the Lease stores whole seconds)",
                 ));
             }
+            let url = ha.advertise_url.trim();
+            if !url.is_empty() {
+                match url.parse::<http::Uri>() {
+                    Ok(u) if u.scheme_str() == Some("http") && u.authority().is_some() => {}
+                    _ => {
+                        return Err(ConfigError::invalid(
+                            "ha.advertise_url",
+                            "must be http://host:port",
+                        ))
+                    }
+                }
+            }
             if let Some(state) = &self.state.lease {
                 if state.name == ha.lease_name {
                     return Err(ConfigError::invalid(
@@ -1077,6 +1095,15 @@ switchover: { token_env: SWITCHOVER_TOKEN }
             "discovery: { kubernetes: {} }\nstate: { lease: {} }\nha: { enabled: true, renew_deadline: 20s }\n",
         );
         assert_eq!(key, "ha.renew_deadline");
+        let (key, _) = err(
+            "discovery: { kubernetes: {} }\nstate: { lease: {} }\nha: { enabled: true, advertise_url: \"10.0.0.1:8080\" }\n",
+        );
+        assert_eq!(key, "ha.advertise_url");
+        let c = ElectionConfig::from_yaml_str(
+            "discovery: { kubernetes: {} }\nstate: { lease: {} }\nha: { enabled: true, advertise_url: \"http://10.0.0.1:8080\" }\n",
+        )
+        .unwrap();
+        assert_eq!(c.ha.advertise_url, "http://10.0.0.1:8080");
         let (key, _) = err(
             "discovery: { kubernetes: {} }\nstate: { lease: {} }\nha: { enabled: true, retry_period: 9s }\n",
         );

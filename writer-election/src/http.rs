@@ -77,10 +77,26 @@ pub async fn call(
     body: Bytes,
     timeout: Duration,
 ) -> Result<(http::StatusCode, http::HeaderMap, Bytes), CallError> {
-    let req = http::Request::builder()
+    call_with(client, method, url, &[], body, timeout).await
+}
+
+/// [`call`] with extra request headers.
+pub async fn call_with(
+    client: &HttpClient,
+    method: http::Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+    timeout: Duration,
+) -> Result<(http::StatusCode, http::HeaderMap, Bytes), CallError> {
+    let mut b = http::Request::builder()
         .method(method)
         .uri(url)
-        .header(http::header::USER_AGENT, "writer-election")
+        .header(http::header::USER_AGENT, "writer-election");
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let req = b
         .body(Full::new(body))
         .map_err(|e| CallError::Other(format!("bad request {url}: {e}")))?;
     let fut = async {

@@ -13,7 +13,13 @@
 //!
 //! [`LeaderState::valid_until`] carries that deadline to the engine, which checks it right before
 //! every promotion and record write, so a stuck elector task cannot extend a leadership either.
+//!
+//! The leader also writes its own URL into the Lease (annotation [`URL_ANNOTATION`], in the same
+//! write as the holder, so the two always belong together). Followers read it from there and
+//! forward to the leader what only the leader can do with (see `api`: topology queries and drain
+//! acknowledgements, for the switchover drain barrier).
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -23,6 +29,9 @@ use rand::Rng;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+/// The leader's URL in the leader Lease (`http://<pod IP>:<port>`).
+pub const URL_ANNOTATION: &str = "writer-election.microstream.one/url";
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LeaderState {
     pub is_leader: bool,
@@ -30,6 +39,8 @@ pub struct LeaderState {
     pub valid_until: Option<Instant>,
     /// The holder as last observed (for /health/ready and 503 answers of followers).
     pub leader: Option<String>,
+    /// The holder's URL as written in the Lease by the holder itself (followers forward there).
+    pub leader_url: Option<String>,
 }
 
 impl LeaderState {
@@ -39,14 +50,16 @@ impl LeaderState {
             is_leader: true,
             valid_until: None,
             leader: Some(identity.to_string()),
+            leader_url: None,
         }
     }
 
-    pub fn follower(leader: Option<String>) -> Self {
+    pub fn follower(leader: Option<String>, leader_url: Option<String>) -> Self {
         LeaderState {
             is_leader: false,
             valid_until: None,
             leader,
+            leader_url,
         }
     }
 
@@ -62,6 +75,8 @@ pub struct LeaderConfig {
     pub lease_duration: Duration,
     pub renew_deadline: Duration,
     pub retry_period: Duration,
+    /// Written into the Lease while leading; `None`: followers cannot forward to us.
+    pub url: Option<String>,
 }
 
 /// The fields of the record that matter for "did it change" (client-go compares the raw record).
@@ -93,7 +108,31 @@ pub struct LeaderElector {
 
 enum Attempt {
     Leader,
-    Follower(Option<String>),
+    /// The holder and its URL.
+    Follower(Option<String>, Option<String>),
+}
+
+fn url_of(lease: &Lease) -> Option<String> {
+    lease
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(URL_ANNOTATION))
+        .map(|u| u.trim().to_string())
+        .filter(|u| !u.is_empty())
+}
+
+/// Sets (or, for `None`, removes) our URL annotation.
+fn set_url(meta: &mut ObjectMeta, url: Option<&str>) {
+    let annotations = meta.annotations.get_or_insert_with(BTreeMap::new);
+    match url {
+        Some(u) => {
+            annotations.insert(URL_ANNOTATION.to_string(), u.to_string());
+        }
+        None => {
+            annotations.remove(URL_ANNOTATION);
+        }
+    }
 }
 
 impl LeaderElector {
@@ -125,11 +164,13 @@ impl LeaderElector {
             .await
             .map_err(|e| format!("get leader Lease {name}: {e}"))?;
         let Some(mut lease) = current else {
+            let mut metadata = ObjectMeta {
+                name: Some(name.clone()),
+                ..Default::default()
+            };
+            set_url(&mut metadata, self.cfg.url.as_deref());
             let lease = Lease {
-                metadata: ObjectMeta {
-                    name: Some(name.clone()),
-                    ..Default::default()
-                },
+                metadata,
                 spec: Some(self.spec(now, 0)),
             };
             let created = self
@@ -156,7 +197,7 @@ impl LeaderElector {
             self.cfg.lease_duration
         };
         if !old.holder.is_empty() && !am_holder && seen_at + duration > Instant::now() {
-            return Ok(Attempt::Follower(Some(old.holder)));
+            return Ok(Attempt::Follower(Some(old.holder), url_of(&lease)));
         }
         let spec = if am_holder {
             let acquire = lease
@@ -169,6 +210,7 @@ impl LeaderElector {
             self.spec(now, old.transitions.saturating_add(1))
         };
         lease.spec = Some(spec);
+        set_url(&mut lease.metadata, self.cfg.url.as_deref());
         // `lease.metadata.resourceVersion` is the one just read: a concurrent writer gets 409.
         let written = self
             .api
@@ -194,6 +236,7 @@ impl LeaderElector {
             return;
         }
         let now = MicroTime(k8s_openapi::jiff::Timestamp::now());
+        set_url(&mut lease.metadata, None);
         lease.spec = Some(LeaseSpec {
             holder_identity: None,
             lease_duration_seconds: Some(1),
@@ -239,10 +282,10 @@ impl LeaderElector {
                         failing = false;
                         break;
                     }
-                    Ok(Attempt::Follower(leader)) => {
+                    Ok(Attempt::Follower(leader, url)) => {
                         failing = false;
                         tx.send_if_modified(|s| {
-                            let new = LeaderState::follower(leader);
+                            let new = LeaderState::follower(leader, url);
                             let changed = *s != new;
                             *s = new;
                             changed
@@ -266,13 +309,14 @@ impl LeaderElector {
                 is_leader: true,
                 valid_until: Some(renewed_at + self.cfg.renew_deadline),
                 leader: Some(self.cfg.identity.clone()),
+                leader_url: self.cfg.url.clone(),
             });
             // Leader: renew every retry_period; give up once renew_deadline passed without one.
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep(self.cfg.retry_period) => {}
                     _ = stop.changed() => {
-                        tx.send_replace(LeaderState::follower(None));
+                        tx.send_replace(LeaderState::follower(None, None));
                         let _ = tokio::time::timeout(Duration::from_secs(2), self.release()).await;
                         return;
                     }
@@ -286,23 +330,24 @@ impl LeaderElector {
                             is_leader: true,
                             valid_until: Some(renewed_at + self.cfg.renew_deadline),
                             leader: Some(self.cfg.identity.clone()),
+                            leader_url: self.cfg.url.clone(),
                         });
                     }
-                    Ok(Ok(Attempt::Follower(leader))) => {
+                    Ok(Ok(Attempt::Follower(leader, url))) => {
                         warn!(new_leader = ?leader, "leader Lease taken by another replica");
-                        tx.send_replace(LeaderState::follower(leader));
+                        tx.send_replace(LeaderState::follower(leader, url));
                         break;
                     }
                     Ok(Err(e)) => {
                         warn!(error = %e, "could not renew the leader Lease");
                         if Instant::now() >= deadline {
-                            tx.send_replace(LeaderState::follower(None));
+                            tx.send_replace(LeaderState::follower(None, None));
                             warn!("renew deadline passed: stopped leading");
                             break;
                         }
                     }
                     Err(_) => {
-                        tx.send_replace(LeaderState::follower(None));
+                        tx.send_replace(LeaderState::follower(None, None));
                         warn!("renew deadline passed: stopped leading");
                         break;
                     }

@@ -21,6 +21,8 @@ pub mod drain;
 #[cfg(feature = "server")]
 pub mod engine;
 #[cfg(feature = "server")]
+pub mod forward;
+#[cfg(feature = "server")]
 pub mod kube_actions;
 #[cfg(feature = "server")]
 pub mod leader;

@@ -18,6 +18,7 @@ use crate::config::{Discovery, ElectionConfig};
 use crate::discovery::{self, kubernetes::PodWatch, MembershipTx};
 use crate::drain::{ClientRegistry, DrainBarrier};
 use crate::engine::{Engine, EngineDeps};
+use crate::forward::Forwarder;
 use crate::http::build_client;
 use crate::kube_actions::KubeActions;
 use crate::leader::{LeaderConfig, LeaderElector, LeaderState};
@@ -106,6 +107,43 @@ impl Drop for ServiceHandle {
             t.abort();
         }
     }
+}
+
+/// How the other replicas reach this one: `ha.advertise_url`, else `http://<env POD_IP>:<port>`,
+/// else the listen address if it names one, else the first non-loopback address of the host name
+/// (in a pod, the kubelet's /etc/hosts maps it to the pod IP).
+async fn advertise_url(cfg: &ElectionConfig, local: SocketAddr) -> Option<String> {
+    let given = cfg.ha.advertise_url.trim().trim_end_matches('/');
+    if !given.is_empty() {
+        return Some(given.to_string());
+    }
+    let port = local.port();
+    if let Some(ip) = std::env::var("POD_IP")
+        .ok()
+        .and_then(|v| v.trim().parse::<std::net::IpAddr>().ok())
+    {
+        return Some(format!("http://{}", SocketAddr::new(ip, port)));
+    }
+    if !local.ip().is_unspecified() {
+        return Some(format!("http://{local}"));
+    }
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())?;
+    let addrs = tokio::time::timeout(
+        Duration::from_secs(2),
+        tokio::net::lookup_host((host.as_str(), port)),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    let found = addrs
+        .into_iter()
+        .find(|a| !a.ip().is_loopback() && !a.ip().is_unspecified())
+        .map(|a| format!("http://{a}"));
+    found
 }
 
 fn default_identity(cfg: &ElectionConfig) -> String {
@@ -246,11 +284,26 @@ pub async fn start(
         ))
     });
 
+    let listener = match opts.listener {
+        Some(l) => l,
+        None => tokio::net::TcpListener::bind(cfg.listen)
+            .await
+            .map_err(|e| ServiceError::Startup(format!("listen {}: {e}", cfg.listen)))?,
+    };
+    let local_addr = listener
+        .local_addr()
+        .map_err(|e| ServiceError::Startup(format!("listen: {e}")))?;
+
     let (leader_tx, leader_rx) = if cfg.ha.enabled {
         let (kc, ns, _) = kube_ctx
             .as_ref()
             .ok_or_else(|| ServiceError::Startup("ha.enabled needs kubernetes discovery".into()))?;
-        let (tx, rx) = watch::channel(LeaderState::follower(None));
+        let (tx, rx) = watch::channel(LeaderState::follower(None, None));
+        let url = advertise_url(&cfg, local_addr).await;
+        match &url {
+            Some(u) => info!(url = %u, "HA: followers forward topology queries and drain acknowledgements here while this replica leads"),
+            None => warn!("HA: no URL to advertise (set ha.advertise_url or env POD_IP): while this replica leads, followers cannot forward to it and proxies following them are outside the switchover drain barrier"),
+        }
         let elector = LeaderElector::new(
             Api::<Lease>::namespaced(kc.clone(), ns),
             LeaderConfig {
@@ -259,6 +312,7 @@ pub async fn start(
                 lease_duration: cfg.ha.lease_duration,
                 renew_deadline: cfg.ha.renew_deadline,
                 retry_period: cfg.ha.retry_period,
+                url,
             },
         );
         let stop = stop_rx.clone();
@@ -297,15 +351,6 @@ pub async fn start(
     });
     tasks.push(engine_task);
 
-    let listener = match opts.listener {
-        Some(l) => l,
-        None => tokio::net::TcpListener::bind(cfg.listen)
-            .await
-            .map_err(|e| ServiceError::Startup(format!("listen {}: {e}", cfg.listen)))?,
-    };
-    let local_addr = listener
-        .local_addr()
-        .map_err(|e| ServiceError::Startup(format!("listen: {e}")))?;
     let state = AppState {
         hub: hub.clone(),
         metrics,
@@ -317,6 +362,7 @@ pub async fn start(
         clients,
         drain,
         drain_timeout: cfg.switchover.drain_timeout,
+        forward: Arc::new(Forwarder::new(&identity)),
     };
     let mut stop_srv = stop_rx.clone();
     let app = router(state);

@@ -3,6 +3,8 @@
 //! process that is killed when the test ends, also on panic.
 #![allow(dead_code)]
 
+pub mod fake_proxy;
+
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::io::{BufRead, BufReader};
