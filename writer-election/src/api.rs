@@ -118,15 +118,16 @@ async fn forward_topology(
 ) -> Option<Response> {
     let leader = st.leader.borrow().clone();
     let base = st.forward.target(&leader, headers, true)?;
-    let url = match uri.query() {
-        Some(q) => format!("{base}/v1/topology?{q}"),
-        None => format!("{base}/v1/topology"),
+    let path = match uri.query() {
+        Some(q) => format!("/v1/topology?{q}"),
+        None => "/v1/topology".to_string(),
     };
+    let url = format!("{base}{path}");
     let timeout = blocking.map_or(FORWARD_TIMEOUT, |w| w + FORWARD_MARGIN);
     let mut stop = st.stop.clone();
     let sent = st
         .forward
-        .send(http::Method::GET, &url, Bytes::new(), timeout);
+        .send(http::Method::GET, &base, &path, Bytes::new(), timeout);
     let answer = tokio::select! {
         r = sent => r,
         // Stopping: answer from the local record at once, like local blocking queries.
@@ -373,10 +374,15 @@ async fn drained(State(st): State<AppState>, headers: HeaderMap, body: Bytes) ->
         let Some(base) = st.forward.target(&leader, &headers, false) else {
             return not_leader(leader.leader);
         };
-        let url = format!("{base}/v1/switchover/drained");
         return match st
             .forward
-            .send(http::Method::POST, &url, body, FORWARD_TIMEOUT)
+            .send(
+                http::Method::POST,
+                &base,
+                "/v1/switchover/drained",
+                body,
+                FORWARD_TIMEOUT,
+            )
             .await
         {
             Ok((status, h, body)) => {

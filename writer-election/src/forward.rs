@@ -23,9 +23,26 @@ use crate::leader::LeaderState;
 
 /// Set on forwarded requests (value: the forwarding replica's identity).
 pub const FORWARDED_HEADER: &str = "x-writer-election-forwarded";
-/// After the leader failed to answer, topology queries are served locally for this long before
-/// forwarding is tried again (instead of every query paying for a dead or hung leader).
-const FAILURE_PAUSE: Duration = Duration::from_secs(1);
+/// After the leader failed to answer, topology queries are served locally for a pause before
+/// forwarding to that URL is tried again (instead of every query paying for a dead or hung
+/// leader, or a NetworkPolicy that drops the packets): 1 s, doubling with each failure in a row,
+/// up to 10 s (so forwarding resumes within a proxy's usual wait once the leader answers again).
+const PAUSE_FIRST: Duration = Duration::from_secs(1);
+const PAUSE_MAX: Duration = Duration::from_secs(10);
+
+/// Failures in a row of forwarding to one URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Failing {
+    url: String,
+    in_a_row: u32,
+    until: Instant,
+}
+
+fn pause_after(in_a_row: u32) -> Duration {
+    PAUSE_FIRST
+        .saturating_mul(1u32 << in_a_row.saturating_sub(1).min(16))
+        .min(PAUSE_MAX)
+}
 
 /// **The forwarding decision**: the leader's URL when this replica follows a known leader with a
 /// known URL and the request did not come from another replica.
@@ -43,7 +60,7 @@ pub fn forward_target(leader: &LeaderState, already_forwarded: bool) -> Option<&
 pub struct Forwarder {
     client: HttpClient,
     identity: String,
-    paused_until: Mutex<Option<Instant>>,
+    failing: Mutex<Option<Failing>>,
 }
 
 impl Forwarder {
@@ -51,13 +68,14 @@ impl Forwarder {
         Forwarder {
             client: build_client(Duration::from_secs(1)),
             identity: identity.to_string(),
-            paused_until: Mutex::new(None),
+            failing: Mutex::new(None),
         }
     }
 
-    fn paused(&self) -> bool {
-        let p = self.paused_until.lock().unwrap_or_else(|e| e.into_inner());
-        p.is_some_and(|t| Instant::now() < t)
+    fn paused(&self, url: &str) -> bool {
+        let f = self.failing.lock().unwrap_or_else(|e| e.into_inner());
+        f.as_ref()
+            .is_some_and(|f| f.url == url && Instant::now() < f.until)
     }
 
     /// Where to forward this request, if anywhere. `respect_pause`: not while the leader failed
@@ -68,29 +86,42 @@ impl Forwarder {
         headers: &HeaderMap,
         respect_pause: bool,
     ) -> Option<String> {
-        if respect_pause && self.paused() {
+        let url = forward_target(leader, headers.contains_key(FORWARDED_HEADER))?;
+        if respect_pause && self.paused(url) {
             return None;
         }
-        forward_target(leader, headers.contains_key(FORWARDED_HEADER)).map(str::to_string)
+        Some(url.to_string())
     }
 
-    /// Sends the request to the leader; a transport failure pauses forwarding of topology queries.
+    /// Sends the request to `base` (the leader's URL) + `path_and_query`; a transport failure
+    /// pauses forwarding of topology queries to `base`.
     pub async fn send(
         &self,
         method: http::Method,
-        url: &str,
+        base: &str,
+        path_and_query: &str,
         body: Bytes,
         timeout: Duration,
     ) -> Result<(http::StatusCode, http::HeaderMap, Bytes), CallError> {
+        let url = format!("{base}{path_and_query}");
         let headers = [
             (FORWARDED_HEADER, self.identity.as_str()),
             ("content-type", "application/json"),
         ];
-        let r = call_with(&self.client, method, url, &headers, body, timeout).await;
-        let mut p = self.paused_until.lock().unwrap_or_else(|e| e.into_inner());
-        *p = match &r {
-            Ok(_) => None,
-            Err(_) => Some(Instant::now() + FAILURE_PAUSE),
+        let r = call_with(&self.client, method, &url, &headers, body, timeout).await;
+        let mut f = self.failing.lock().unwrap_or_else(|e| e.into_inner());
+        *f = match (&r, f.take()) {
+            (Ok(_), _) => None,
+            (Err(_), prev) => {
+                let in_a_row = prev
+                    .filter(|p| p.url == base)
+                    .map_or(1, |p| p.in_a_row.saturating_add(1));
+                Some(Failing {
+                    url: base.to_string(),
+                    in_a_row,
+                    until: Instant::now() + pause_after(in_a_row),
+                })
+            }
         };
         r
     }
@@ -138,7 +169,8 @@ mod tests {
         let r = f
             .send(
                 http::Method::GET,
-                &format!("{url}/v1/topology"),
+                &url,
+                "/v1/topology",
                 Bytes::new(),
                 Duration::from_secs(2),
             )
@@ -149,5 +181,17 @@ mod tests {
             f.target(&leader, &h, false).is_some(),
             "acknowledgements still try"
         );
+        let other = follower(Some("http://127.0.0.1:1"));
+        assert!(
+            f.target(&other, &h, true).is_some(),
+            "a new leader URL is tried at once"
+        );
+    }
+
+    #[test]
+    fn pauses_double_up_to_10s() {
+        let p: Vec<u64> = (1..=7).map(|n| pause_after(n).as_secs()).collect();
+        assert_eq!(p, vec![1, 2, 4, 8, 10, 10, 10]);
+        assert_eq!(pause_after(u32::MAX), PAUSE_MAX);
     }
 }
