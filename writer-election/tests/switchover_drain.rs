@@ -126,6 +126,20 @@ async fn the_new_writer_is_published_only_after_every_proxy_drained() {
         metric(&e, "writer_election_switchover_pending_clients").await,
         Some(1.0)
     );
+    // A repeated acknowledgement is accepted again and changes nothing.
+    let (status, body) = http_call(
+        "POST",
+        &format!("{}/v1/switchover/drained", e.url),
+        &[],
+        &format!(r#"{{"client": "proxy-a", "switchover": {}}}"#, sw.id),
+    )
+    .await;
+    assert_eq!(status, 204, "{body}");
+    assert_eq!(
+        metric(&e, "writer_election_switchover_pending_clients").await,
+        Some(1.0)
+    );
+    assert!(!call.is_finished());
     assert_eq!(
         metric(&e, "writer_election_switchover_draining").await,
         Some(1.0)
@@ -236,26 +250,10 @@ async fn a_proxy_that_never_acknowledges_aborts_the_switchover_unless_forced() {
     assert!(t.switchover.is_none(), "draining state cleared");
     assert_eq!(recorded_epoch(&s.state), 1);
     assert_eq!(nodes[1].start_calls(), 0);
-    let deadline = Instant::now() + LONG;
-    loop {
-        let seen = a.seen();
-        let draining = seen.iter().position(|(_, t)| t.switchover.is_some());
-        let cleared = draining.and_then(|i| {
-            seen[i..]
-                .iter()
-                .find(|(_, t)| t.switchover.is_none())
-                .map(|(_, t)| t.clone())
-        });
-        if let Some(t) = cleared {
-            assert_eq!((writer_name(&t), t.epoch), (Some("node-0"), 1));
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "proxy-a never saw the abort: {seen:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let t = a
+        .wait_seen_after_draining("the abort", |t| t.switchover.is_none())
+        .await;
+    assert_eq!((writer_name(&t), t.epoch), (Some("node-0"), 1));
     assert_eq!(
         metric(
             &e,
@@ -375,4 +373,49 @@ async fn a_writer_failing_during_the_drain_abandons_the_switchover_for_a_failove
     stuck
         .wait_seen("the new writer", |t| writer_name(t) == Some("node-1"))
         .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promotion_failing_after_the_drain_clears_the_draining_state() {
+    let nodes = nodes(3).await;
+    let s = setup(
+        &nodes,
+        "switchover: { token_env: TEST_DRAIN_TOKEN, drain_timeout: 5m }\n",
+    );
+    let e = Election::start(&s.config, &[TOKEN]);
+    ready_cluster(&e).await;
+    let p = FakeProxy::start(&e.url, "proxy-a", Ack::At);
+    wait_clients(&e, 1).await;
+    nodes[2]
+        .state
+        .fail_start
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+
+    let (status, body) = switchover(&e, r#"{"to": "node-2"}"#)
+        .await
+        .expect("switchover task");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("switchover_failed"), "{body}");
+    assert_eq!(p.acks().len(), 1, "the drain happened first");
+    let t = e.topology().await.expect("topology");
+    assert_eq!((writer_name(&t), t.epoch), (Some("node-0"), 1));
+    assert!(t.switchover.is_none(), "draining state cleared");
+    assert_eq!(recorded_epoch(&s.state), 1);
+    p.wait_seen_after_draining("the draining state cleared", |t| t.switchover.is_none())
+        .await;
+    let seen = p.seen();
+    let first_draining = seen
+        .iter()
+        .position(|(_, t)| t.switchover.is_some())
+        .expect("saw draining");
+    assert!(
+        seen[first_draining..]
+            .iter()
+            .all(|(_, t)| writer_name(t) == Some("node-0") && t.epoch == 1),
+        "{seen:#?}"
+    );
+    assert_eq!(
+        metric(&e, "writer_election_switchovers_total{result=\"failed\"}").await,
+        Some(1.0)
+    );
 }

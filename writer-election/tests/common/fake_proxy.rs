@@ -116,6 +116,32 @@ impl FakeProxy {
         self.acks.lock().unwrap().clone()
     }
 
+    /// Waits until this proxy has seen a document matching `cond` after its first draining one;
+    /// returns that document.
+    pub async fn wait_seen_after_draining(
+        &self,
+        what: &str,
+        cond: impl Fn(&Topology) -> bool,
+    ) -> Topology {
+        let deadline = Instant::now() + LONG;
+        loop {
+            let seen = self.seen();
+            let found = seen
+                .iter()
+                .position(|(_, t)| t.switchover.is_some())
+                .and_then(|i| seen[i..].iter().find(|(_, t)| cond(t)));
+            if let Some((_, t)) = found {
+                return t.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: never saw {what} after draining: {seen:#?}",
+                self.id
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Waits until this proxy has seen a document matching `cond`.
     pub async fn wait_seen(&self, what: &str, cond: impl Fn(&Topology) -> bool) {
         let deadline = Instant::now() + LONG;
