@@ -125,6 +125,8 @@ async fn forward_topology(
     let url = format!("{base}{path}");
     let timeout = blocking.map_or(FORWARD_TIMEOUT, |w| w + FORWARD_MARGIN);
     let mut stop = st.stop.clone();
+    let mut leader_rx = st.leader.clone();
+    leader_rx.borrow_and_update();
     let sent = st
         .forward
         .send(http::Method::GET, &base, &path, Bytes::new(), timeout);
@@ -132,6 +134,9 @@ async fn forward_topology(
         r = sent => r,
         // Stopping: answer from the local record at once, like local blocking queries.
         _ = stop.changed() => return None,
+        // This replica took over, or another one did (a hung leader lost its Lease): the query
+        // waiting on the old leader is answered from here at once.
+        _ = leader_rx.changed() => return None,
     };
     match answer {
         Ok((status, _, body)) if status == StatusCode::OK => {
