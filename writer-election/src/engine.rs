@@ -281,7 +281,11 @@ impl Engine {
                     if r.is_err() { api_up_open = false; }
                 }
                 _ = tokio::time::sleep_until(wake.unwrap_or(now).into()), if wake.is_some() => {
-                    self.retry_at = None;
+                    // The wake may have been a penalty's end or a drain deadline: a retry that is
+                    // not due yet stays.
+                    if self.retry_at.is_some_and(|t| t <= Instant::now()) {
+                        self.retry_at = None;
+                    }
                 }
                 // Followers refresh the record; the leader re-reads it too, so a change made
                 // outside this process (an operator, a competing decider) is seen within one tick.
