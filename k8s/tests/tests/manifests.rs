@@ -588,6 +588,19 @@ fn writer_election_accepts_its_config_map_as_the_manifests_use_it() {
         Some("metadata.name"),
         "POD_NAME from the downward API"
     );
+    // The leader advertises http://$POD_IP:<port> for the followers to forward to.
+    let pod_ip = c
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == "POD_IP")
+        .and_then(|e| e.value_from.as_ref())
+        .and_then(|v| v.field_ref.as_ref());
+    assert_eq!(
+        pod_ip.map(|f| f.field_path.as_str()),
+        Some("status.podIP"),
+        "POD_IP from the downward API (the leader's advertised URL)"
+    );
     assert!(cfg.label_pods.enabled);
 
     // The token file the config names is the one the Secret volume provides.
@@ -1040,7 +1053,7 @@ fn the_api_use_scan_catches_what_the_role_does_not_cover() {
 }
 
 #[test]
-fn network_policy_admits_only_proxies_and_prometheus_to_the_topology_api() {
+fn network_policy_admits_only_proxies_replicas_and_prometheus_to_the_topology_api() {
     let m = Manifests::load();
     let np: NetworkPolicy = m.get(ELECTION);
     let spec = np.spec.as_ref().expect("NetworkPolicy spec");
@@ -1064,6 +1077,8 @@ fn network_policy_admits_only_proxies_and_prometheus_to_the_topology_api() {
 
     let rules = spec.ingress.clone().unwrap_or_default();
     let mut proxies_admitted = false;
+    // HA followers forward topology queries and drain acknowledgements to the leader.
+    let mut replicas_admitted = false;
     for rule in &rules {
         let from = rule.from.clone().unwrap_or_default();
         assert!(
@@ -1082,11 +1097,14 @@ fn network_policy_admits_only_proxies_and_prometheus_to_the_topology_api() {
             match (&peer.pod_selector, &peer.namespace_selector) {
                 (Some(ps), None) => {
                     assert_selector_not_empty(ps, "peer podSelector");
+                    let is_proxy = selector_matches(ps, &pod_labels(&proxy));
+                    let is_replica = selector_matches(ps, &pod_labels(&election));
                     assert!(
-                        selector_matches(ps, &pod_labels(&proxy)),
-                        "a same-namespace peer other than rw-proxy: {ps:?}"
+                        is_proxy != is_replica,
+                        "a same-namespace peer other than rw-proxy or writer-election: {ps:?}"
                     );
-                    proxies_admitted = true;
+                    proxies_admitted |= is_proxy;
+                    replicas_admitted |= is_replica;
                 }
                 (_, Some(ns)) => {
                     assert_selector_not_empty(ns, "peer namespaceSelector (Prometheus)")
@@ -1096,6 +1114,10 @@ fn network_policy_admits_only_proxies_and_prometheus_to_the_topology_api() {
         }
     }
     assert!(proxies_admitted, "the proxies are not admitted");
+    assert!(
+        replicas_admitted,
+        "writer-election replicas cannot reach each other (HA forwarding)"
+    );
 }
 
 #[test]
