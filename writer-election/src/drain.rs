@@ -1,4 +1,4 @@
-//! The planned-switchover drain barrier (notes/failover-protocol.md): which proxies must
+//! The planned-switchover drain barrier (docs/failover.md): which proxies must
 //! acknowledge before the new writer is promoted, and their acknowledgements.
 //!
 //! - [`ClientRegistry`]: every `GET /v1/topology?client=<id>` is a sighting. A client is *live*

@@ -14,7 +14,7 @@
 //! 6. publish it (the topology and its revision), then the Event and the pod labels.
 //!
 //! A planned switchover away from a published writer first drains the proxies (the barrier of
-//! notes/failover-protocol.md, state in [`crate::drain`]): it publishes the old writer with
+//! docs/failover.md, state in [`crate::drain`]): it publishes the old writer with
 //! `switchover: draining`, keeps deciding meanwhile (a failing writer abandons the switchover
 //! and is replaced as usual), and once every proxy of the drain set acknowledged (or after
 //! `switchover.drain_timeout`: abort, or with `force` go on) runs steps 1-6 for the target.

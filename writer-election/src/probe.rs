@@ -298,7 +298,7 @@ async fn probe_loop(
             .observe(started.elapsed().as_secs_f64());
         if outcome == Outcome::Refused && state.health() != Health::Unready {
             // Confirm once, ~50 ms later, before failing a node at once on a refusal
-            // (notes/failover-protocol.md); a second refusal is the process being gone.
+            // (docs/failover.md); a second refusal is the process being gone.
             tokio::time::sleep(REFUSED_CONFIRM).await;
             let (again, d) = probe_once(&client, &key.address, &cfg).await;
             if again != Outcome::Refused {

@@ -49,7 +49,7 @@ pub struct Topology {
     #[serde(default)]
     pub updated_at: String,
     /// Set while a planned switchover is under way (the drain barrier, see
-    /// notes/failover-protocol.md): `writer` and `epoch` are still the old writer's.
+    /// docs/failover.md): `writer` and `epoch` are still the old writer's.
     #[serde(default)]
     pub switchover: Option<Switchover>,
 }
