@@ -6,6 +6,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use pingora_core::listeners::{L4BufferSettings, ListenerConfig};
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::{ListenFds, RunArgs, Server, ShutdownWatch};
 use pingora_core::services::background::background_service;
@@ -23,6 +24,12 @@ use crate::state::Shared;
 /// Idle upstream connections kept for reuse, over all upstreams. Pingora's default (128) is
 /// short for a few hundred client connections spread over a handful of nodes.
 const UPSTREAM_POOL_SIZE: usize = 1024;
+
+/// Pingora's default 64 KiB read buffer per client connection is meant for TLS records; on
+/// plain HTTP it only costs memory: it stays allocated on every idle keep-alive connection
+/// (~90 KiB per connection measured, vs ~0.5 KiB for nginx). Headers are read into their own
+/// buffer anyway, and bodies in large chunks, so reading unbuffered adds no syscalls.
+const DOWNSTREAM_READ_BUFFER: usize = 0;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -131,7 +138,12 @@ pub fn run(
         RwProxy::new(shared.clone()),
         "rw-proxy",
     );
-    proxy.add_tcp(&config.listen.to_string());
+    proxy.add_listener(ListenerConfig::tcp(config.listen.to_string()).l4_buffer(
+        L4BufferSettings {
+            read: Some(DOWNSTREAM_READ_BUFFER),
+            write: None,
+        },
+    ));
 
     let mut admin = Service::new(
         "rw-proxy admin".to_string(),
