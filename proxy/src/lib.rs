@@ -5,6 +5,7 @@ pub mod admin;
 pub mod balance;
 pub mod config;
 pub mod control;
+pub mod downstream;
 pub mod election;
 pub mod errors;
 pub mod hold;

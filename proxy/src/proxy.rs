@@ -34,8 +34,8 @@ pub const X_REQUEST_ID: &str = "x-request-id";
 pub const X_FORWARDED_FOR: &str = "x-forwarded-for";
 pub const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
 pub const X_FORWARDED_HOST: &str = "x-forwarded-host";
-/// Idle time allowed between two requests on a client keep-alive connection (nginx: 75s).
-const DOWNSTREAM_KEEPALIVE_SECS: u64 = 75;
+/// Idle time allowed between two requests on a client keep-alive connection.
+const DOWNSTREAM_KEEPALIVE_SECS: u64 = crate::downstream::IDLE_TIMEOUT.as_secs();
 
 /// Requests between header read and the end of their response. SIGTERM waits for zero.
 pub static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);

@@ -6,17 +6,17 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use pingora_core::listeners::{L4BufferSettings, ListenerConfig};
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::{ListenFds, RunArgs, Server, ShutdownWatch};
 use pingora_core::services::background::background_service;
 use pingora_core::services::listening::Service;
 use pingora_core::services::{ServiceReadyNotifier, ServiceWithDependents};
-use pingora_proxy::http_proxy_service_with_name;
+use pingora_proxy::http_proxy;
 
 use crate::admin::Admin;
 use crate::config::ProxyConfig;
 use crate::control::Control;
+use crate::downstream::{self, Downstream, IDLE_TIMEOUT};
 use crate::metrics::Metrics;
 use crate::proxy::RwProxy;
 use crate::state::Shared;
@@ -24,12 +24,6 @@ use crate::state::Shared;
 /// Idle upstream connections kept for reuse, over all upstreams. Pingora's default (128) is
 /// short for a few hundred client connections spread over a handful of nodes.
 const UPSTREAM_POOL_SIZE: usize = 1024;
-
-/// Pingora's default 64 KiB read buffer per client connection is meant for TLS records; on
-/// plain HTTP it only costs memory: it stays allocated on every idle keep-alive connection
-/// (~90 KiB per connection measured, vs ~0.5 KiB for nginx). Headers are read into their own
-/// buffer anyway, and bodies in large chunks, so reading unbuffered adds no syscalls.
-const DOWNSTREAM_READ_BUFFER: usize = 0;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -114,7 +108,11 @@ pub fn run(
     config: ProxyConfig,
     config_text: String,
 ) -> Result<(), StartError> {
-    check_bind("listen", config.listen)?;
+    let client_listener = downstream::bind(config.listen).map_err(|source| StartError::Bind {
+        key: "listen",
+        addr: config.listen,
+        source,
+    })?;
     check_bind("admin_listen", config.admin_listen)?;
 
     let conf = ServerConf {
@@ -133,17 +131,16 @@ pub fn run(
     let shared = Shared::new(config.clone(), metrics);
     let listening = Arc::new(AtomicBool::new(false));
 
-    let mut proxy = http_proxy_service_with_name(
-        &server.configuration,
-        RwProxy::new(shared.clone()),
+    // Pingora's request handling behind our own client listener (downstream.rs says why).
+    let mut proxy = background_service(
         "rw-proxy",
+        Downstream::new(
+            http_proxy(&server.configuration, RwProxy::new(shared.clone())),
+            client_listener,
+            IDLE_TIMEOUT,
+        ),
     );
-    proxy.add_listener(ListenerConfig::tcp(config.listen.to_string()).l4_buffer(
-        L4BufferSettings {
-            read: Some(DOWNSTREAM_READ_BUFFER),
-            write: None,
-        },
-    ));
+    proxy.threads = Some(config.threads);
 
     let mut admin = Service::new(
         "rw-proxy admin".to_string(),

@@ -119,3 +119,71 @@ async fn a_slow_upstream_gets_504_and_is_not_asked_twice() {
         "a timed-out read is not replayed either: it reached the upstream"
     );
 }
+
+/// Reads one response with a Content-Length body off a keep-alive connection.
+async fn read_response(s: &mut tokio::net::TcpStream) -> (String, String) {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut byte = [0u8; 1];
+    while !got.ends_with(b"\r\n\r\n") {
+        let n = s.read(&mut byte).await.expect("read");
+        assert_eq!(n, 1, "closed before the response header: {got:?}");
+        got.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&got).into_owned();
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
+        })
+        .expect("content-length");
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).await.expect("body");
+    (head, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// rw-proxy waits for each request itself (idle connections hold no request state) and hands
+/// Pingora what it read: a request split over many packets, or a header and its body in one,
+/// must come out whole, and the connection must stay usable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_in_pieces_or_in_one_packet_are_forwarded_whole_on_one_connection() {
+    use tokio::io::AsyncWriteExt;
+    let (writer, _reader, proxy) = setup().await;
+    let mut s = tokio::net::TcpStream::connect(proxy.addr)
+        .await
+        .expect("connect");
+    s.set_nodelay(true).expect("nodelay");
+
+    for i in 0..3 {
+        let req =
+            format!("PUT /kv/piece{i} HTTP/1.1\r\nHost: x\r\nContent-Length: 6\r\n\r\nvalue{i}");
+        for chunk in req.as_bytes().chunks(5) {
+            s.write_all(chunk).await.expect("write");
+            tokio::time::sleep(Duration::from_millis(3)).await;
+        }
+        let (head, body) = read_response(&mut s).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert_eq!(body, "writer");
+    }
+    let req = "PUT /kv/whole HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nwhole";
+    s.write_all(req.as_bytes()).await.expect("write");
+    let (head, _) = read_response(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+
+    let seen = writer.seen();
+    let got: Vec<(&str, &[u8])> = seen
+        .iter()
+        .map(|r| (r.path.as_str(), r.body.as_ref()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("/kv/piece0", &b"value0"[..]),
+            ("/kv/piece1", &b"value1"[..]),
+            ("/kv/piece2", &b"value2"[..]),
+            ("/kv/whole", &b"whole"[..]),
+        ]
+    );
+}
