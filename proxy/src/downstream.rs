@@ -109,7 +109,9 @@ where
                         // Responses leave as soon as they are flushed.
                         let _ = tcp.set_nodelay(true);
                         let conn = ClientStream::new(tcp, peer);
-                        tokio::spawn(serve(
+                        // Pingora's handle: with work stealing off, it spreads connections over
+                        // the service's threads instead of keeping them on the accepting one.
+                        pingora_runtime::current_handle().spawn(serve(
                             self.app.clone(),
                             conn,
                             shutdown.clone(),

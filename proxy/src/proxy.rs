@@ -14,6 +14,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use http::header::{CONNECTION, CONTENT_LENGTH, HOST};
 use http::HeaderValue;
+use pingora_core::modules::http::HttpModules;
 use pingora_core::protocols::Digest;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
@@ -238,6 +239,11 @@ impl ProxyHttp for RwProxy {
             write_ticket: None,
             _drain: DrainGuard::new(),
         }
+    }
+
+    fn init_downstream_modules(&self, _modules: &mut HttpModules) {
+        // Pingora's default adds a (disabled) response compression module, which still costs
+        // an allocation and a filter call per request. This proxy passes bodies through as is.
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
