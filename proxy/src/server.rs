@@ -16,7 +16,7 @@ use pingora_proxy::http_proxy;
 use crate::admin::Admin;
 use crate::config::ProxyConfig;
 use crate::control::Control;
-use crate::downstream::{self, Downstream, IDLE_TIMEOUT};
+use crate::downstream::{self, Downstream};
 use crate::metrics::Metrics;
 use crate::proxy::RwProxy;
 use crate::state::Shared;
@@ -137,7 +137,6 @@ pub fn run(
         Downstream::new(
             http_proxy(&server.configuration, RwProxy::new(shared.clone())),
             client_listener,
-            IDLE_TIMEOUT,
         ),
     );
     proxy.threads = Some(config.threads);
