@@ -447,6 +447,84 @@ mod tests {
         tokio::sync::watch::channel(false)
     }
 
+    /// A Pingora app that answers every request with an empty 200, as the proxy would.
+    struct Answer {
+        options: pingora_core::apps::HttpServerOptions,
+    }
+
+    #[async_trait]
+    impl HttpServerApp for Answer {
+        async fn process_new_http(
+            self: &Arc<Self>,
+            mut session: ServerSession,
+            _shutdown: &ShutdownWatch,
+        ) -> Option<pingora_core::apps::ReusedHttpStream> {
+            if !session.read_request().await.ok()? {
+                return None;
+            }
+            let mut response = pingora_http::ResponseHeader::build(200, None).ok()?;
+            response.insert_header("Content-Length", "0").ok()?;
+            session
+                .write_response_header(Box::new(response))
+                .await
+                .ok()?;
+            let reusable = session.finish().await.ok()??;
+            let (stream, _) = reusable.into_parts();
+            Some(pingora_core::apps::ReusedHttpStream::new(stream, None))
+        }
+
+        fn server_options(&self) -> Option<&pingora_core::apps::HttpServerOptions> {
+            Some(&self.options)
+        }
+    }
+
+    /// Sends `requests` GETs one after the other on one connection served by [`serve`]; returns
+    /// how many were answered before the proxy closed the connection.
+    async fn answered_on_one_connection(limit: Option<u32>, requests: usize) -> usize {
+        let mut options = pingora_core::apps::HttpServerOptions::default();
+        options.keepalive_request_limit = limit;
+        let app = Arc::new(Answer { options });
+        let (server, mut client) = pair().await;
+        let (_tx, rx) = watch();
+        let served = tokio::spawn(serve(app, server, rx));
+        let mut answered = 0;
+        for _ in 0..requests {
+            if client
+                .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+                .await
+                .is_err()
+            {
+                break;
+            }
+            let mut response = Vec::new();
+            let mut byte = [0u8; 1];
+            while !response.ends_with(b"\r\n\r\n") {
+                match client.read(&mut byte).await {
+                    Ok(1) => response.push(byte[0]),
+                    _ => break,
+                }
+            }
+            if !response.starts_with(b"HTTP/1.1 200") {
+                break;
+            }
+            answered += 1;
+        }
+        // The connection is closed once no more requests may use it.
+        let mut rest = Vec::new();
+        let _ = client.shutdown().await;
+        let _ = client.read_to_end(&mut rest).await;
+        served.await.unwrap();
+        answered
+    }
+
+    #[tokio::test]
+    async fn a_connection_serves_requests_until_its_request_limit() {
+        assert_eq!(answered_on_one_connection(None, 5).await, 5);
+        // A limit of 1 is one reuse, as in Pingora: two requests, then the connection closes.
+        assert_eq!(answered_on_one_connection(Some(1), 5).await, 2);
+        assert_eq!(answered_on_one_connection(Some(0), 5).await, 1);
+    }
+
     #[tokio::test]
     async fn hands_over_the_first_bytes_of_a_request() {
         let (mut server, mut client) = pair().await;
