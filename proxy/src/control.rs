@@ -207,14 +207,14 @@ async fn drain_and_exit(grace: Duration) -> ! {
         let n = IN_FLIGHT.load(Ordering::Acquire);
         if n == 0 {
             tracing::info!(waited = ?started.elapsed(), "drained; exiting");
-            std::process::exit(0);
+            crate::logging::exit(0);
         }
         if started.elapsed() >= grace {
             tracing::warn!(
                 in_flight = n,
                 "grace period over; exiting with requests in flight"
             );
-            std::process::exit(0);
+            crate::logging::exit(0);
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

@@ -97,7 +97,7 @@ where
             Ok(l) => l,
             Err(e) => {
                 tracing::error!(error = %e, "cannot use the client listener; exiting");
-                std::process::exit(1);
+                crate::logging::exit(1);
             }
         };
         loop {

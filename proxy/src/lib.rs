@@ -9,6 +9,7 @@ pub mod downstream;
 pub mod election;
 pub mod errors;
 pub mod hold;
+pub mod logging;
 pub mod metrics;
 pub mod proxy;
 pub mod routing;

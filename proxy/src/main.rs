@@ -1,6 +1,5 @@
 //! `rw-proxy --config FILE [--check] [--log-format text|json]`
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -32,26 +31,9 @@ struct Args {
     log_format: LogFormat,
 }
 
-fn init_logging(format: LogFormat) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
-    // try_init also routes Pingora's `log` records into tracing.
-    let result = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-    };
-    if let Err(e) = result {
-        eprintln!("rw-proxy: cannot set up logging: {e}");
-    }
-}
-
 fn main() -> ExitCode {
     let args = Args::parse();
-    init_logging(args.log_format);
+    rw_proxy::logging::init(matches!(args.log_format, LogFormat::Json));
 
     let text = match std::fs::read_to_string(&args.config) {
         Ok(t) => t,
@@ -71,10 +53,14 @@ fn main() -> ExitCode {
         println!("rw-proxy: {} is valid", args.config.display());
         return ExitCode::SUCCESS;
     }
-    match rw_proxy::server::run(args.config, config, text) {
+    let result = rw_proxy::server::run(args.config, config, text);
+    if let Err(e) = &result {
+        tracing::error!("{e}");
+    }
+    rw_proxy::logging::flush();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e}");
             eprintln!("rw-proxy: {e}");
             ExitCode::FAILURE
         }

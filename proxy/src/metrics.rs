@@ -58,6 +58,7 @@ pub struct Metrics {
     pub config_reload_success: IntCounter,
     pub config_reload_error: IntCounter,
     in_flight: IntGauge,
+    log_lines_dropped: IntCounter,
 }
 
 impl Metrics {
@@ -173,6 +174,11 @@ impl Metrics {
             "Requests being proxied right now",
         )
         .expect("static metric definition");
+        let log_lines_dropped = IntCounter::new(
+            "rw_proxy_log_lines_dropped_total",
+            "Log lines dropped because stderr could not keep up",
+        )
+        .expect("static metric definition");
 
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
@@ -191,6 +197,7 @@ impl Metrics {
             Box::new(topology_age.clone()),
             Box::new(reloads.clone()),
             Box::new(in_flight.clone()),
+            Box::new(log_lines_dropped.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -222,6 +229,7 @@ impl Metrics {
             config_reload_success: reloads.with_label_values(&["success"]),
             config_reload_error: reloads.with_label_values(&["error"]),
             in_flight,
+            log_lines_dropped,
         }
     }
 
@@ -252,6 +260,10 @@ impl Metrics {
             .set(topology_age.map(|d| d.as_secs_f64()).unwrap_or(0.0));
         self.in_flight
             .set(crate::proxy::IN_FLIGHT.load(Ordering::Relaxed) as i64);
+        // The log writer counts on its own; the counter catches up at scrape time.
+        let dropped = crate::logging::dropped_lines();
+        self.log_lines_dropped
+            .inc_by(dropped.saturating_sub(self.log_lines_dropped.get()));
         let mut out = Vec::with_capacity(8 * 1024);
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
             tracing::error!(error = %e, "cannot encode metrics");
@@ -303,6 +315,7 @@ mod tests {
             "rw_proxy_election_errors_total 0",
             r#"rw_proxy_config_reloads_total{result="error"} 1"#,
             r#"rw_proxy_config_reloads_total{result="success"} 0"#,
+            "rw_proxy_log_lines_dropped_total 0",
         ] {
             assert!(text.contains(want), "missing {want} in\n{text}");
         }

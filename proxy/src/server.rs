@@ -84,7 +84,7 @@ impl<S: ServiceWithDependents + 'static> ServiceWithDependents for ExitOnPanic<S
         if let Err(e) = task.await {
             if e.is_panic() {
                 tracing::error!(service = %self.name, "service failed; exiting");
-                std::process::exit(1);
+                crate::logging::exit(1);
             }
         }
     }

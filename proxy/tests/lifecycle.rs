@@ -287,7 +287,7 @@ async fn sigterm_lets_an_in_flight_slow_request_finish() {
     let writer = Backend::start("writer").await;
     let reader = Backend::start("reader-0").await;
     let cfg = format!(
-        "{}shutdown_grace: 20s\n",
+        "{}shutdown_grace: 20s\naccess_log: all\n",
         static_topology(Some(writer.addr), &[reader.addr])
     );
     let mut proxy = Proxy::start(&cfg).await;
@@ -337,6 +337,12 @@ async fn sigterm_lets_an_in_flight_slow_request_finish() {
     );
     let status = proxy.wait_exit().await;
     assert!(status.success(), "exit status {status:?}");
+    // Log lines still queued for the log writer at the exit are written out.
+    let log = proxy.log();
+    assert!(
+        log.contains("/slow/3000") && log.contains("drained; exiting"),
+        "{log}"
+    );
     // It left once drained, not after the 20 s grace period.
     assert!(
         t0.elapsed() < Duration::from_secs(15),
