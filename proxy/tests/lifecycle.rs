@@ -111,10 +111,8 @@ async fn reload_bad_file_keeps_routing_good_file_takes_effect() {
             >= 1.0
     })
     .await;
-    assert!(
-        proxy.log().contains("routing.default"),
-        "the log names the key"
-    );
+    // The log names the key.
+    proxy.wait_log("routing.default").await;
     assert_eq!(get(proxy.addr, "/kv/a").await.text(), "reader-0");
     assert_eq!(
         send(proxy.addr, "PUT", "/kv/a", &[], b"v")

@@ -372,6 +372,15 @@ impl Proxy {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
+    /// Waits until the log holds `needle`: rw-proxy writes its log from its own thread, so a
+    /// line can land a moment after the event it reports is visible elsewhere.
+    pub async fn wait_log(&self, needle: &str) {
+        eventually(&format!("the log says {needle:?}"), || async {
+            self.log().contains(needle)
+        })
+        .await;
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map(|c| c.id()).expect("running")
     }
