@@ -59,6 +59,8 @@ pub struct Metrics {
     pub config_reload_error: IntCounter,
     in_flight: IntGauge,
     log_lines_dropped: IntCounter,
+    /// Two scrapes catching the counter up at once would add the same lines twice.
+    log_lines_catch_up: std::sync::Mutex<()>,
 }
 
 impl Metrics {
@@ -230,6 +232,7 @@ impl Metrics {
             config_reload_error: reloads.with_label_values(&["error"]),
             in_flight,
             log_lines_dropped,
+            log_lines_catch_up: std::sync::Mutex::new(()),
         }
     }
 
@@ -261,9 +264,11 @@ impl Metrics {
         self.in_flight
             .set(crate::proxy::IN_FLIGHT.load(Ordering::Relaxed) as i64);
         // The log writer counts on its own; the counter catches up at scrape time.
-        let dropped = crate::logging::dropped_lines();
-        self.log_lines_dropped
-            .inc_by(dropped.saturating_sub(self.log_lines_dropped.get()));
+        if let Ok(_one_at_a_time) = self.log_lines_catch_up.lock() {
+            let dropped = crate::logging::dropped_lines();
+            self.log_lines_dropped
+                .inc_by(dropped.saturating_sub(self.log_lines_dropped.get()));
+        }
         let mut out = Vec::with_capacity(8 * 1024);
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
             tracing::error!(error = %e, "cannot encode metrics");
