@@ -1,4 +1,4 @@
-//! `election.yaml`: the keys of SPEC.md "Election config", parsed strictly.
+//! `election.yaml`: every key of the election config, parsed strictly.
 //!
 //! Unknown keys are rejected and every error names the key path (`probe.timeout`,
 //! `discovery.static.nodes[1].address`) and the reason, like `nginx -t`. Parsing checks the
@@ -173,8 +173,13 @@ pub struct DnsDiscovery {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProbeConfig {
-    #[serde(default = "defaults::probe_path")]
+    /// The path in effect: `path` from the file, else the promotion preset's readiness path,
+    /// else `/health/ready` (set by [`ElectionConfig::from_yaml_str`]).
+    #[serde(skip, default = "defaults::probe_path")]
     pub path: String,
+    /// `path` as written in the file, if it was.
+    #[serde(rename = "path", default)]
+    pub path_given: Option<String>,
     #[serde(default = "defaults::probe_interval", with = "humantime_serde_dur")]
     pub interval: Duration,
     #[serde(default = "defaults::probe_timeout", with = "humantime_serde_dur")]
@@ -189,6 +194,7 @@ impl Default for ProbeConfig {
     fn default() -> Self {
         ProbeConfig {
             path: defaults::probe_path(),
+            path_given: None,
             interval: defaults::probe_interval(),
             timeout: defaults::probe_timeout(),
             failure_threshold: defaults::failure_threshold(),
@@ -284,9 +290,14 @@ impl Default for HaConfig {
     }
 }
 
+/// `promotion`: a preset names the node library's calls; `start` / `finish` / `check` given
+/// explicitly replace the preset's call of that name. After [`ElectionConfig::from_yaml_str`]
+/// the three fields hold the calls in effect (preset merged with the explicit keys).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PromotionConfig {
+    #[serde(default)]
+    pub preset: PromotionPreset,
     pub start: Option<PromotionStart>,
     pub finish: Option<PromotionFinish>,
     pub check: Option<PromotionCheck>,
@@ -295,6 +306,129 @@ pub struct PromotionConfig {
 impl PromotionConfig {
     pub fn is_configured(&self) -> bool {
         self.start.is_some() || self.finish.is_some()
+    }
+
+    /// Fills every call not given explicitly from the preset.
+    fn apply_preset(&mut self) {
+        let Some(calls) = self.preset.calls() else {
+            return;
+        };
+        if self.start.is_none() {
+            self.start = Some(PromotionStart {
+                method: http::Method::POST,
+                path: calls.start.to_string(),
+                timeout: defaults::promotion_request_timeout(),
+            });
+        }
+        if self.finish.is_none() {
+            self.finish = calls.finish.map(|path| PromotionFinish {
+                method: http::Method::POST,
+                path: path.to_string(),
+                until_body: "true".into(),
+                interval: defaults::finish_interval(),
+                timeout: defaults::finish_timeout(),
+            });
+        }
+        if self.check.is_none() {
+            self.check = Some(PromotionCheck {
+                path: calls.check.to_string(),
+                expect_body: "true".into(),
+            });
+        }
+    }
+}
+
+/// The REST calls of one release line of the MicroStream / Eclipse DataGrid cluster node
+/// library (its cluster controller), as read in the library's source.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum PromotionPreset {
+    /// `/microstream-cluster-controller`, activation in two steps (start, then finish until true).
+    #[default]
+    Microstream,
+    /// `/microstream-cluster-controller`, activation in one call.
+    MicrostreamLegacy,
+    /// `/eclipse-datagrid-cluster-controller`, every path prefixed `eclipse-datagrid-`.
+    EclipseDatagrid,
+    /// `/eclipse-datagrid`, paths without the prefix (the controller after the library renamed
+    /// its remaining MicroStream names).
+    EclipseDatagridUnprefixed,
+    /// No calls: the image needs no promotion, or every call is configured explicitly.
+    None,
+}
+
+/// The paths a preset calls; `finish: None` = activation is a single `start` call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PresetCalls {
+    pub start: &'static str,
+    pub finish: Option<&'static str>,
+    pub check: &'static str,
+    pub ready: &'static str,
+}
+
+impl PromotionPreset {
+    pub const ALL: [(&'static str, PromotionPreset); 5] = [
+        ("microstream", PromotionPreset::Microstream),
+        ("microstream-legacy", PromotionPreset::MicrostreamLegacy),
+        ("eclipse-datagrid", PromotionPreset::EclipseDatagrid),
+        (
+            "eclipse-datagrid-unprefixed",
+            PromotionPreset::EclipseDatagridUnprefixed,
+        ),
+        ("none", PromotionPreset::None),
+    ];
+
+    pub fn name(self) -> &'static str {
+        Self::ALL
+            .iter()
+            .find(|(_, p)| *p == self)
+            .map(|(n, _)| *n)
+            .unwrap_or("none")
+    }
+
+    pub fn calls(self) -> Option<PresetCalls> {
+        match self {
+            PromotionPreset::Microstream => Some(PresetCalls {
+                start: "/microstream-cluster-controller/microstream-activate-distributor/start",
+                finish: Some("/microstream-cluster-controller/microstream-activate-distributor/finish"),
+                check: "/microstream-cluster-controller/microstream-distributor",
+                ready: "/microstream-cluster-controller/microstream-health/ready",
+            }),
+            PromotionPreset::MicrostreamLegacy => Some(PresetCalls {
+                start: "/microstream-cluster-controller/microstream-activate-distributor",
+                finish: None,
+                ..PromotionPreset::Microstream.calls()?
+            }),
+            PromotionPreset::EclipseDatagrid => Some(PresetCalls {
+                start: "/eclipse-datagrid-cluster-controller/eclipse-datagrid-activate-distributor/start",
+                finish: Some("/eclipse-datagrid-cluster-controller/eclipse-datagrid-activate-distributor/finish"),
+                check: "/eclipse-datagrid-cluster-controller/eclipse-datagrid-distributor",
+                ready: "/eclipse-datagrid-cluster-controller/eclipse-datagrid-health/ready",
+            }),
+            PromotionPreset::EclipseDatagridUnprefixed => Some(PresetCalls {
+                start: "/eclipse-datagrid/activate-distributor/start",
+                finish: Some("/eclipse-datagrid/activate-distributor/finish"),
+                check: "/eclipse-datagrid/distributor",
+                ready: "/eclipse-datagrid/health/ready",
+            }),
+            PromotionPreset::None => None,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for PromotionPreset {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Self::ALL
+            .iter()
+            .find(|(n, _)| *n == s.trim())
+            .map(|(_, p)| *p)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Self::ALL.iter().map(|(n, _)| *n).collect();
+                serde::de::Error::custom(format!(
+                    "unknown preset {s:?} (expected one of {})",
+                    names.join(", ")
+                ))
+            })
     }
 }
 
@@ -511,8 +645,21 @@ impl ElectionConfig {
             let key = if key == "." { String::new() } else { key };
             ConfigError::invalid(key, e.into_inner().to_string())
         })?;
+        let mut cfg = cfg;
+        cfg.apply_defaults();
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// Defaults that depend on other keys: the promotion preset's calls, and the readiness path
+    /// of the library the preset names (its pods serve no `/health/ready`).
+    fn apply_defaults(&mut self) {
+        self.promotion.apply_preset();
+        self.probe.path = match (&self.probe.path_given, self.promotion.preset.calls()) {
+            (Some(p), _) => p.clone(),
+            (None, Some(calls)) => calls.ready.to_string(),
+            (None, None) => defaults::probe_path(),
+        };
     }
 
     pub fn load(path: &Path) -> Result<ElectionConfig, ConfigError> {
@@ -968,7 +1115,12 @@ state:
     fn static_config_gets_the_spec_defaults() {
         let c = ElectionConfig::from_yaml_str(STATIC).unwrap();
         assert_eq!(c.listen, "127.0.0.1:8081".parse().unwrap());
-        assert_eq!(c.probe.path, "/health/ready");
+        // Promotion is on: the MicroStream node library, and its readiness path.
+        assert_eq!(c.promotion.preset, PromotionPreset::Microstream);
+        assert_eq!(
+            c.probe.path,
+            "/microstream-cluster-controller/microstream-health/ready"
+        );
         assert_eq!(c.probe.interval, Duration::from_secs(1));
         assert_eq!(c.probe.timeout, Duration::from_millis(500));
         assert_eq!(c.probe.failure_threshold, 3);
@@ -1135,6 +1287,151 @@ switchover: { token_env: SWITCHOVER_TOKEN }
         assert_eq!(key, "promotion.start.path");
     }
 
+    fn paths(c: &ElectionConfig) -> (Option<String>, Option<String>, Option<String>, String) {
+        let p = &c.promotion;
+        (
+            p.start.as_ref().map(|x| x.path.clone()),
+            p.finish.as_ref().map(|x| x.path.clone()),
+            p.check.as_ref().map(|x| x.path.clone()),
+            c.probe.path.clone(),
+        )
+    }
+
+    fn some(s: &str) -> Option<String> {
+        Some(s.to_string())
+    }
+
+    #[test]
+    fn each_preset_makes_its_library_calls_and_probes_its_readiness_path() {
+        let cases = [
+            (
+                "microstream",
+                (
+                    some("/microstream-cluster-controller/microstream-activate-distributor/start"),
+                    some("/microstream-cluster-controller/microstream-activate-distributor/finish"),
+                    some("/microstream-cluster-controller/microstream-distributor"),
+                    "/microstream-cluster-controller/microstream-health/ready".to_string(),
+                ),
+            ),
+            (
+                "microstream-legacy",
+                (
+                    some("/microstream-cluster-controller/microstream-activate-distributor"),
+                    None,
+                    some("/microstream-cluster-controller/microstream-distributor"),
+                    "/microstream-cluster-controller/microstream-health/ready".to_string(),
+                ),
+            ),
+            (
+                "eclipse-datagrid",
+                (
+                    some("/eclipse-datagrid-cluster-controller/eclipse-datagrid-activate-distributor/start"),
+                    some("/eclipse-datagrid-cluster-controller/eclipse-datagrid-activate-distributor/finish"),
+                    some("/eclipse-datagrid-cluster-controller/eclipse-datagrid-distributor"),
+                    "/eclipse-datagrid-cluster-controller/eclipse-datagrid-health/ready".to_string(),
+                ),
+            ),
+            (
+                "eclipse-datagrid-unprefixed",
+                (
+                    some("/eclipse-datagrid/activate-distributor/start"),
+                    some("/eclipse-datagrid/activate-distributor/finish"),
+                    some("/eclipse-datagrid/distributor"),
+                    "/eclipse-datagrid/health/ready".to_string(),
+                ),
+            ),
+            ("none", (None, None, None, "/health/ready".to_string())),
+        ];
+        for (name, want) in cases {
+            let c = ElectionConfig::from_yaml_str(&format!(
+                "{STATIC}promotion: {{ preset: {name} }}\n"
+            ))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(c.promotion.preset.name(), name);
+            assert_eq!(paths(&c), want, "{name}");
+            assert_eq!(c.promotion.is_configured(), name != "none", "{name}");
+            if let Some(start) = &c.promotion.start {
+                assert_eq!(start.method, http::Method::POST);
+            }
+            if let Some(f) = &c.promotion.finish {
+                assert_eq!((f.method.as_str(), f.until_body.as_str()), ("POST", "true"));
+            }
+            if let Some(check) = &c.promotion.check {
+                assert_eq!(check.expect_body, "true");
+            }
+        }
+        // `promotion` given without `preset`: still the default preset.
+        let c = ElectionConfig::from_yaml_str(&format!(
+            "{STATIC}promotion: {{ finish: {{ path: /f, timeout: 3s }} }}\n"
+        ))
+        .unwrap();
+        assert_eq!(c.promotion.preset, PromotionPreset::Microstream);
+    }
+
+    #[test]
+    fn explicit_keys_replace_the_presets_call_of_that_name_only() {
+        let c = ElectionConfig::from_yaml_str(&format!(
+            r#"{STATIC}probe: {{ path: /custom/ready }}
+promotion:
+  preset: eclipse-datagrid
+  finish: {{ path: /custom/finish, until_body: done, interval: 1s, timeout: 9s }}
+"#
+        ))
+        .unwrap();
+        assert_eq!(
+            paths(&c),
+            (
+                some("/eclipse-datagrid-cluster-controller/eclipse-datagrid-activate-distributor/start"),
+                some("/custom/finish"),
+                some("/eclipse-datagrid-cluster-controller/eclipse-datagrid-distributor"),
+                "/custom/ready".to_string(),
+            )
+        );
+        let f = c.promotion.finish.as_ref().unwrap();
+        assert_eq!(f.until_body, "done");
+        assert_eq!(f.timeout, Duration::from_secs(9));
+        // A preset without a finish call gets one when it is given.
+        let c = ElectionConfig::from_yaml_str(&format!(
+            "{STATIC}promotion: {{ preset: microstream-legacy, finish: {{ path: /f }} }}\n"
+        ))
+        .unwrap();
+        assert_eq!(paths(&c).1, some("/f"));
+        // `none` with explicit keys: exactly those calls, and the plain readiness path.
+        let c = ElectionConfig::from_yaml_str(&format!(
+            "{STATIC}promotion: {{ preset: none, start: {{ path: /promote }} }}\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            paths(&c),
+            (some("/promote"), None, None, "/health/ready".to_string())
+        );
+        // An explicit key is still validated.
+        let (key, _) = err(&format!(
+            "{STATIC}promotion: {{ preset: microstream, check: {{ path: nope, expect_body: \"true\" }} }}\n"
+        ));
+        assert_eq!(key, "promotion.check.path");
+    }
+
+    #[test]
+    fn an_unknown_preset_names_the_key_and_the_allowed_values() {
+        let (key, reason) = err(&format!("{STATIC}promotion: {{ preset: microstreem }}\n"));
+        assert_eq!(key, "promotion.preset");
+        for allowed in [
+            "microstream",
+            "microstream-legacy",
+            "eclipse-datagrid",
+            "eclipse-datagrid-unprefixed",
+            "none",
+        ] {
+            assert!(reason.contains(allowed), "{reason}");
+        }
+        assert!(reason.contains("microstreem"), "{reason}");
+        let (key, _) = err(&format!("{STATIC}promotion: {{ preset: 3 }}\n"));
+        assert_eq!(key, "promotion.preset");
+        let (key, _) = err(&format!("{STATIC}probe: {{ path: \"\" }}\n"));
+        assert_eq!(key, "probe.path");
+    }
+
     #[test]
     fn the_shipped_configs_are_valid() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -1152,7 +1449,14 @@ switchover: { token_env: SWITCHOVER_TOKEN }
             k.probe.path,
             "/microstream-cluster-controller/microstream-health/ready"
         );
+        assert_eq!(k.promotion.preset, PromotionPreset::Microstream);
+        assert!(k.promotion.is_configured());
         let l = ElectionConfig::load(&root.join("local-election.yaml")).unwrap();
+        assert_eq!(l.promotion.preset, PromotionPreset::Microstream);
+        assert_eq!(
+            l.probe.path,
+            "/microstream-cluster-controller/microstream-health/ready"
+        );
         assert_eq!(l.listen, "127.0.0.1:8081".parse().unwrap());
         assert!(matches!(l.discovery(), Discovery::Static(s) if s.nodes.len() == 3));
     }

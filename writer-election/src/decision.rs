@@ -5,7 +5,7 @@
 //! (a periodic evaluation or an operator's switchover). Output: what to do. No I/O, no clock:
 //! the engine does the fencing, promotion, recording and publishing the decision asks for.
 //!
-//! The rules (SPEC.md "Election rules"):
+//! The rules:
 //! - Sticky: an active holder stays the writer while it exists (same pod UID), runs, and is not
 //!   over its failure threshold. `Unknown` health (not probed yet, e.g. right after a restart)
 //!   keeps it: a restart never flips the writer by itself.
@@ -17,9 +17,13 @@
 //!   writer cannot be demoted, so electing another node would make a second writer).
 //! - Before the first election, wait until every node has a verdict and `min_ready_nodes` are
 //!   ready, so the choice by `candidate_order` is not decided by which probe answered first.
+//! - A node that refuses to be promoted ([`promotion_refused`]: a backup or dev node of the node
+//!   library) is no candidate for as long as [`refusal_span`] says; a published writer that lost
+//!   its role and could not be promoted again is lost, like an unready one.
 
 use std::cmp::Ordering;
 use std::fmt;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -150,6 +154,45 @@ pub struct ObservedNode {
     pub progress: Progress,
     /// A promotion of this node failed recently: not chosen automatically for a while.
     pub penalized: bool,
+    /// The node refused promotion (a backup or dev node): never a candidate, not even by name.
+    pub promotion_refused: bool,
+    /// The published writer said it is not the writer any more and could not be promoted again.
+    pub lost_role: bool,
+}
+
+/// The promotion call that failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PromotionStep {
+    Start,
+    Finish,
+}
+
+/// Whether a failed promotion means the node can never be the writer. The node library answers
+/// 400 to the activation call on nodes that have no distributor role (backup and dev nodes);
+/// anything else (an error status, a timeout, `finish` never answering true) may pass, so it
+/// only costs the short promotion-failure penalty.
+pub fn promotion_refused(step: PromotionStep, status: Option<u16>) -> bool {
+    step == PromotionStep::Start && status == Some(400)
+}
+
+/// Without pod identities (static and dns modes) a node that refused promotion is tried again
+/// after this long: the same address may have been redeployed as a storage node.
+pub const REFUSED_RETRY_AFTER: Duration = Duration::from_secs(300);
+
+/// How long a refusal keeps a node out of candidacy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RefusalSpan {
+    /// Kubernetes: as long as the pod with this UID exists (a pod does not change its role).
+    WhilePodExists(String),
+    /// No pod identity: for this long.
+    For(Duration),
+}
+
+pub fn refusal_span(uid: Option<&str>) -> RefusalSpan {
+    match uid {
+        Some(uid) => RefusalSpan::WhilePodExists(uid.to_string()),
+        None => RefusalSpan::For(REFUSED_RETRY_AFTER),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -174,6 +217,8 @@ pub enum Reason {
     Switchover,
     /// The suspended holder is ready again.
     WriterBack,
+    /// The writer says it is not the writer any more (e.g. restarted) and re-promotion failed.
+    WriterLostRole,
 }
 
 impl Reason {
@@ -185,6 +230,7 @@ impl Reason {
             Reason::WriterRecreated => "writer-recreated",
             Reason::Switchover => "switchover",
             Reason::WriterBack => "writer-back",
+            Reason::WriterLostRole => "writer-lost-role",
         }
     }
 }
@@ -236,6 +282,9 @@ fn holder_state(holder: &Holder, observed: &[ObservedNode]) -> HolderState {
     }
     if !node.running {
         return HolderState::Lost(Reason::WriterGone);
+    }
+    if node.lost_role {
+        return HolderState::Lost(Reason::WriterLostRole);
     }
     match node.health {
         Health::Ready => HolderState::Healthy,
@@ -360,6 +409,7 @@ fn choose<'a>(
         n.running
             && !policy.is_excluded(&n.name)
             && !n.penalized
+            && !n.promotion_refused
             && !is_holder(n, recorded.holder.as_ref())
     };
     let candidates: Vec<&ObservedNode> = observed
@@ -455,7 +505,12 @@ fn first_election(
 ) -> Decision {
     let pending = observed
         .iter()
-        .filter(|n| n.running && n.health == Health::Unknown && !policy.is_excluded(&n.name))
+        .filter(|n| {
+            n.running
+                && n.health == Health::Unknown
+                && !policy.is_excluded(&n.name)
+                && !n.promotion_refused
+        })
         .count();
     if pending > 0 {
         return Decision::Wait {
@@ -516,6 +571,11 @@ fn switchover(
                     why: format!("{name} is excluded from election (election.exclude)"),
                 };
             }
+            if node.promotion_refused {
+                return Decision::Rejected {
+                    why: format!("{name} refused promotion (a backup or dev node)"),
+                };
+            }
             if is_holder(node, holder) {
                 return if recorded.active {
                     Decision::Keep
@@ -562,6 +622,8 @@ mod tests {
             created: None,
             progress: Progress::NotFetched,
             penalized: false,
+            promotion_refused: false,
+            lost_role: false,
         }
     }
 
@@ -892,6 +954,102 @@ mod tests {
             eval(&rec(1, "node-1"), &o, &policy()),
             Decision::Suspend { .. }
         ));
+    }
+
+    // --- nodes that refuse promotion, writers that lose their role ---
+
+    #[test]
+    fn only_a_400_to_start_is_a_refusal() {
+        assert!(promotion_refused(PromotionStep::Start, Some(400)));
+        for status in [None, Some(404), Some(409), Some(500), Some(503)] {
+            assert!(
+                !promotion_refused(PromotionStep::Start, status),
+                "{status:?}"
+            );
+        }
+        // `finish` answers 400 ("not a distributor") when called without a running switch: a
+        // failed attempt, not a node that can never be the writer.
+        assert!(!promotion_refused(PromotionStep::Finish, Some(400)));
+    }
+
+    #[test]
+    fn a_refusal_lasts_while_the_pod_exists_or_for_a_while_without_pods() {
+        assert_eq!(
+            refusal_span(Some("uid-1")),
+            RefusalSpan::WhilePodExists("uid-1".into())
+        );
+        assert_eq!(refusal_span(None), RefusalSpan::For(REFUSED_RETRY_AFTER));
+        assert!(REFUSED_RETRY_AFTER >= Duration::from_secs(60));
+    }
+
+    #[test]
+    fn a_node_that_refused_promotion_is_never_elected_even_ranked_first() {
+        let mut backup = ready("node-0");
+        backup.promotion_refused = true;
+        // First election: node-0 would rank first by name.
+        let o = [backup.clone(), ready("node-1")];
+        assert_eq!(
+            elected(&eval(&Recorded::default(), &o, &policy())),
+            ("node-1", 1, Reason::Initial)
+        );
+        // Failover.
+        let o = [
+            backup.clone(),
+            node("node-1", Health::Unready),
+            ready("node-2"),
+        ];
+        assert_eq!(elected(&eval(&rec(4, "node-1"), &o, &policy())).0, "node-2");
+        // Nobody else: suspend rather than elect it.
+        let o = [backup.clone(), node("node-1", Health::Unready)];
+        assert!(matches!(
+            eval(&rec(4, "node-1"), &o, &policy()),
+            Decision::Suspend { .. }
+        ));
+        // Named in a switchover: rejected, with the reason.
+        let o = [backup.clone(), ready("node-1")];
+        match decide(
+            &rec(4, "node-1"),
+            &o,
+            &policy(),
+            Request::Switchover { to: Some("node-0") },
+        ) {
+            Decision::Rejected { why } => assert!(why.contains("refused promotion"), "{why}"),
+            other => panic!("expected a rejection, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_unprobed_node_that_refused_promotion_does_not_hold_up_the_first_election() {
+        let mut backup = node("node-0", Health::Unknown);
+        backup.promotion_refused = true;
+        let o = [backup, ready("node-1")];
+        assert_eq!(
+            elected(&eval(&Recorded::default(), &o, &policy())).0,
+            "node-1"
+        );
+    }
+
+    #[test]
+    fn a_writer_that_lost_its_role_is_replaced_with_the_next_epoch() {
+        let mut w = ready("node-0");
+        w.lost_role = true;
+        let o = [w.clone(), ready("node-1")];
+        assert_eq!(
+            elected(&eval(&rec(3, "node-0"), &o, &policy())),
+            ("node-1", 4, Reason::WriterLostRole)
+        );
+        // Without it the same observation keeps the writer.
+        let o = [ready("node-0"), ready("node-1")];
+        assert_eq!(eval(&rec(3, "node-0"), &o, &policy()), Decision::Keep);
+        // No other candidate: no writer is published (one that refuses every write is none).
+        let o = [w.clone(), node("node-1", Health::Unready)];
+        assert_eq!(
+            eval(&rec(3, "node-0"), &o, &policy()),
+            Decision::Suspend {
+                reason: Reason::WriterLostRole
+            }
+        );
+        assert_eq!(Reason::WriterLostRole.as_str(), "writer-lost-role");
     }
 
     // --- candidate order ---

@@ -13,6 +13,11 @@
 //! 5. record it (optimistic write: a conflict means decide again), then
 //! 6. publish it (the topology and its revision), then the Event and the pod labels.
 //!
+//! Every probe interval the published writer is asked `promotion.check` (one GET, off the loop).
+//! A writer that answers it is not the writer (restarted, lost its role) is promoted again at its
+//! own epoch; if that fails it is lost and the next candidate is elected as above. A check
+//! without an answer changes nothing: the readiness probes decide about a dead node.
+//!
 //! A planned switchover away from a published writer first drains the proxies (the barrier of
 //! docs/failover.md, state in [`crate::drain`]): it publishes the old writer with
 //! `switchover: draining`, keeps deciding meanwhile (a failing writer abandons the switchover
@@ -32,8 +37,8 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::ElectionConfig;
 use crate::decision::{
-    decide, Decision, ElectionPolicy, Health, Holder, ObservedNode, Progress, Reason, Recorded,
-    Request,
+    decide, promotion_refused, refusal_span, Decision, ElectionPolicy, Health, Holder,
+    ObservedNode, Progress, Reason, Recorded, RefusalSpan, Request,
 };
 use crate::discovery::{Membership, MembershipRx};
 use crate::drain::{drain_verdict, Barrier, ClientRegistry, DrainBarrier, DrainVerdict};
@@ -42,7 +47,7 @@ use crate::kube_actions::KubeActions;
 use crate::leader::LeaderState;
 use crate::metrics::Metrics;
 use crate::probe::{HealthTable, NodeKey, Prober};
-use crate::promotion::{fetch_progress, Promoter};
+use crate::promotion::{fetch_progress, CheckResult, Promoter};
 use crate::publish::{build_topology, NodeView, TopologyHub};
 use crate::store::{RecordStore, StoreError};
 use crate::topology::{Switchover, Topology};
@@ -129,6 +134,19 @@ pub struct EngineDeps {
     pub drain: Arc<DrainBarrier>,
 }
 
+/// A node that refused promotion, kept out of candidacy (see [`refusal_span`]).
+struct Refusal {
+    span: RefusalSpan,
+    since: Instant,
+}
+
+/// The answer of the published writer to `promotion.check`.
+struct CheckReport {
+    holder: Holder,
+    epoch: u64,
+    result: CheckResult,
+}
+
 pub struct Engine {
     cfg: Arc<ElectionConfig>,
     policy: ElectionPolicy,
@@ -150,6 +168,15 @@ pub struct Engine {
     ready: watch::Sender<bool>,
     stop: watch::Receiver<bool>,
     penalties: HashMap<String, Instant>,
+    /// By node name.
+    refused: HashMap<String, Refusal>,
+    /// Writers that lost their role and could not be promoted again: name -> (pod UID, until).
+    lost_role: HashMap<String, (Option<String>, Instant)>,
+    check_tx: mpsc::Sender<CheckReport>,
+    check_rx: mpsc::Receiver<CheckReport>,
+    check_in_flight: bool,
+    /// The last check of the writer failed to get an answer (logged once per episode).
+    check_failing: bool,
     retry_at: Option<Instant>,
     /// The reason the last due change was not carried out (logged once per episode).
     blocked: Option<String>,
@@ -176,6 +203,7 @@ impl Engine {
             d.metrics.clone(),
         );
         let promoter = Promoter::new(d.cfg.promotion.clone(), d.client.clone());
+        let (check_tx, check_rx) = mpsc::channel(1);
         Engine {
             policy: d.cfg.policy(),
             need_reload: d.initial.is_none(),
@@ -197,6 +225,12 @@ impl Engine {
             ready: d.ready,
             stop: d.stop,
             penalties: HashMap::new(),
+            refused: HashMap::new(),
+            lost_role: HashMap::new(),
+            check_tx,
+            check_rx,
+            check_in_flight: false,
+            check_failing: false,
             retry_at: None,
             blocked: None,
             last_wait: None,
@@ -211,6 +245,9 @@ impl Engine {
     pub async fn run(mut self) {
         let mut follow_tick = tokio::time::interval(self.cfg.ha.retry_period);
         follow_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut check_tick = tokio::time::interval(self.cfg.probe.interval);
+        check_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let checking = self.promoter.has_check();
         let mut was_leading = false;
         // A watch whose sender is gone answers `changed()` at once, forever: such a branch is
         // switched off instead of spinning the loop.
@@ -290,6 +327,13 @@ impl Engine {
                 // Followers refresh the record; the leader re-reads it too, so a change made
                 // outside this process (an operator, a competing decider) is seen within one tick.
                 _ = follow_tick.tick() => {}
+                _ = check_tick.tick(), if leading && checking => self.spawn_check(),
+                Some(report) = self.check_rx.recv() => {
+                    self.check_in_flight = false;
+                    if self.leading() {
+                        self.on_check(report).await;
+                    }
+                }
                 _ = tokio::time::sleep_until(valid_until.unwrap_or(now).into()), if leading && valid_until.is_some() => {}
             }
         }
@@ -349,6 +393,14 @@ impl Engine {
                     created: n.created,
                     progress: Progress::NotFetched,
                     penalized: self.penalties.get(&n.name).is_some_and(|t| *t > now),
+                    promotion_refused: self.refused.get(&n.name).is_some_and(|r| match &r.span {
+                        RefusalSpan::WhilePodExists(uid) => n.uid.as_ref() == Some(uid),
+                        RefusalSpan::For(d) => r.since.elapsed() < *d,
+                    }),
+                    lost_role: self
+                        .lost_role
+                        .get(&n.name)
+                        .is_some_and(|(uid, until)| *uid == n.uid && *until > now),
                 }
             })
             .collect()
@@ -422,6 +474,7 @@ impl Engine {
             return;
         }
         self.prober.sync(&m);
+        self.forget_refusals(&m);
         let observed = self.observe();
         let decision = self
             .decide_with_progress(&observed, Request::Evaluate)
@@ -583,6 +636,14 @@ impl Engine {
             }
         }
         if let Err(e) = self.promoter.promote(&writer.address).await {
+            if promotion_refused(e.step, e.status) {
+                self.refuse(&writer, &e.to_string());
+                self.retry_at = Some(Instant::now());
+                return Err(format!(
+                    "{} refused promotion (a backup or dev node): {e}",
+                    writer.name
+                ));
+            }
             let until = Instant::now() + penalty(&self.cfg);
             self.penalties.insert(writer.name.clone(), until);
             self.retry_at = Some(Instant::now());
@@ -626,6 +687,162 @@ impl Engine {
             );
         }
         Ok(())
+    }
+
+    /// Keeps a node that refused promotion out of candidacy; logged and counted once per refusal.
+    fn refuse(&mut self, node: &Holder, why: &str) {
+        let span = refusal_span(node.uid.as_deref());
+        let until = match &span {
+            RefusalSpan::WhilePodExists(_) => "while this pod exists".to_string(),
+            RefusalSpan::For(d) => format!("for {}", humantime::format_duration(*d)),
+        };
+        warn!(node = %node.name, error = %why, "node refused promotion (a backup or dev node of the node library): not a candidate {until}; trying another candidate");
+        self.metrics
+            .candidates_excluded
+            .with_label_values(&["promotion_refused"])
+            .inc();
+        if let Some(k) = &self.kube {
+            k.emit_event(
+                node,
+                "Warning",
+                "PromotionRefused",
+                format!(
+                    "{} refused promotion (a backup or dev node); not a candidate {until}",
+                    node.name
+                ),
+            );
+        }
+        self.refused.insert(
+            node.name.clone(),
+            Refusal {
+                span,
+                since: Instant::now(),
+            },
+        );
+    }
+
+    /// Ends refusals whose pod is gone (a new pod under the name is a new node) or whose time
+    /// ran out, and role losses that ran out.
+    fn forget_refusals(&mut self, m: &Membership) {
+        self.refused.retain(|name, r| match &r.span {
+            RefusalSpan::WhilePodExists(uid) => m
+                .get(name)
+                .is_some_and(|n| n.uid.as_deref() == Some(uid.as_str())),
+            RefusalSpan::For(d) => r.since.elapsed() < *d,
+        });
+        let now = Instant::now();
+        self.lost_role.retain(|_, (_, until)| *until > now);
+    }
+
+    /// Asks the published writer `promotion.check`, off the loop; the answer comes back as a
+    /// [`CheckReport`].
+    fn spawn_check(&mut self) {
+        if self.check_in_flight || self.draining.is_some() {
+            return;
+        }
+        let Some(rec) = self.recorded.clone() else {
+            return;
+        };
+        let Some(holder) = rec.writer().cloned() else {
+            return;
+        };
+        let running = self
+            .membership
+            .borrow()
+            .get(&holder.name)
+            .is_some_and(|n| n.running && (holder.uid.is_none() || n.uid == holder.uid));
+        if !running {
+            return;
+        }
+        self.check_in_flight = true;
+        let promoter = self.promoter.clone();
+        let tx = self.check_tx.clone();
+        let timeout = self.cfg.probe.timeout;
+        tokio::spawn(async move {
+            if let Some(result) = promoter.check(&holder.address, timeout).await {
+                let _ = tx
+                    .send(CheckReport {
+                        holder,
+                        epoch: rec.epoch,
+                        result,
+                    })
+                    .await;
+            }
+        });
+    }
+
+    async fn on_check(&mut self, report: CheckReport) {
+        let current = self.recorded.clone().unwrap_or_default();
+        if current.epoch != report.epoch || current.writer() != Some(&report.holder) {
+            // The writer changed while the check was out: it is about the old one.
+            return;
+        }
+        self.metrics
+            .writer_checks
+            .with_label_values(&[report.result.label()])
+            .inc();
+        match report.result {
+            CheckResult::Ok => {
+                if self.check_failing {
+                    info!(writer = %report.holder.name, "writer check answered again");
+                    self.check_failing = false;
+                }
+            }
+            CheckResult::Error(e) => {
+                if !self.check_failing {
+                    warn!(writer = %report.holder.name, error = %e, "writer check got no answer (the readiness probes decide whether the writer is lost)");
+                    self.check_failing = true;
+                } else {
+                    debug!(writer = %report.holder.name, error = %e, "writer check got no answer");
+                }
+            }
+            CheckResult::NotDistributor(answer) => {
+                self.check_failing = false;
+                self.repromote(current, report.holder, answer).await;
+            }
+        }
+    }
+
+    /// The published writer says it is not the writer: promote it again at its own epoch, or,
+    /// if that fails, mark it lost so the next decision fails over (next candidate, epoch + 1).
+    async fn repromote(&mut self, old: Recorded, holder: Holder, answer: String) {
+        warn!(writer = %holder.name, epoch = old.epoch, answer = %answer, "the writer says it is not the writer (restarted?): promoting it again at its epoch");
+        if self
+            .check_record(&old, &holder, Reason::WriterLostRole)
+            .await
+            .is_err()
+        {
+            return;
+        }
+        if !self.leading() {
+            return;
+        }
+        match self.promoter.promote(&holder.address).await {
+            Ok(()) => {
+                self.metrics.repromotions.with_label_values(&["ok"]).inc();
+                info!(writer = %holder.name, epoch = old.epoch, "writer promoted again at its epoch");
+            }
+            Err(e) => {
+                self.metrics
+                    .repromotions
+                    .with_label_values(&["failed"])
+                    .inc();
+                warn!(writer = %holder.name, epoch = old.epoch, error = %e, "re-promotion failed: failing over");
+                let until = Instant::now() + penalty(&self.cfg);
+                self.lost_role
+                    .insert(holder.name.clone(), (holder.uid.clone(), until));
+                self.penalties.insert(holder.name.clone(), until);
+                if let Some(k) = &self.kube {
+                    k.emit_event(
+                        &holder,
+                        "Warning",
+                        "PromotionFailed",
+                        format!("re-promotion of {} failed: {e}", holder.name),
+                    );
+                }
+                self.retry_at = Some(Instant::now());
+            }
+        }
     }
 
     async fn save(&mut self, new: Recorded) -> Result<(), String> {

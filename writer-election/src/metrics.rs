@@ -1,4 +1,4 @@
-//! Prometheus metrics (names as SPEC.md says, `writer_election_` prefix). One registry per
+//! Prometheus metrics (`writer_election_` prefix). One registry per
 //! service instance, so tests can run several in one process.
 
 use prometheus::{
@@ -37,6 +37,13 @@ pub struct Metrics {
     pub switchover_pending_clients: IntGauge,
     /// From publishing `draining` to the last acknowledgement (or the timeout).
     pub switchover_drain_seconds: Histogram,
+    /// `promotion.check` calls on the published writer, by result (ok, not_distributor, error).
+    pub writer_checks: IntCounterVec,
+    /// Promotions of the published writer at its own epoch after it said it is not the writer,
+    /// by result (ok, failed).
+    pub repromotions: IntCounterVec,
+    /// Nodes taken out of candidacy, by reason (promotion_refused).
+    pub candidates_excluded: IntCounterVec,
 }
 
 impl Metrics {
@@ -147,6 +154,30 @@ impl Metrics {
             ]),
         )
         .unwrap();
+        let writer_checks = IntCounterVec::new(
+            Opts::new(
+                "writer_election_writer_checks_total",
+                "Checks that the published writer still is the writer, by result",
+            ),
+            &["result"],
+        )
+        .unwrap();
+        let repromotions = IntCounterVec::new(
+            Opts::new(
+                "writer_election_repromotions_total",
+                "Promotions of the published writer at its own epoch after it lost its role, by result",
+            ),
+            &["result"],
+        )
+        .unwrap();
+        let candidates_excluded = IntCounterVec::new(
+            Opts::new(
+                "writer_election_candidates_excluded_total",
+                "Nodes taken out of candidacy, by reason",
+            ),
+            &["reason"],
+        )
+        .unwrap();
         for c in [
             Box::new(epoch.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(failovers.clone()),
@@ -164,6 +195,9 @@ impl Metrics {
             Box::new(switchover_draining.clone()),
             Box::new(switchover_pending_clients.clone()),
             Box::new(switchover_drain_seconds.clone()),
+            Box::new(writer_checks.clone()),
+            Box::new(repromotions.clone()),
+            Box::new(candidates_excluded.clone()),
         ] {
             // Names are constants and unique: registration cannot fail.
             registry.register(c).unwrap();
@@ -187,6 +221,9 @@ impl Metrics {
             switchover_draining,
             switchover_pending_clients,
             switchover_drain_seconds,
+            writer_checks,
+            repromotions,
+            candidates_excluded,
         }
     }
 
@@ -218,6 +255,7 @@ pub fn prime(m: &Metrics) {
         "writer-unready",
         "writer-gone",
         "writer-recreated",
+        "writer-lost-role",
         "switchover",
     ] {
         let _ = m.failovers.with_label_values(&[r]);
@@ -231,6 +269,15 @@ pub fn prime(m: &Metrics) {
         let _ = m.failovers_blocked.with_label_values(&[r]);
     }
     let _ = m.record_writes.with_label_values(&["ok"]);
+    for r in ["ok", "not_distributor", "error"] {
+        let _ = m.writer_checks.with_label_values(&[r]);
+    }
+    for r in ["ok", "failed"] {
+        let _ = m.repromotions.with_label_values(&[r]);
+    }
+    let _ = m
+        .candidates_excluded
+        .with_label_values(&["promotion_refused"]);
     for r in [
         "switched",
         "unchanged",

@@ -57,6 +57,7 @@ discovery:
 probe: {{ path: /health/ready, interval: 200ms, timeout: 1s, failure_threshold: 3, success_threshold: 1 }}
 state: {{ lease: {{ name: storage-writer }} }}
 promotion:
+  preset: none
   start:  {{ method: POST, path: {START} }}
   finish: {{ method: POST, path: {FINISH}, until_body: "true", interval: 50ms, timeout: 10s }}
 ha: {{ enabled: true, lease_duration: 2s, renew_deadline: 1500ms, retry_period: 250ms }}

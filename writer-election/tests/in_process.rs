@@ -36,7 +36,7 @@ async fn dns_discovery_finds_the_a_records() {
     let dir = tempfile::tempdir().unwrap();
     let yaml = format!(
         "listen: \"127.0.0.1:0\"\ndiscovery: {{ dns: {{ name: localhost, port: {}, interval: 200ms }} }}\n\
-         probe: {{ interval: 200ms, timeout: 300ms }}\nstate: {{ file: \"{}\" }}\n",
+         probe: {{ interval: 200ms, timeout: 300ms }}\nstate: {{ file: \"{}\" }}\npromotion: {{ preset: none }}\n",
         node.addr.port(),
         dir.path().join("s.json").display()
     );
@@ -131,7 +131,7 @@ async fn five_hundred_nodes_are_probed_and_published() {
         ));
     }
     yaml.push_str(&format!(
-        "probe: {{ interval: 1s, timeout: 2s }}\nstate: {{ file: \"{}\" }}\n",
+        "probe: {{ interval: 1s, timeout: 2s }}\nstate: {{ file: \"{}\" }}\npromotion: {{ preset: none }}\n",
         dir.path().join("s.json").display()
     ));
     let cfg = ElectionConfig::from_yaml_str(&yaml).expect("config");

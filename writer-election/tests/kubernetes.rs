@@ -79,6 +79,7 @@ discovery:
 probe: {{ path: /health/ready, interval: 200ms, timeout: 1s, failure_threshold: 3, success_threshold: 1 }}
 state: {{ lease: {{ name: {WRITER_LEASE} }} }}
 promotion:
+  preset: none
   start:  {{ method: POST, path: {START} }}
   finish: {{ method: POST, path: {FINISH}, until_body: "true", interval: 50ms, timeout: 10s }}
 label_pods: {{ enabled: true, key: {ROLE_LABEL} }}
@@ -155,6 +156,11 @@ fn assert_rbac_clean(api: &FakeApiServer) {
     assert!(!requests.is_empty());
     for r in &requests {
         assert_ne!(r.code, 403, "denied by the Role: {r:?}");
+        // Refused by a simulated outage before the fake looked at it (a request on a connection
+        // that was open when the outage began): nothing to say about the Role.
+        if r.code == 503 && r.verb.is_empty() {
+            continue;
+        }
         let ok = granted
             .iter()
             .any(|(g, res, v)| g == &r.group && res == &r.resource && v == &r.verb);
@@ -748,6 +754,7 @@ async fn the_binary_runs_in_kubernetes_mode_from_a_kubeconfig() {
 discovery: {{ kubernetes: {{ port: http }} }}
 probe: {{ interval: 200ms, timeout: 1s }}
 state: {{ lease: {{ name: {WRITER_LEASE} }} }}
+promotion: {{ preset: none }}
 ha: {{ enabled: true, lease_duration: 2s, renew_deadline: 1500ms, retry_period: 250ms }}
 label_pods: {{ enabled: true }}
 "#
