@@ -24,6 +24,8 @@ pub struct KvState {
     /// Node and epoch of the last applied record.
     pub last_writer: Option<(String, u64)>,
     pub corrupt_lines: u64,
+    /// Keys plus values held in `map` (the storage-bytes gauge).
+    pub bytes: u64,
 }
 
 #[derive(Debug)]
@@ -160,14 +162,18 @@ impl Store {
 fn apply(kv: &mut KvState, r: Record) {
     kv.applied = r.seq;
     kv.last_writer = Some((r.node, r.epoch));
-    match r.op {
+    let entry = |k: &str, v: &Bytes| (k.len() + v.len()) as u64;
+    let old = match r.op {
         OpKind::Put => {
-            let v = r.value.unwrap_or_default();
-            kv.map.insert(r.key, Bytes::from(v));
+            let v = Bytes::from(r.value.unwrap_or_default());
+            kv.bytes += entry(&r.key, &v);
+            let key = r.key.clone();
+            kv.map.insert(r.key, v).map(|o| (key, o))
         }
-        OpKind::Delete => {
-            kv.map.remove(&r.key);
-        }
+        OpKind::Delete => kv.map.remove_entry(&r.key),
+    };
+    if let Some((k, v)) = old {
+        kv.bytes = kv.bytes.saturating_sub(entry(&k, &v));
     }
 }
 
@@ -217,6 +223,26 @@ mod tests {
         assert_eq!(store.get("b").as_deref(), Some(&b"2"[..]));
         assert_eq!(store.kv().applied, 3);
         assert_eq!(store.kv().last_writer, Some(("w".into(), 5)));
+        assert_eq!(store.kv().bytes, 2, "only b=2 is held");
+    }
+
+    #[test]
+    fn storage_bytes_follow_overwrites_and_deletes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let store = Store::open(&path, Duration::ZERO).unwrap();
+        let mut f = super::super::log::open_for_append(&path).unwrap();
+        let mut rep = store.replica();
+        let mut step = |line: String| {
+            f.write_all(line.as_bytes()).unwrap();
+            store.poll(&mut rep, true).unwrap();
+            store.kv().bytes
+        };
+        assert_eq!(step(line(1, 0, 1, "key", Some("12345"))), 8);
+        assert_eq!(step(line(2, 0, 1, "key", Some("1"))), 4, "overwrite");
+        assert_eq!(step(line(3, 0, 1, "k2", Some("ab"))), 8);
+        assert_eq!(step(line(4, 0, 1, "key", None)), 4, "delete");
+        assert_eq!(step(line(5, 0, 1, "absent", None)), 4, "delete of nothing");
     }
 
     #[test]
