@@ -9,6 +9,9 @@ pub const NO_WRITER: ErrorType = ErrorType::Custom("no_writer");
 pub const HOLD_FULL: ErrorType = ErrorType::Custom("hold_full");
 /// A pooled upstream connection was found closed by the peer before anything was sent on it.
 pub const STALE_POOLED: ErrorType = ErrorType::Custom("stale_pooled_connection");
+/// The writer answered a write `400` + `StorageNode-NAD: true`: not the distributor, nothing
+/// applied.
+pub const WRITER_REFUSED: ErrorType = ErrorType::Custom("writer_refused");
 /// A read arrived and no node can serve it.
 pub const NO_UPSTREAM: ErrorType = ErrorType::Custom("no_upstream");
 
@@ -49,6 +52,14 @@ pub const ERR_HOLD_FULL: ProxyError = ProxyError {
     status: 503,
     code: "no_writer",
     message: "no writer is available and failover.max_held_writes writes are already waiting; retry shortly",
+    retry_after: Some(1),
+};
+/// Nothing was applied, but the write could not be held to be sent again (its body was larger
+/// than what the proxy keeps for a retry), or it was refused on every try.
+pub const ERR_WRITER_REFUSED: ProxyError = ProxyError {
+    status: 503,
+    code: "no_writer",
+    message: "the writer refused the write as not the distributor; nothing was applied; retry shortly",
     retry_after: Some(1),
 };
 pub const ERR_NO_UPSTREAM: ProxyError = ProxyError {
@@ -100,6 +111,7 @@ pub fn classify(e: &Error) -> Option<ProxyError> {
         Custom("no_writer") => return Some(ERR_NO_WRITER),
         Custom("hold_full") => return Some(ERR_HOLD_FULL),
         Custom("no_upstream") => return Some(ERR_NO_UPSTREAM),
+        Custom("writer_refused") => return Some(ERR_WRITER_REFUSED),
         HTTPStatus(413) => return Some(ERR_BODY_TOO_LARGE),
         HTTPStatus(431) => return Some(ERR_HEADERS_TOO_LARGE),
         _ => {}
@@ -138,6 +150,7 @@ pub fn upstream_error_kind(e: &Error) -> &'static str {
         ReadTimedout => "read_timeout",
         WriteTimedout => "write_timeout",
         ConnectionClosed | Custom("stale_pooled_connection") => "closed",
+        Custom("writer_refused") => "not_distributor",
         ReadError | WriteError => "io_error",
         InvalidHTTPHeader | H1Error | H2Error | InvalidH2 | H2Downgrade => "protocol_error",
         _ => "other",
@@ -159,6 +172,7 @@ mod tests {
             (*Error::new(NO_WRITER), Some(503), "no_writer"),
             (*Error::new(HOLD_FULL), Some(503), "no_writer"),
             (*Error::new(NO_UPSTREAM), Some(503), "no_upstream"),
+            (up(WRITER_REFUSED), Some(503), "no_writer"),
             (*Error::new(HTTPStatus(413)), Some(413), "body_too_large"),
             (
                 *Error::new_down(HTTPStatus(413)),

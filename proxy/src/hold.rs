@@ -4,7 +4,8 @@
 //! Everything about it is here:
 //! - [`gate`], the decision (pure): dial the writer, or hold and why. A write is held while the
 //!   topology has no writer, while a switchover is under way (the drain barrier), and while the
-//!   writer is *suspect*: one of our connects to it failed before anything was sent.
+//!   writer is *suspect*: one of our connects to it failed before anything was sent, or it
+//!   refused a write as not the distributor (see [`WriteHold::mark_refused`]).
 //! - [`WriteHold`], the state: the suspect writer (a `watch`, so held writes wake up when it is
 //!   cleared), the number of held writes (bounded by `failover.max_held_writes`), and the writes
 //!   in flight to the writer (the switchover drain waits for them to reach zero).
@@ -32,14 +33,32 @@ pub const RECHECK_INTERVAL: Duration = Duration::from_millis(100);
 /// up (and may be retrying it elsewhere) must not be sent later: that would apply it twice.
 pub const CLIENT_CHECK_INTERVAL: Duration = Duration::from_millis(100);
 
-/// The writer one of our connects failed on, at the epoch it failed at. It stops mattering as
-/// soon as the topology names another writer or another epoch.
+/// How long writes wait after the writer's first refusal before one is sent again; each
+/// further refusal in a row doubles it, up to [`REFUSED_RECHECK_MAX`]. writer-election
+/// re-promotes a writer that lost its role without publishing anything new, so time is the
+/// only signal the proxy gets.
+pub const REFUSED_RECHECK_FIRST: Duration = Duration::from_millis(50);
+pub const REFUSED_RECHECK_MAX: Duration = Duration::from_secs(1);
+
+/// The writer one of our connects failed on (or that refused a write), at the epoch it happened
+/// at. It stops mattering as soon as the topology names another writer or another epoch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Suspect {
     /// `host:port` as published.
     pub address: Arc<str>,
     pub socket: SocketAddr,
     pub epoch: u64,
+    pub kind: SuspectKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SuspectKind {
+    /// A connect failed, or a pooled connection was found closed: cleared when a fresh TCP
+    /// connect gets through.
+    Unreachable,
+    /// The node answered a write `400` with `StorageNode-NAD: true` (not the distributor, nothing
+    /// applied): cleared after a backoff, when the next write tries again.
+    Refused,
 }
 
 /// Why a request waits.
@@ -53,6 +72,9 @@ pub enum HoldReason {
     /// A planned switchover is under way (`topology.switchover` set): new writes wait so the old
     /// writer can drain. Only writes; reads served by the writer go on.
     Switchover,
+    /// The writer refused a write as not the distributor; it gets another write after a backoff
+    /// (it may be promoted meanwhile) or when the topology changes.
+    Refused,
 }
 
 impl HoldReason {
@@ -61,6 +83,7 @@ impl HoldReason {
             HoldReason::NoWriter => "no_writer",
             HoldReason::Suspect => "writer_suspect",
             HoldReason::Switchover => "switchover",
+            HoldReason::Refused => "writer_refused",
         }
     }
 }
@@ -84,10 +107,15 @@ pub fn gate(topology: &TopologySnapshot, suspect: Option<&Suspect>, is_write: bo
     let Some(writer) = &topology.writer else {
         return Gate::Hold(HoldReason::NoWriter);
     };
-    if suspect.is_some_and(|s| s.epoch == topology.epoch && *s.address == *writer.address) {
-        return Gate::Hold(HoldReason::Suspect);
+    match suspect {
+        Some(s) if s.epoch == topology.epoch && *s.address == *writer.address => {
+            Gate::Hold(match s.kind {
+                SuspectKind::Unreachable => HoldReason::Suspect,
+                SuspectKind::Refused => HoldReason::Refused,
+            })
+        }
+        _ => Gate::Dial,
     }
-    Gate::Dial
 }
 
 /// Shared state of the hold (one per process, inside [`Shared`]).
@@ -99,6 +127,11 @@ pub struct WriteHold {
     /// Tasks waiting in [`WriteHold::writes_idle`]; the hot path only notifies when there are.
     idle_waiters: AtomicUsize,
     idle: Notify,
+    /// Refusals in a row by one writer at one epoch (it, and the count), for the backoff of
+    /// [`WriteHold::mark_refused`]. Touched only when a refusal is seen or a streak ends.
+    refusals: std::sync::Mutex<Option<(Arc<str>, u64, u32)>>,
+    /// Whether `refusals` holds a streak: lets the hot path skip the lock.
+    refusal_streak: std::sync::atomic::AtomicBool,
     metrics: Arc<Metrics>,
 }
 
@@ -126,6 +159,8 @@ impl WriteHold {
             writes_in_flight: AtomicUsize::new(0),
             idle_waiters: AtomicUsize::new(0),
             idle: Notify::new(),
+            refusals: std::sync::Mutex::new(None),
+            refusal_streak: std::sync::atomic::AtomicBool::new(false),
             metrics,
         }
     }
@@ -159,6 +194,61 @@ impl WriteHold {
             );
             self.metrics.writer_suspect.set(1);
             tokio::spawn(recheck(self.clone(), suspect, connect_timeout));
+        }
+    }
+
+    /// The writer answered a write `400` + `StorageNode-NAD: true`: it is not the distributor
+    /// (restarted, or not promoted yet) and applied nothing. Holds writes to it until the
+    /// topology changes or a backoff passes, which grows while the refusals go on, so a node
+    /// that stays unpromoted gets a few writes a second, not every held write at once.
+    pub fn mark_refused(self: &Arc<Self>, suspect: Suspect) {
+        let newly = self.suspect.send_if_modified(|cur| {
+            if cur.as_ref() == Some(&suspect) {
+                return false;
+            }
+            *cur = Some(suspect.clone());
+            true
+        });
+        if !newly {
+            // Another write released by the same backoff was refused too: one step, not many.
+            return;
+        }
+        let delay = {
+            let mut streak = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
+            let n = match streak.as_mut() {
+                Some((address, epoch, n))
+                    if *address == suspect.address && *epoch == suspect.epoch =>
+                {
+                    *n = n.saturating_add(1);
+                    *n
+                }
+                _ => {
+                    *streak = Some((suspect.address.clone(), suspect.epoch, 0));
+                    0
+                }
+            };
+            self.refusal_streak.store(true, Ordering::Relaxed);
+            refused_backoff(n)
+        };
+        tracing::warn!(
+            writer = %suspect.address, epoch = suspect.epoch,
+            retry_in_ms = delay.as_millis() as u64,
+            "the writer refused a write as not the distributor (StorageNode-NAD): holding writes"
+        );
+        self.metrics.writer_suspect.set(1);
+        let hold = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            hold.clear_suspect(Some(&suspect));
+        });
+    }
+
+    /// The writer took a write: a streak of refusals is over (the next one starts the backoff
+    /// from the beginning). Cheap when there is none.
+    pub fn writer_answered(&self) {
+        if self.refusal_streak.load(Ordering::Relaxed) {
+            self.refusal_streak.store(false, Ordering::Relaxed);
+            *self.refusals.lock().unwrap_or_else(|p| p.into_inner()) = None;
         }
     }
 
@@ -362,6 +452,13 @@ pub async fn admit(
     }
 }
 
+/// How long writes wait after refusal number `n` (from 0) in a row.
+pub fn refused_backoff(n: u32) -> Duration {
+    REFUSED_RECHECK_FIRST
+        .saturating_mul(1u32 << n.min(16))
+        .min(REFUSED_RECHECK_MAX)
+}
+
 /// Re-dials a suspect writer every [`RECHECK_INTERVAL`] until a TCP connect succeeds (then held
 /// writes go to it again) or the suspect is cleared or replaced by a topology change.
 async fn recheck(hold: Arc<WriteHold>, suspect: Suspect, connect_timeout: Duration) {
@@ -424,6 +521,14 @@ mod tests {
             address: format!("127.0.0.1:{port}").into(),
             socket: ([127, 0, 0, 1], port).into(),
             epoch,
+            kind: SuspectKind::Unreachable,
+        }
+    }
+
+    fn refused(port: u16, epoch: u64) -> Suspect {
+        Suspect {
+            kind: SuspectKind::Refused,
+            ..suspect(port, epoch)
         }
     }
 
@@ -448,6 +553,10 @@ mod tests {
         assert_eq!(gate(&t, Some(&suspect(1, 3)), false), Gate::Hold(Suspect));
         assert_eq!(gate(&t, Some(&suspect(1, 2)), true), Gate::Dial);
         assert_eq!(gate(&t, Some(&suspect(2, 3)), true), Gate::Dial);
+        // A refusal (not the distributor): the same scope, its own reason.
+        assert_eq!(gate(&t, Some(&refused(1, 3)), true), Gate::Hold(Refused));
+        assert_eq!(gate(&t, Some(&refused(1, 2)), true), Gate::Dial);
+        assert_eq!(gate(&t, Some(&refused(2, 3)), true), Gate::Dial);
         // A switchover holds writes (in any state), not reads served by the writer.
         for state in ["draining", "promoting"] {
             let mut s = topo(3, 10, Some(1));
@@ -621,6 +730,54 @@ mod tests {
         assert_eq!(s.hold.held(), 0);
         assert_eq!(s.metrics.write_holds_abandoned.get(), 1);
         drop(ours);
+    }
+
+    #[test]
+    fn the_refusal_backoff_doubles_up_to_its_cap() {
+        let ms = |n| refused_backoff(n).as_millis();
+        assert_eq!(
+            [0, 1, 2, 3, 4, 5, 6, 40].map(ms),
+            [50, 100, 200, 400, 800, 1000, 1000, 1000]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refusing_writer_gets_the_held_write_again_after_a_growing_backoff() {
+        let s = shared("failover: { hold_writes: 30s }");
+        assert!(s.publish(topo(4, 1, Some(1))));
+        let admitted_after = |s: Arc<Shared>| async move {
+            let t0 = Instant::now();
+            match admit(&s, true, &mut None, None).await {
+                Admission::Dial { .. } => t0.elapsed(),
+                _ => panic!("not admitted"),
+            }
+        };
+        s.hold.mark_refused(refused(1, 4));
+        assert_eq!(s.metrics.writer_suspect.get(), 1);
+        assert_eq!(
+            gate(&s.topology(), s.hold.suspect().as_ref(), true),
+            Gate::Hold(HoldReason::Refused)
+        );
+        assert_eq!(admitted_after(s.clone()).await, REFUSED_RECHECK_FIRST);
+        assert!(s.hold.suspect().is_none());
+        assert_eq!(s.metrics.writer_suspect.get(), 0);
+        // Refused again: twice as long. Several writes refused by one release count once.
+        s.hold.mark_refused(refused(1, 4));
+        s.hold.mark_refused(refused(1, 4));
+        assert_eq!(admitted_after(s.clone()).await, REFUSED_RECHECK_FIRST * 2);
+        // The writer took a write: the next refusal starts from the beginning.
+        s.hold.writer_answered();
+        s.hold.mark_refused(refused(1, 4));
+        assert_eq!(admitted_after(s.clone()).await, REFUSED_RECHECK_FIRST);
+        // A new topology ends the hold at once.
+        s.hold.mark_refused(refused(1, 4));
+        let waiter = tokio::spawn(admitted_after(s.clone()));
+        while s.hold.held() == 0 {
+            tokio::task::yield_now().await;
+        }
+        assert!(s.publish(topo(5, 2, Some(2))));
+        assert_eq!(waiter.await.unwrap(), Duration::ZERO);
+        assert!(s.hold.suspect().is_none());
     }
 
     #[tokio::test]

@@ -122,8 +122,19 @@ impl Metrics {
         .expect("static metric definition");
         let writer_suspect = IntGauge::new(
             "rw_proxy_writer_suspect",
-            "1 while a connect to the writer failed and writes are held until the topology \
-             changes or the writer accepts connections again",
+            "1 while writes to the writer are held without a new topology: a connect to it \
+             failed (until it accepts connections again), or it refused a write as not the \
+             distributor (until a short backoff passes)",
+        )
+        .expect("static metric definition");
+        let writer_refusals = IntCounterVec::new(
+            Opts::new(
+                "rw_proxy_writer_refusals_total",
+                "Writes the writer refused as not the distributor (400 + StorageNode-NAD: true; \
+                 nothing applied), by outcome: held (held and sent again, the refusal never \
+                 reaches the client), not_resendable (body larger than the retry buffer: 503)",
+            ),
+            &["outcome"],
         )
         .expect("static metric definition");
         let election_errors = IntCounter::new(
@@ -214,6 +225,8 @@ impl Metrics {
             request_slots,
             durations,
             upstream_errors,
+    writer_refused_held: IntCounter,
+    writer_refused_not_resendable: IntCounter,
             held_writes,
             write_hold_seconds,
             write_holds_released: write_holds.with_label_values(&["released"]),
@@ -247,7 +260,17 @@ impl Metrics {
                 .with_label_values(&[TARGETS[target], METHODS[m], &status.to_string()])
         })
         .inc();
-        self.durations[target].observe(elapsed.as_secs_f64());
+        mine.durations[target].observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts a refusal by the writer (`StorageNode-NAD`); `resent`: the write is held and goes
+    /// again.
+    pub fn writer_refusal(&self, resent: bool) {
+        if resent {
+            self.writer_refused_held.inc();
+        } else {
+            self.writer_refused_not_resendable.inc();
+        }
     }
 
     /// Counts an upstream failure (rare: the label lookup is fine here).
@@ -326,3 +349,7 @@ mod tests {
         }
     }
 }
+            Box::new(writer_refusals.clone()),
+            writer_refused_held: writer_refusals.with_label_values(&["held"]),
+            writer_refused_not_resendable: writer_refusals.with_label_values(&["not_resendable"]),
+            r#"rw_proxy_writer_refusals_total{outcome="held"} 0"#,

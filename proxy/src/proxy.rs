@@ -24,7 +24,7 @@ use pingora_proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, Session};
 use crate::balance::Tried;
 use crate::config::AccessLog;
 use crate::errors::{self, ProxyError};
-use crate::hold::{self, Admission, Suspect, WriteTicket};
+use crate::hold::{self, Admission, Suspect, SuspectKind, WriteTicket};
 use crate::metrics::TARGET_NONE;
 use crate::routing::{self, RouteTarget};
 use crate::state::{Active, Backend, Shared};
@@ -36,6 +36,8 @@ pub const X_FORWARDED_FOR: &str = "x-forwarded-for";
 pub const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
 pub const X_FORWARDED_HOST: &str = "x-forwarded-host";
 /// Idle time allowed between two requests on a client keep-alive connection.
+/// Set by a storage node that refused a write as not the distributor.
+pub const STORAGE_NODE_NAD: &str = "storagenode-nad";
 const DOWNSTREAM_KEEPALIVE_SECS: u64 = crate::downstream::IDLE_TIMEOUT.as_secs();
 
 /// Requests between header read and the end of their response. SIGTERM waits for zero.
@@ -419,6 +421,7 @@ impl ProxyHttp for RwProxy {
                 ctx.attempts <= ctx.active.settings.config.failover.read_retries
                     && Self::has_alternative(ctx)
             }
+                    kind: SuspectKind::Unreachable,
             Some(RouteTarget::Writer | RouteTarget::WriterRead(_)) => true,
             _ => false,
         };
@@ -489,6 +492,7 @@ impl ProxyHttp for RwProxy {
         if stale {
             // Nothing was sent: this write goes back through the hold.
             ctx.write_ticket = None;
+                    kind: SuspectKind::Unreachable,
             e.set_retry(true);
             return e;
         }
@@ -504,6 +508,17 @@ impl ProxyHttp for RwProxy {
         if replay {
             e.retry.decide_reuse(client_reused);
         } else {
+        if e.etype() == &errors::WRITER_REFUSED {
+            // The one case where a write that reached a node is sent again: the node said it
+            // is not the distributor, which it says before it stores anything (see
+            // `is_not_distributor`). The write goes back through the hold, whole: Pingora
+            // buffers the request body for a retry, up to a limit.
+            ctx.write_ticket = None;
+            let resend = !session.as_ref().retry_buffer_truncated();
+            self.shared.metrics.writer_refusal(resend);
+            e.set_retry(resend);
+            return e;
+        }
             e.set_retry(false);
         }
         e
@@ -576,6 +591,21 @@ impl ProxyHttp for RwProxy {
     ) -> Result<()> {
         // Draining: tell the client this connection ends with this response, rather than
         // letting it find out by sending its next request into a closed socket.
+        if ctx.route == Some(RouteTarget::Writer) {
+            if is_not_distributor(resp) {
+                if let Some(w) = ctx.backend().filter(|b| b.is_writer) {
+                    self.shared.hold.mark_refused(Suspect {
+                        address: w.upstream.address.clone(),
+                        socket: w.upstream.socket,
+                        epoch: ctx.active.topology.epoch,
+                        kind: SuspectKind::Refused,
+                    });
+                }
+                // Not passed on: error_while_proxy decides whether the write is sent again.
+                return Err(Error::new_up(errors::WRITER_REFUSED));
+            }
+            self.shared.hold.writer_answered();
+        }
         if session.is_process_shutting_down() {
             session.set_keepalive(None);
         }
@@ -692,6 +722,19 @@ fn strip_response_hop_by_hop(resp: &mut ResponseHeader) {
             .filter(|t| !(upgrading && t == "upgrade"))
             .collect();
         for name in nominated {
+/// The storage node's refusal of a write because it is not the distributor (the cluster node
+/// library's `NotADistributorException`): `400` with `StorageNode-NAD: true`, raised before the
+/// store call applies anything. Exactly this signal, nothing looser: any other 400 is the
+/// client's and goes back to it unchanged.
+fn is_not_distributor(resp: &ResponseHeader) -> bool {
+    resp.status == 400
+        && resp
+            .headers
+            .get(STORAGE_NODE_NAD)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
+}
+
             resp.remove_header(name.as_str());
         }
     }

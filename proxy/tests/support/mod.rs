@@ -39,12 +39,19 @@ pub struct Seen {
 #[derive(Default)]
 struct Record {
     seen: Mutex<Vec<Seen>>,
+    /// While set, writes are refused like a storage node that is not the distributor.
+    refuse_writes: std::sync::atomic::AtomicBool,
+    /// Writes refused that way (not applied: not in `seen`).
+    refused: Mutex<Vec<Seen>>,
     /// (path, when the answer was ready), for requests answered in full.
     answered: Mutex<Vec<(String, Instant)>>,
 }
 
 /// An HTTP/1.1 backend that answers with its name. `/slow/<ms>` answers after `ms`;
-/// `/drop/...` is received in full and then the connection is dropped without an answer.
+/// `/drop/...` is received in full and then the connection is dropped without an answer;
+/// `/bad/...` answers a plain `400`. With [`Backend::refuse_writes`], every request other than
+/// GET/HEAD is answered `400` + `StorageNode-NAD: true` and not recorded in `seen`, as a storage
+/// node that is not the distributor does.
 pub struct Backend {
     pub name: String,
     pub addr: SocketAddr,
@@ -128,6 +135,27 @@ impl Backend {
             .unwrap_or_default()
     }
 
+    /// Refuse writes as not the distributor (`true`), or take them again (`false`).
+    pub fn refuse_writes(&self, on: bool) {
+        self.record
+            .refuse_writes
+            .store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The writes refused as not the distributor.
+    pub fn refused(&self) -> Vec<Seen> {
+        self.record
+            .refused
+            .lock()
+            .map(|v| v.clone())
+            .unwrap_or_default()
+    }
+
+    /// How many requests for `path` were taken (not refused).
+    pub fn count_path(&self, path: &str) -> usize {
+        self.seen().iter().filter(|s| s.path == path).count()
+    }
+
     pub fn count(&self) -> usize {
         self.record.seen.lock().map(|v| v.len()).unwrap_or(0)
     }
@@ -166,13 +194,33 @@ async fn handle(
         }
     };
     let path = parts.uri.path().to_string();
+    let seen = Seen {
+        method: parts.method.to_string(),
+        path: path.clone(),
+        headers: parts.headers.clone(),
+        body,
+    };
+    let is_read = parts.method == Method::GET || parts.method == Method::HEAD;
+    if !is_read && record.refuse_writes.load(std::sync::atomic::Ordering::SeqCst) {
+        if let Ok(mut v) = record.refused.lock() {
+            v.push(seen);
+        }
+        return Ok(Response::builder()
+            .status(StatusCode::BAD_REQUEST)
+            .header("x-backend", name.as_str())
+            .header("StorageNode-NAD", "true")
+            .body(Full::new(Bytes::from_static(b"not a distributor")))
+            .unwrap_or_default());
+    }
     if let Ok(mut v) = record.seen.lock() {
-        v.push(Seen {
-            method: parts.method.to_string(),
-            path: path.clone(),
-            headers: parts.headers.clone(),
-            body,
-        });
+        v.push(seen);
+    }
+    if path.starts_with("/bad/") {
+        return Ok(Response::builder()
+            .status(StatusCode::BAD_REQUEST)
+            .header("x-backend", name.as_str())
+            .body(Full::new(Bytes::from_static(b"bad input")))
+            .unwrap_or_default());
     }
     if path.starts_with("/drop/") {
         // An error from the service makes hyper close the connection without a response.
