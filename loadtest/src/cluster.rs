@@ -16,6 +16,7 @@ use writer_election::topology::Topology;
 
 use crate::httpc::HttpClient;
 use crate::logging::LogFormat;
+use crate::node::api::Api;
 use crate::procs::{free_port, Group};
 
 /// Where the rw-proxy / writer-election / loadtest binaries are.
@@ -72,6 +73,8 @@ pub struct ClusterOptions {
     pub admin_port: Option<u16>,
     pub election_port: Option<u16>,
     pub bin_dir: Option<PathBuf>,
+    /// The storage node API the nodes serve and the election's promotion speaks.
+    pub api: Api,
     /// Extra arguments for every `loadtest node`, e.g. ["--lag", "50ms"].
     pub node_args: Vec<String>,
     pub probe_interval: Duration,
@@ -96,6 +99,7 @@ impl Default for ClusterOptions {
             admin_port: None,
             election_port: None,
             bin_dir: None,
+            api: Api::Microstream,
             node_args: Vec::new(),
             // Fast enough to show a sub-second failover on one machine, slow enough not to
             // flap on a busy 2-core box.
@@ -127,6 +131,7 @@ pub enum TopologyMode {
 
 pub struct Cluster {
     pub dir: tempfile::TempDir,
+    pub api: Api,
     pub group: Group,
     pub bins: Binaries,
     pub nodes: Vec<NodeInfo>,
@@ -165,6 +170,12 @@ fn port_or_free(p: Option<u16>, flag: &str) -> anyhow::Result<u16> {
     }
 }
 
+/// writer-election's promotion preset for the storage node API `api`: the same paths the demo
+/// nodes serve, so the cluster promotes exactly as production does.
+pub fn promotion_config(api: Api) -> serde_json::Value {
+    json!({ "preset": api.as_str() })
+}
+
 pub fn election_config(
     opts: &ClusterOptions,
     listen: u16,
@@ -179,8 +190,8 @@ pub fn election_config(
     json!({
         "listen": format!("127.0.0.1:{listen}"),
         "discovery": { "static": { "nodes": nodes.iter().map(|n| json!({"name": n.name, "address": n.address})).collect::<Vec<_>>() } },
+        // No probe.path: the preset's readiness path is the default, as in production.
         "probe": {
-            "path": "/health/ready",
             "interval": duration_str(opts.probe_interval),
             "timeout": duration_str(opts.probe_timeout),
             "failure_threshold": opts.failure_threshold,
@@ -188,12 +199,7 @@ pub fn election_config(
         },
         "election": election,
         "state": { "file": state_file },
-        "promotion": {
-            "start": { "method": "POST", "path": "/eclipse-datagrid/activate-distributor/start" },
-            "finish": { "method": "POST", "path": "/eclipse-datagrid/activate-distributor/finish",
-                        "until_body": "true", "interval": "20ms", "timeout": "10s" },
-            "check": { "path": "/eclipse-datagrid/distributor", "expect_body": "true" }
-        },
+        "promotion": promotion_config(opts.api),
         "switchover": { "token_file": token_file }
     })
 }
@@ -293,6 +299,7 @@ impl Cluster {
 
         let mut cluster = Cluster {
             dir,
+            api: opts.api,
             group: Group::new(),
             bins,
             nodes,
@@ -317,7 +324,7 @@ impl Cluster {
             cmd.args(["node", "--name", &n.name, "--listen", &n.address])
                 .arg("--log")
                 .arg(&cluster.stream_log)
-                .arg("--require-promotion")
+                .args(["--api", opts.api.as_str()])
                 .arg("--promotion-delay")
                 .arg(duration_str(opts.promotion_delay))
                 .args(&opts.node_args);

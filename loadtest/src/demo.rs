@@ -5,6 +5,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::cluster::{Cluster, ClusterOptions, TopologyMode};
 use crate::logging::LogFormat;
+use crate::node::api::Api;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct DemoArgs {
@@ -31,6 +32,9 @@ pub struct DemoArgs {
     /// Give rw-proxy a static topology instead of following writer-election.
     #[arg(long)]
     pub static_topology: bool,
+    /// Storage node API of the nodes (and of the election's promotion calls).
+    #[arg(long, value_enum, default_value_t = Api::Microstream)]
+    pub api: Api,
 }
 
 fn now() -> String {
@@ -54,6 +58,7 @@ pub async fn main(args: DemoArgs, log_format: LogFormat) -> anyhow::Result<u8> {
             ]
         },
         force_static: args.static_topology,
+        api: args.api,
         log_format,
         ..ClusterOptions::default()
     };
@@ -135,6 +140,15 @@ fn banner(c: &Cluster) -> String {
         "  curl {p}/whoami                       # a reader answers"
     );
     let _ = writeln!(s, "  curl {}/v1/topology", c.election_url);
+    if let Some(n) = c.nodes.first() {
+        let _ = writeln!(
+            s,
+            "  curl {}{}   # is {} the writer? (true/false)",
+            n.url,
+            c.api.distributor_path(),
+            n.name
+        );
+    }
     let _ = writeln!(s, "  curl {}/metrics", c.admin_url);
     if let Some(n) = c.nodes.first() {
         let _ = writeln!(

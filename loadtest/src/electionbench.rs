@@ -1,20 +1,22 @@
 //! `loadtest election-bench`: writer-election's CPU and memory while it probes many nodes.
 //! The nodes are simulated by this process: one listener per node on 127.0.0.1, answering
-//! the probe (`/health/ready`) and the progress endpoint (`/replication/offset`).
+//! the MicroStream API's readiness probe and promotion calls and the progress endpoint
+//! (`/replication/offset`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use serde::Serialize;
 use serde_json::json;
 
-use crate::cluster::{log_tail, Binaries};
+use crate::cluster::{log_tail, promotion_config, Binaries};
 use crate::httpc::HttpClient;
 use crate::logging::LogFormat;
+use crate::node::api::Api;
 use crate::procs::{free_port, Group};
 
 #[derive(clap::Args, Debug, Clone)]
@@ -89,9 +91,16 @@ pub fn histogram_sum_count(text: &str, name: &str) -> Option<(f64, u64)> {
 }
 
 async fn start_fleet(n: usize) -> anyhow::Result<(Vec<String>, Vec<tokio::task::JoinHandle<()>>)> {
+    // The storage node API (readiness, and the promotion the first election runs), so the
+    // election runs with the preset it has in production. Every node says it is not the
+    // distributor yet and promotes at once.
+    let api = Api::Microstream;
     let app = Router::new()
-        .route("/health/ready", get(|| async { "ok" }))
+        .route(&api.ready_path(), get(|| async { "ok" }))
         .route("/health", get(|| async { "ok" }))
+        .route(&api.distributor_path(), get(|| async { "false" }))
+        .route(&api.start_path(), post(|| async { "" }))
+        .route(&api.finish_path(), post(|| async { "true" }))
         .route(
             "/replication/offset",
             get(|| async { axum::Json(json!({"offset": 0})) }),
@@ -128,6 +137,7 @@ async fn one_run(
             .map(|(i, a)| json!({"name": format!("node-{i:04}"), "address": a}))
             .collect::<Vec<_>>()}},
         "probe": {"interval": format!("{}ms", args.probe_interval.as_millis())},
+        "promotion": promotion_config(Api::Microstream),
         "state": {"file": dir.path().join("state.json")}
     });
     let cfg_path = dir.path().join("election.yaml");

@@ -89,6 +89,33 @@ async fn demo_serves_through_the_proxy_and_ctrl_c_leaves_nothing_behind() {
     .unwrap();
     assert_eq!(got.text(), "hello");
 
+    // The write went to the one node writer-election promoted through the MicroStream calls;
+    // the others are not distributors.
+    let api = loadtest::node::api::Api::Microstream;
+    let mut distributors = Vec::new();
+    for port in base..base + 3 {
+        let url = format!("http://127.0.0.1:{port}");
+        let d = c
+            .get(&format!("{url}{}", api.distributor_path()))
+            .await
+            .unwrap();
+        assert_eq!(d.status, 200, "{url}: {}", d.text());
+        if d.text() == "true" {
+            let who = c
+                .get(&format!("{url}/whoami"))
+                .await
+                .unwrap()
+                .json()
+                .unwrap();
+            distributors.push(who["name"].as_str().unwrap().to_owned());
+        }
+    }
+    assert_eq!(distributors.len(), 1, "{distributors:?}");
+    assert_eq!(r.header("x-node"), Some(distributors[0].as_str()));
+    let cfg = std::fs::read_to_string(std::path::Path::new(&files).join("election.yaml")).unwrap();
+    let cfg: serde_json::Value = serde_json::from_str(&cfg).unwrap();
+    assert_eq!(cfg["promotion"]["preset"], "microstream");
+
     signal_pid(child.0.id(), SIGINT).unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     let status = loop {

@@ -1,7 +1,9 @@
-//! `loadtest node` as real processes sharing one log file.
+//! `loadtest node` as real processes sharing one log file. Nodes that several tests write to
+//! directly run with `--no-promotion-needed`; the role tests below promote through each API.
 
 mod support;
 
+use loadtest::node::api::Api;
 use loadtest::node::log::{read_all, Line};
 use loadtest::procs::{wait_for, Group};
 use support::*;
@@ -11,8 +13,8 @@ async fn a_write_on_one_node_appears_on_the_other() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("stream.log");
     let mut g = Group::new();
-    let a = start_node(&mut g, "node-a", &log, &[]).await;
-    let b = start_node(&mut g, "node-b", &log, &[]).await;
+    let a = start_node(&mut g, "node-a", &log, &["--no-promotion-needed"]).await;
+    let b = start_node(&mut g, "node-b", &log, &["--no-promotion-needed"]).await;
 
     let r = put(&a, "greeting", "hello", Some(1)).await;
     assert_eq!(r.status, 200, "{}", r.text());
@@ -61,8 +63,8 @@ async fn a_lower_epoch_is_refused_after_a_higher_one_was_accepted_elsewhere() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("stream.log");
     let mut g = Group::new();
-    let a = start_node(&mut g, "node-a", &log, &[]).await;
-    let b = start_node(&mut g, "node-b", &log, &[]).await;
+    let a = start_node(&mut g, "node-a", &log, &["--no-promotion-needed"]).await;
+    let b = start_node(&mut g, "node-b", &log, &["--no-promotion-needed"]).await;
 
     assert_eq!(put(&a, "k", "old-writer", Some(3)).await.status, 200);
     assert_eq!(put(&b, "k", "new-writer", Some(4)).await.status, 200);
@@ -120,8 +122,8 @@ async fn concurrent_writers_never_interleave_lines() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("stream.log");
     let mut g = Group::new();
-    let a = start_node(&mut g, "node-a", &log, &[]).await;
-    let b = start_node(&mut g, "node-b", &log, &[]).await;
+    let a = start_node(&mut g, "node-a", &log, &["--no-promotion-needed"]).await;
+    let b = start_node(&mut g, "node-b", &log, &["--no-promotion-needed"]).await;
 
     let mut tasks = Vec::new();
     for w in 0..8 {
@@ -158,16 +160,20 @@ async fn readiness_can_be_switched_off_and_on() {
     let mut g = Group::new();
     let a = start_node(&mut g, "node-a", &log, &[]).await;
     let c = client();
+    let api_ready = format!("{a}{}", Api::Microstream.ready_path());
     assert_eq!(
         c.get(&format!("{a}/health/ready")).await.unwrap().status,
         200
     );
+    assert_eq!(c.get(&api_ready).await.unwrap().status, 200);
     let r = c.post(&format!("{a}/admin/ready"), "false").await.unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(
         c.get(&format!("{a}/health/ready")).await.unwrap().status,
         503
     );
+    // As the storage node library answers an unready node.
+    assert_eq!(c.get(&api_ready).await.unwrap().status, 500);
     assert_eq!(c.get(&format!("{a}/health")).await.unwrap().status, 200);
     let r = c.post(&format!("{a}/admin/ready"), "maybe").await.unwrap();
     assert_eq!(r.status, 400);
@@ -176,6 +182,138 @@ async fn readiness_can_be_switched_off_and_on() {
         c.get(&format!("{a}/health/ready")).await.unwrap().status,
         200
     );
+    assert_eq!(c.get(&api_ready).await.unwrap().status, 200);
+    g.shutdown(WAIT);
+}
+
+/// PUT, POST and DELETE on `url`, each without and with an epoch header: all must be refused
+/// as a node that is not the distributor refuses them.
+async fn assert_every_write_refused_nad(url: &str) {
+    let c = client();
+    for method in [http::Method::PUT, http::Method::POST, http::Method::DELETE] {
+        for headers in [vec![], vec![("X-Writer-Epoch", "7")]] {
+            let r = c
+                .send(method.clone(), &format!("{url}/kv/k"), &headers, "v")
+                .await
+                .unwrap();
+            assert_eq!(r.status, 400, "{method} {headers:?}: {}", r.text());
+            assert_eq!(r.header("storagenode-nad"), Some("true"), "{method}");
+            assert_eq!(r.json().unwrap()["error"], "not_a_distributor");
+        }
+    }
+}
+
+fn log_lines(log: &std::path::Path) -> usize {
+    if log.exists() {
+        read_all(log).unwrap().len()
+    } else {
+        0
+    }
+}
+
+#[tokio::test]
+async fn every_api_refuses_writes_until_promoted_through_its_own_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut g = Group::new();
+    let c = client();
+    for api in Api::ALL {
+        let log = dir.path().join(format!("{api}.log"));
+        let url = start_node(
+            &mut g,
+            api.as_str(),
+            &log,
+            &["--api", api.as_str(), "--promotion-delay", "50ms"],
+        )
+        .await;
+        assert_every_write_refused_nad(&url).await;
+        assert_eq!(log_lines(&log), 0, "{api}: a refused write reached the log");
+        let dist = c
+            .get(&format!("{url}{}", api.distributor_path()))
+            .await
+            .unwrap();
+        assert_eq!(dist.status, 200, "{api}");
+        assert_eq!(dist.text(), "false", "{api}");
+        assert_eq!(dist.header("content-type"), Some("text/plain"));
+
+        // Another generation's calls are not this node's API.
+        for other in Api::ALL.into_iter().filter(|o| *o != api) {
+            let wrong = if other.two_step_activation() {
+                other.start_path()
+            } else {
+                other.activate_path()
+            };
+            let r = c.post(&format!("{url}{wrong}"), "").await.unwrap();
+            assert_eq!(r.status, 404, "{api} answered {other}'s {wrong}");
+        }
+
+        promote(&url, api).await;
+        let dist = c
+            .get(&format!("{url}{}", api.distributor_path()))
+            .await
+            .unwrap();
+        assert_eq!(dist.text(), "true", "{api}");
+        let r = put(&url, "k", "value", Some(1)).await;
+        assert_eq!(r.status, 200, "{api}: {}", r.text());
+        assert_eq!(log_lines(&log), 1);
+
+        let gauge = c
+            .get(&format!("{url}{}", api.storage_bytes_path()))
+            .await
+            .unwrap();
+        assert_eq!(gauge.status, 200, "{api}");
+        assert!(
+            gauge
+                .text()
+                .lines()
+                .any(|l| l == "cluster_storage_used_bytes 6"),
+            "{api}: key k + value 'value': {}",
+            gauge.text()
+        );
+        assert!(gauge
+            .text()
+            .contains("# TYPE cluster_storage_used_bytes gauge"));
+        assert_eq!(
+            c.get(&format!("{url}{}", api.ready_path()))
+                .await
+                .unwrap()
+                .status,
+            200
+        );
+    }
+    g.shutdown(WAIT);
+}
+
+#[tokio::test]
+async fn the_legacy_activation_promotes_in_one_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("stream.log");
+    let mut g = Group::new();
+    let api = Api::MicrostreamLegacy;
+    let url = start_node(
+        &mut g,
+        "node-a",
+        &log,
+        &["--api", api.as_str(), "--promotion-delay", "200ms"],
+    )
+    .await;
+    let c = client();
+    let t0 = std::time::Instant::now();
+    let r = c
+        .post(&format!("{url}{}", api.activate_path()), "")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        t0.elapsed() >= std::time::Duration::from_millis(200),
+        "answered before the promotion took place"
+    );
+    // The answer alone is the promotion: no start/finish on this API.
+    let dist = c
+        .get(&format!("{url}{}", api.distributor_path()))
+        .await
+        .unwrap();
+    assert_eq!(dist.text(), "true");
+    assert_eq!(put(&url, "k", "v", Some(1)).await.status, 200);
     g.shutdown(WAIT);
 }
 
@@ -184,43 +322,38 @@ async fn promotion_gates_writes_and_catches_up_past_the_lag() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("stream.log");
     let mut g = Group::new();
-    let a = start_node(&mut g, "node-a", &log, &[]).await;
+    let a = start_node(&mut g, "node-a", &log, &["--no-promotion-needed"]).await;
     // An hour of lag: b applies nothing by tailing during this test.
     let b = start_node(
         &mut g,
         "node-b",
         &log,
-        &[
-            "--require-promotion",
-            "--lag",
-            "1h",
-            "--promotion-delay",
-            "50ms",
-        ],
+        &["--lag", "1h", "--promotion-delay", "50ms"],
     )
     .await;
     let c = client();
+    let api = Api::Microstream;
 
     assert_eq!(put(&a, "k", "v1", Some(1)).await.status, 200);
     let r = put(&b, "k2", "x", Some(2)).await;
-    assert_eq!(r.status, 409, "{}", r.text());
-    assert_eq!(r.json().unwrap()["error"], "not_writer");
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(r.header("storagenode-nad"), Some("true"));
+    assert_eq!(r.json().unwrap()["error"], "not_a_distributor");
     assert_eq!(c.get(&format!("{b}/kv/k")).await.unwrap().status, 404);
-    let dist = c
-        .get(&format!("{b}/eclipse-datagrid/distributor"))
-        .await
-        .unwrap();
-    assert_eq!(dist.text(), "false");
 
     let start = c
-        .post(
-            &format!("{b}/eclipse-datagrid/activate-distributor/start"),
-            "",
-        )
+        .post(&format!("{b}{}", api.start_path()), "")
         .await
         .unwrap();
     assert_eq!(start.status, 200);
-    let finish_url = format!("{b}/eclipse-datagrid/activate-distributor/finish");
+    // Started is not promoted: writes are still refused, finish is still false.
+    assert_eq!(put(&b, "k2", "x", Some(2)).await.status, 400);
+    let first = c
+        .post(&format!("{b}{}", api.finish_path()), "")
+        .await
+        .unwrap();
+    assert_eq!(first.text(), "false");
+    let finish_url = format!("{b}{}", api.finish_path());
     wait_for("promotion to finish", WAIT, || {
         let c = c.clone();
         let u = finish_url.clone();
@@ -229,7 +362,7 @@ async fn promotion_gates_writes_and_catches_up_past_the_lag() {
     .await
     .unwrap();
     let dist = c
-        .get(&format!("{b}/eclipse-datagrid/distributor"))
+        .get(&format!("{b}{}", api.distributor_path()))
         .await
         .unwrap();
     assert_eq!(dist.text(), "true");
@@ -243,7 +376,124 @@ async fn promotion_gates_writes_and_catches_up_past_the_lag() {
     let who = c.get(&format!("{b}/whoami")).await.unwrap().json().unwrap();
     assert_eq!(who["role"], "writer");
     assert_eq!(who["promoted"], true);
+    assert_eq!(who["api"], "microstream");
+    // Fencing still applies to the distributor.
+    let r = put(&b, "k3", "x", Some(1)).await;
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert_eq!(r.json().unwrap()["error"], "stale_epoch");
     g.shutdown(WAIT);
+}
+
+#[tokio::test]
+async fn a_demoted_writer_refuses_writes_until_promoted_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("stream.log");
+    let mut g = Group::new();
+    let api = Api::EclipseDatagrid;
+    let url = start_node(
+        &mut g,
+        "node-a",
+        &log,
+        &["--api", api.as_str(), "--promotion-delay", "0s"],
+    )
+    .await;
+    let c = client();
+    promote(&url, api).await;
+    assert_eq!(put(&url, "k", "v1", Some(1)).await.status, 200);
+
+    let r = c.post(&format!("{url}/admin/demote"), "").await.unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json().unwrap()["was_distributor"], true);
+    let dist = c
+        .get(&format!("{url}{}", api.distributor_path()))
+        .await
+        .unwrap();
+    assert_eq!(dist.text(), "false");
+    assert_every_write_refused_nad(&url).await;
+    assert_eq!(
+        log_lines(&log),
+        1,
+        "only the write made before the demotion"
+    );
+    // Reads go on: the data is still there.
+    assert_eq!(c.get(&format!("{url}/kv/k")).await.unwrap().text(), "v1");
+
+    promote(&url, api).await;
+    assert_eq!(put(&url, "k", "v2", Some(1)).await.status, 200);
+    assert_eq!(log_lines(&log), 2);
+    g.shutdown(WAIT);
+}
+
+#[tokio::test]
+async fn a_backup_node_refuses_the_distributor_calls_and_every_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("stream.log");
+    let mut g = Group::new();
+    let c = client();
+    for api in [Api::Microstream, Api::MicrostreamLegacy] {
+        let url = start_node(
+            &mut g,
+            &format!("backup-{api}"),
+            &log,
+            &["--api", api.as_str(), "--backup", "--promotion-delay", "0s"],
+        )
+        .await;
+        let calls = if api.two_step_activation() {
+            vec![api.start_path(), api.finish_path(), api.finish_path()]
+        } else {
+            vec![api.activate_path()]
+        };
+        for path in calls {
+            let r = c.post(&format!("{url}{path}"), "").await.unwrap();
+            assert_eq!(r.status, 400, "{api} {path}: {}", r.text());
+        }
+        let dist = c
+            .get(&format!("{url}{}", api.distributor_path()))
+            .await
+            .unwrap();
+        assert_eq!(dist.status, 400, "{api}: {}", dist.text());
+        assert_every_write_refused_nad(&url).await;
+        let who = c
+            .get(&format!("{url}/whoami"))
+            .await
+            .unwrap()
+            .json()
+            .unwrap();
+        assert_eq!(who["backup"], true);
+        assert_eq!(who["promoted"], false);
+        // Still a replica: ready, and serving reads.
+        assert_eq!(
+            c.get(&format!("{url}{}", api.ready_path()))
+                .await
+                .unwrap()
+                .status,
+            200
+        );
+    }
+    assert_eq!(log_lines(&log), 0);
+    g.shutdown(WAIT);
+}
+
+#[test]
+fn a_backup_that_needs_no_promotion_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(loadtest_bin())
+        .args([
+            "node",
+            "--name",
+            "n",
+            "--listen",
+            "127.0.0.1:1",
+            "--backup",
+            "--no-promotion-needed",
+        ])
+        .arg("--log")
+        .arg(dir.path().join("log"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "a usage error");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--no-promotion-needed"), "{err}");
 }
 
 #[tokio::test]
@@ -273,8 +523,8 @@ async fn a_torn_line_left_by_a_dead_writer_is_sealed_and_skipped() {
         .write_all(br#"{"seq":1,"ts_ms":1,"node":"dead","epoch":1,"op":"put","key":"a","val"#)
         .unwrap();
     let mut g = Group::new();
-    let a = start_node(&mut g, "node-a", &log, &[]).await;
-    let b = start_node(&mut g, "node-b", &log, &[]).await;
+    let a = start_node(&mut g, "node-a", &log, &["--no-promotion-needed"]).await;
+    let b = start_node(&mut g, "node-b", &log, &["--no-promotion-needed"]).await;
 
     let r = put(&a, "k", "v", Some(1)).await;
     assert_eq!(r.status, 200, "{}", r.text());
@@ -307,8 +557,8 @@ async fn a_stopped_node_does_not_block_the_others() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("stream.log");
     let mut g = Group::new();
-    let a = start_node(&mut g, "node-a", &log, &[]).await;
-    let b = start_node(&mut g, "node-b", &log, &[]).await;
+    let a = start_node(&mut g, "node-a", &log, &["--no-promotion-needed"]).await;
+    let b = start_node(&mut g, "node-b", &log, &["--no-promotion-needed"]).await;
     assert_eq!(put(&a, "k1", "v", Some(1)).await.status, 200);
     g.signal("node-a", loadtest::procs::SIGSTOP).unwrap();
     // An idle writer holds no lock on the stream: the new one writes at once.

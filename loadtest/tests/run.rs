@@ -33,7 +33,8 @@ async fn closed_loop_history_matches_the_log() {
     let log = dir.path().join("stream.log");
     let hist = dir.path().join("history.jsonl");
     let mut g = Group::new();
-    let a = start_node(&mut g, "node-a", &log, &[]).await;
+    // The load generator writes to the node directly, with no election to promote it.
+    let a = start_node(&mut g, "node-a", &log, &["--no-promotion-needed"]).await;
 
     let (code, report) = tokio::task::spawn_blocking({
         let a = a.clone();
@@ -98,7 +99,8 @@ async fn open_loop_sends_exactly_the_scheduled_requests() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("stream.log");
     let mut g = Group::new();
-    let a = start_node(&mut g, "node-a", &log, &[]).await;
+    // The load generator writes to the node directly, with no election to promote it.
+    let a = start_node(&mut g, "node-a", &log, &["--no-promotion-needed"]).await;
     let (code, report) = tokio::task::spawn_blocking(move || {
         run_json(&[
             "--url",

@@ -334,6 +334,8 @@ async fn setup(
             .arg("--log")
             .arg(&stream)
             .arg("--no-sync")
+            // A static writer with no election: nobody promotes node-1.
+            .arg("--no-promotion-needed")
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out);

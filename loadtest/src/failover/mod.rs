@@ -73,6 +73,9 @@ pub struct FailoverArgs {
     /// Demo nodes in the cluster.
     #[arg(long, default_value_t = 3)]
     pub nodes: usize,
+    /// Storage node API of the nodes (and of the election's promotion calls).
+    #[arg(long, value_enum, default_value_t = crate::node::api::Api::Microstream)]
+    pub api: crate::node::api::Api,
     /// Simulated replication lag of the nodes.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
     pub lag: Duration,
@@ -162,6 +165,7 @@ pub async fn main(args: FailoverArgs, log_format: LogFormat) -> anyhow::Result<u
     let fault = args.fault();
     let opts = ClusterOptions {
         nodes: args.nodes,
+        api: args.api,
         bin_dir: args.bin_dir.clone(),
         node_args: if args.lag.is_zero() {
             vec![]

@@ -2,8 +2,8 @@
 //!
 //! A node accepts a write only when the request carries an `X-Writer-Epoch` at least as high as
 //! any epoch it has seen (in the shared log, after catching up, or in earlier requests), and,
-//! with `--require-promotion`, only once it has been promoted: a MicroStream reader refuses
-//! writes, and a node never turns back into a reader.
+//! unless started with `--no-promotion-needed`, only while it is the distributor: a storage node
+//! that is not refuses every write (400, `StorageNode-NAD: true`) before looking at anything else.
 
 use serde::Serialize;
 
@@ -15,8 +15,8 @@ pub enum Refusal {
         request_epoch: u64,
         highest_epoch: u64,
     },
-    /// `--require-promotion` and this node has not been promoted to writer.
-    NotWriter,
+    /// This node is not the distributor (not promoted, or demoted since).
+    NotADistributor,
 }
 
 impl Refusal {
@@ -29,8 +29,10 @@ impl Refusal {
                 "X-Writer-Epoch {request_epoch} is lower than epoch {highest_epoch} already seen; \
                  the sender follows a stale topology"
             ),
-            Refusal::NotWriter => {
-                "this node has not been promoted to writer (activate-distributor)".to_owned()
+            Refusal::NotADistributor => {
+                "this node is not the distributor: it has not been promoted to writer \
+                 (activate-distributor)"
+                    .to_owned()
             }
         }
     }
@@ -38,15 +40,17 @@ impl Refusal {
 
 /// `highest_seen` must already include everything in the log (the caller caught up under the
 /// log lock) and every epoch seen in requests.
+/// The role comes first, as on a real node, which knows nothing of epochs: a sender that reaches
+/// a node that is not the distributor learns that from the answer, whatever epoch it carries.
 pub fn decide(request_epoch: u64, highest_seen: u64, may_write: bool) -> Result<(), Refusal> {
+    if !may_write {
+        return Err(Refusal::NotADistributor);
+    }
     if request_epoch < highest_seen {
         return Err(Refusal::StaleEpoch {
             request_epoch,
             highest_epoch: highest_seen,
         });
-    }
-    if !may_write {
-        return Err(Refusal::NotWriter);
     }
     Ok(())
 }
@@ -78,12 +82,11 @@ mod tests {
     }
 
     #[test]
-    fn stale_epoch_wins_over_not_writer() {
-        // A stale sender must learn that its topology is old, whatever this node's role.
-        assert!(matches!(
-            decide(1, 2, false),
-            Err(Refusal::StaleEpoch { .. })
-        ));
-        assert_eq!(decide(2, 2, false), Err(Refusal::NotWriter));
+    fn not_a_distributor_is_refused_whatever_the_epoch() {
+        assert_eq!(decide(1, 2, false), Err(Refusal::NotADistributor));
+        assert_eq!(decide(2, 2, false), Err(Refusal::NotADistributor));
+        assert_eq!(decide(9, 2, false), Err(Refusal::NotADistributor));
+        let body = serde_json::to_value(Refusal::NotADistributor).unwrap();
+        assert_eq!(body["error"], "not_a_distributor");
     }
 }

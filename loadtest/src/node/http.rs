@@ -14,17 +14,21 @@ use bytes::Bytes;
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 
+use super::api::Api;
 use super::committer::{WriteError, WriteOp};
 use super::fence::Refusal;
 use super::log::OpKind;
-use super::promotion::Promotion;
+use super::promotion::{NotPromotable, Promotion};
 use super::store::Store;
 
 pub const EPOCH_HEADER: &str = "x-writer-epoch";
 pub const NODE_HEADER: &str = "x-node";
+/// Set to `true` on a write refused because this node is not the distributor.
+pub const NAD_HEADER: &str = "storagenode-nad";
 
 pub struct Node {
     pub name: String,
+    pub api: Api,
     pub name_header: HeaderValue,
     pub store: Arc<Store>,
     pub promotion: Arc<Promotion>,
@@ -33,21 +37,30 @@ pub struct Node {
 }
 
 pub fn router(node: Arc<Node>) -> Router {
+    let api = node.api;
+    let activation = if api.two_step_activation() {
+        Router::new()
+            .route(&api.start_path(), post(promotion_start))
+            .route(&api.finish_path(), post(promotion_finish))
+    } else {
+        Router::new().route(&api.activate_path(), post(promotion_activate))
+    };
     Router::new()
-        .route("/kv/{key}", get(get_kv).put(put_kv).delete(delete_kv))
+        .route(
+            "/kv/{key}",
+            get(get_kv).put(put_kv).post(put_kv).delete(delete_kv),
+        )
         .route("/whoami", get(whoami))
+        // Kept beside the API's own paths: loadtest's tools and the by-hand configs probe them.
         .route("/health", get(health))
         .route("/health/ready", get(ready))
         .route("/admin/ready", post(set_ready).get(ready))
-        .route(
-            "/eclipse-datagrid/activate-distributor/start",
-            post(promotion_start),
-        )
-        .route(
-            "/eclipse-datagrid/activate-distributor/finish",
-            post(promotion_finish),
-        )
-        .route("/eclipse-datagrid/distributor", get(distributor))
+        .route("/admin/demote", post(demote))
+        .route(&api.health_path(), get(health))
+        .route(&api.ready_path(), get(api_ready))
+        .route(&api.distributor_path(), get(distributor))
+        .route(&api.storage_bytes_path(), get(storage_bytes))
+        .merge(activation)
         .route("/replication/offset", get(offset))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(64 * 1024 * 1024))
@@ -93,6 +106,9 @@ async fn put_kv(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    if !node.promotion.may_write() {
+        return refused(&node, &Refusal::NotADistributor);
+    }
     let value = match String::from_utf8(body.to_vec()) {
         Ok(v) => v,
         Err(_) => {
@@ -111,6 +127,9 @@ async fn delete_kv(
     Path(key): Path<String>,
     headers: HeaderMap,
 ) -> Response {
+    if !node.promotion.may_write() {
+        return refused(&node, &Refusal::NotADistributor);
+    }
     write(node, key, OpKind::Delete, None, &headers).await
 }
 
@@ -177,20 +196,29 @@ async fn write(
             h.insert(EPOCH_HEADER, HeaderValue::from(acc.epoch));
             r
         }
-        Err(WriteError::Refused(refusal)) => {
-            let mut body = serde_json::to_value(&refusal).unwrap_or_else(|_| json!({}));
-            body["message"] = json!(refusal.message());
-            body["node"] = json!(node.name);
-            let status = match refusal {
-                Refusal::StaleEpoch { .. } | Refusal::NotWriter => StatusCode::CONFLICT,
-            };
-            let mut r = (status, axum::Json(body)).into_response();
-            r.headers_mut()
-                .insert(NODE_HEADER, node.name_header.clone());
-            r
-        }
+        Err(WriteError::Refused(refusal)) => refused(&node, &refusal),
         Err(WriteError::Io(msg)) => error(StatusCode::INTERNAL_SERVER_ERROR, "log_io", msg),
     }
+}
+
+/// The refusal as JSON naming this node; a node that is not the distributor answers as the
+/// storage node library does (400 with `StorageNode-NAD: true`), so a proxy can tell it apart
+/// from a malformed request.
+fn refused(node: &Node, refusal: &Refusal) -> Response {
+    let mut body = serde_json::to_value(refusal).unwrap_or_else(|_| json!({}));
+    body["message"] = json!(refusal.message());
+    body["node"] = json!(node.name);
+    let status = match refusal {
+        Refusal::StaleEpoch { .. } => StatusCode::CONFLICT,
+        Refusal::NotADistributor => StatusCode::BAD_REQUEST,
+    };
+    let mut r = (status, axum::Json(body)).into_response();
+    let h = r.headers_mut();
+    h.insert(NODE_HEADER, node.name_header.clone());
+    if matches!(refusal, Refusal::NotADistributor) {
+        h.insert(NAD_HEADER, HeaderValue::from_static("true"));
+    }
+    r
 }
 
 async fn whoami(State(node): State<Arc<Node>>) -> Response {
@@ -211,6 +239,8 @@ async fn whoami(State(node): State<Arc<Node>>) -> Response {
     };
     let body = json!({
         "name": node.name,
+        "api": node.api.as_str(),
+        "backup": node.promotion.is_backup(),
         "role": role,
         "promoted": promoted,
         "ready": node.ready.load(Ordering::Relaxed),
@@ -234,6 +264,17 @@ async fn ready(State(node): State<Arc<Node>>) -> Response {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(json!({"ready": ready}))).into_response()
+}
+
+/// The API's readiness path answers as the library does: 500 when not ready.
+async fn api_ready(State(node): State<Arc<Node>>) -> Response {
+    let ready = node.ready.load(Ordering::Relaxed);
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::INTERNAL_SERVER_ERROR
     };
     (status, axum::Json(json!({"ready": ready}))).into_response()
 }
@@ -266,31 +307,92 @@ fn text_bool(v: bool) -> Response {
         .into_response()
 }
 
-async fn promotion_start(State(node): State<Arc<Node>>) -> Response {
-    let state = node.promotion.start();
-    tracing::info!(?state, "promotion requested");
-    text_bool(true)
+fn not_promotable(node: &Node) -> Response {
+    error(
+        StatusCode::BAD_REQUEST,
+        "not_promotable",
+        format!(
+            "{} is a backup node: it can never be the distributor",
+            node.name
+        ),
+    )
 }
 
-async fn promotion_finish(State(node): State<Arc<Node>>) -> Response {
+/// Catching up may wait for the replica lock held by a commit in progress, and the legacy
+/// activation sleeps through the promotion: neither on a runtime thread.
+async fn blocking_promotion(
+    node: Arc<Node>,
+    step: fn(&Promotion, &dyn Fn()) -> Result<bool, NotPromotable>,
+) -> Result<bool, NotPromotable> {
     let n = node.clone();
-    // Catching up may wait for the replica lock held by a commit in progress: not on a
-    // runtime thread.
-    let done = tokio::task::spawn_blocking(move || {
-        n.promotion.finish(|| {
+    tokio::task::spawn_blocking(move || {
+        let catch_up = || {
             let mut rep = n.store.replica();
             if let Err(e) = n.store.poll(&mut rep, true) {
                 tracing::error!(error = %e, "catching up before promotion failed");
             }
-        })
+        };
+        step(&n.promotion, &catch_up)
     })
     .await
-    .unwrap_or(false);
-    text_bool(done)
+    .unwrap_or(Ok(false))
+}
+
+async fn promotion_start(State(node): State<Arc<Node>>) -> Response {
+    match node.promotion.start() {
+        Ok(state) => {
+            tracing::info!(?state, "promotion requested");
+            text_bool(true)
+        }
+        Err(NotPromotable) => not_promotable(&node),
+    }
+}
+
+async fn promotion_finish(State(node): State<Arc<Node>>) -> Response {
+    match blocking_promotion(node.clone(), |p, c| p.finish(c)).await {
+        Ok(done) => text_bool(done),
+        Err(NotPromotable) => not_promotable(&node),
+    }
+}
+
+/// The legacy single call answers once the node is the distributor.
+async fn promotion_activate(State(node): State<Arc<Node>>) -> Response {
+    tracing::info!("activation requested");
+    match blocking_promotion(node.clone(), |p, c| p.activate(c)).await {
+        Ok(true) => text_bool(true),
+        Ok(false) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "activation_interrupted",
+            "the node was demoted while the activation ran",
+        ),
+        Err(NotPromotable) => not_promotable(&node),
+    }
 }
 
 async fn distributor(State(node): State<Arc<Node>>) -> Response {
+    if node.promotion.is_backup() {
+        return not_promotable(&node);
+    }
     text_bool(node.promotion.is_promoted())
+}
+
+/// Test knob: the node drops the distributor role, as a restarted writer comes back without it.
+async fn demote(State(node): State<Arc<Node>>) -> Response {
+    let was = node.promotion.demote();
+    axum::Json(json!({"distributor": false, "was_distributor": was})).into_response()
+}
+
+async fn storage_bytes(State(node): State<Arc<Node>>) -> Response {
+    let bytes = node.store.kv().bytes;
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        format!(
+            "# HELP cluster_storage_used_bytes Bytes of keys and values this node holds.\n\
+             # TYPE cluster_storage_used_bytes gauge\n\
+             cluster_storage_used_bytes {bytes}\n"
+        ),
+    )
+        .into_response()
 }
 
 async fn offset(State(node): State<Arc<Node>>) -> Response {

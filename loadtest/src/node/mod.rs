@@ -1,5 +1,8 @@
-//! `loadtest node`: the demo storage node of SPEC.md ("Demo storage node").
+//! `loadtest node`: the demo storage node. It speaks the storage node library's cluster-controller
+//! API (readiness, distributor role, activation, storage gauge; [`api`]) and refuses writes until
+//! promoted, as the real nodes do; replication goes through a shared log file.
 
+pub mod api;
 pub mod committer;
 pub mod fence;
 pub mod http;
@@ -17,6 +20,7 @@ use anyhow::Context;
 use axum::http::HeaderValue;
 use tokio::sync::mpsc;
 
+use api::Api;
 use committer::Committer;
 use promotion::Promotion;
 use store::Store;
@@ -35,9 +39,21 @@ pub struct NodeArgs {
     /// Simulated replication lag: a line is applied here this long after it was appended.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
     pub lag: Duration,
-    /// Refuse writes until promoted through /eclipse-datagrid/activate-distributor/{start,finish}.
-    #[arg(long)]
+    /// Which generation of the storage node API to serve (paths of readiness, distributor,
+    /// activation and storage bytes).
+    #[arg(long, value_enum, default_value_t = Api::Microstream)]
+    pub api: Api,
+    /// Accept writes without being the distributor (a single node with no election: benchmarks
+    /// of the proxy, tools). By default writes are refused with 400 + StorageNode-NAD until the
+    /// node is promoted, as a real node does.
+    #[arg(long, conflicts_with = "backup")]
+    pub no_promotion_needed: bool,
+    /// Writes wait for promotion: the default now, accepted so older command lines still run.
+    #[arg(long, hide = true, conflicts_with = "no_promotion_needed")]
     pub require_promotion: bool,
+    /// A backup node: answers 400 to the distributor calls, is never promoted, refuses writes.
+    #[arg(long)]
+    pub backup: bool,
     /// How long a promotion takes (finish answers false until then).
     #[arg(long, value_parser = humantime::parse_duration, default_value = "100ms")]
     pub promotion_delay: Duration,
@@ -47,7 +63,8 @@ pub struct NodeArgs {
     /// Do not fdatasync before acknowledging (benchmarks of the proxy only: not durable).
     #[arg(long)]
     pub no_sync: bool,
-    /// Start with /health/ready answering 503 (switch with POST /admin/ready).
+    /// Start unready: the API's readiness path answers 500, /health/ready 503 (switch with
+    /// POST /admin/ready).
     #[arg(long)]
     pub start_unready: bool,
 }
@@ -65,7 +82,11 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
             .poll(&mut rep, false)
             .with_context(|| format!("--log {}: cannot read", args.log.display()))?;
     }
-    let promotion = Arc::new(Promotion::new(args.require_promotion, args.promotion_delay));
+    let promotion = Arc::new(Promotion::new(
+        !args.no_promotion_needed,
+        args.backup,
+        args.promotion_delay,
+    ));
     let file = log::open_for_append(&args.log)
         .with_context(|| format!("--log {}: cannot open for append", args.log.display()))?;
     let (tx, rx) = mpsc::channel(8192);
@@ -102,6 +123,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
 
     let node = Arc::new(http::Node {
         name: args.name.clone(),
+        api: args.api,
         name_header,
         store,
         promotion,
@@ -116,7 +138,9 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         listen = %args.listen,
         log = %args.log.display(),
         lag = ?args.lag,
-        require_promotion = args.require_promotion,
+        api = %args.api,
+        promotion_needed = !args.no_promotion_needed,
+        backup = args.backup,
         "demo node listening"
     );
     axum::serve(listener, http::router(node))

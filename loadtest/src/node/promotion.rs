@@ -1,7 +1,11 @@
-//! The promotion endpoints of SPEC.md ("Election config", `promotion`), modelled on Eclipse
-//! DataGrid's activate-distributor: `start` begins the switch to writer, `finish` answers
-//! `false` until it is done and then `true`, `distributor` says whether this node is the writer.
-//! Like the real thing, a promoted node never turns back into a reader.
+//! The distributor role, modelled on the storage node library's activate-distributor: `start`
+//! begins the switch to writer, `finish` answers `false` until it is done and then `true`, the
+//! legacy single call does both, `distributor` says whether this node is the writer. A backup
+//! node refuses every one of these calls and is never the distributor.
+//!
+//! A real node never turns back into a reader while it runs; it comes back as one after a
+//! restart. [`Promotion::demote`] (`POST /admin/demote`) stands in for that restart, so tests can
+//! show the election what a writer that restarted unpromoted looks like.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -13,6 +17,10 @@ pub enum State {
     Promoting { done_at: Instant },
     Writer,
 }
+
+/// An activation call on a node that can never be promoted (a backup node).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NotPromotable;
 
 /// `finish` at `now`: the new state and the answer (`true` = promotion complete).
 pub fn finish_step(state: State, now: Instant) -> (State, bool) {
@@ -36,15 +44,20 @@ pub fn start_step(state: State, now: Instant, delay: Duration) -> State {
 #[derive(Debug)]
 pub struct Promotion {
     require: bool,
+    backup: bool,
     delay: Duration,
     state: Mutex<State>,
+    /// Mirrors `state == Writer` for the write path, which must not wait for the state lock
+    /// while a finish catches up with the log.
     promoted: AtomicBool,
 }
 
 impl Promotion {
-    pub fn new(require: bool, delay: Duration) -> Self {
+    /// `require`: writes are refused until promoted. `backup`: never promoted.
+    pub fn new(require: bool, backup: bool, delay: Duration) -> Self {
         Promotion {
             require,
+            backup,
             delay,
             state: Mutex::new(State::Reader),
             promoted: AtomicBool::new(false),
@@ -55,16 +68,30 @@ impl Promotion {
         self.require
     }
 
-    pub fn start(&self) -> State {
-        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        *s = start_step(*s, Instant::now(), self.delay);
-        *s
+    pub fn is_backup(&self) -> bool {
+        self.backup
     }
 
-    /// Returns true once promoted. `catch_up` runs once, just before the node becomes the
-    /// writer: a new writer must have applied the whole stream first.
-    pub fn finish(&self, catch_up: impl FnOnce()) -> bool {
-        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn start(&self) -> Result<State, NotPromotable> {
+        if self.backup {
+            return Err(NotPromotable);
+        }
+        let mut s = self.lock();
+        *s = start_step(*s, Instant::now(), self.delay);
+        Ok(*s)
+    }
+
+    /// Ok(true) once promoted. `catch_up` runs once, just before the node becomes the writer:
+    /// a new writer must have applied the whole stream first.
+    pub fn finish(&self, catch_up: impl FnOnce()) -> Result<bool, NotPromotable> {
+        if self.backup {
+            return Err(NotPromotable);
+        }
+        let mut s = self.lock();
         let was_writer = *s == State::Writer;
         let (next, done) = finish_step(*s, Instant::now());
         if done && !was_writer {
@@ -73,7 +100,28 @@ impl Promotion {
             tracing::info!("promoted to writer");
         }
         *s = next;
-        done
+        Ok(done)
+    }
+
+    /// The legacy single call: start, wait out the promotion, finish. Blocks the calling
+    /// thread. Ok(false) when a demotion came in between.
+    pub fn activate(&self, catch_up: impl FnOnce()) -> Result<bool, NotPromotable> {
+        if let State::Promoting { done_at } = self.start()? {
+            std::thread::sleep(done_at.saturating_duration_since(Instant::now()));
+        }
+        self.finish(catch_up)
+    }
+
+    /// Drops the distributor role (what a restart does). Returns whether the node had it.
+    pub fn demote(&self) -> bool {
+        let mut s = self.lock();
+        let was = *s == State::Writer;
+        *s = State::Reader;
+        self.promoted.store(false, Ordering::Release);
+        if was {
+            tracing::info!("demoted: no longer the distributor");
+        }
+        was
     }
 
     pub fn is_promoted(&self) -> bool {
@@ -102,7 +150,7 @@ mod tests {
         assert_eq!(
             start_step(s, t0, d),
             State::Writer,
-            "never demoted or restarted"
+            "a start never restarts"
         );
         assert_eq!(finish_step(s, t0), (State::Writer, true));
     }
@@ -117,15 +165,86 @@ mod tests {
 
     #[test]
     fn promotion_catches_up_once_and_allows_writes() {
-        let p = Promotion::new(true, Duration::ZERO);
+        let p = Promotion::new(true, false, Duration::ZERO);
         assert!(!p.may_write());
         let mut calls = 0;
-        assert!(!p.finish(|| calls += 1), "finish before start");
-        p.start();
-        assert!(p.finish(|| calls += 1));
-        assert!(p.finish(|| calls += 1));
+        assert_eq!(p.finish(|| calls += 1), Ok(false), "finish before start");
+        assert!(!p.may_write());
+        p.start().unwrap();
+        assert!(!p.may_write(), "started is not promoted");
+        assert_eq!(p.finish(|| calls += 1), Ok(true));
+        assert_eq!(p.finish(|| calls += 1), Ok(true));
         assert_eq!(calls, 1);
         assert!(p.may_write());
-        assert!(Promotion::new(false, Duration::ZERO).may_write());
+        assert!(p.is_promoted());
+    }
+
+    #[test]
+    fn without_the_requirement_writes_are_allowed_but_the_role_is_still_earned() {
+        let p = Promotion::new(false, false, Duration::ZERO);
+        assert!(p.may_write());
+        assert!(!p.is_promoted());
+    }
+
+    #[test]
+    fn a_backup_refuses_every_activation_call_and_never_writes() {
+        let p = Promotion::new(true, true, Duration::ZERO);
+        assert_eq!(p.start(), Err(NotPromotable));
+        let mut caught_up = false;
+        assert_eq!(p.finish(|| caught_up = true), Err(NotPromotable));
+        assert_eq!(p.activate(|| caught_up = true), Err(NotPromotable));
+        assert!(!caught_up);
+        assert!(!p.is_promoted());
+        assert!(!p.may_write());
+    }
+
+    #[test]
+    fn the_legacy_call_waits_out_the_delay_and_promotes() {
+        let d = Duration::from_millis(30);
+        let p = Promotion::new(true, false, d);
+        let t0 = Instant::now();
+        let mut calls = 0;
+        assert_eq!(p.activate(|| calls += 1), Ok(true));
+        assert!(
+            t0.elapsed() >= d,
+            "answered before the promotion took place"
+        );
+        assert!(p.may_write());
+        assert_eq!(
+            p.activate(|| calls += 1),
+            Ok(true),
+            "again: still the writer"
+        );
+        assert_eq!(calls, 1);
+    }
+
+    #[test]
+    fn demotion_refuses_writes_until_promoted_again() {
+        let p = Promotion::new(true, false, Duration::ZERO);
+        assert!(!p.demote(), "a reader had no role to drop");
+        p.start().unwrap();
+        assert_eq!(p.finish(|| ()), Ok(true));
+        assert!(p.demote());
+        assert!(!p.is_promoted());
+        assert!(!p.may_write());
+        assert_eq!(
+            p.finish(|| ()),
+            Ok(false),
+            "a demoted node needs a new start"
+        );
+        let mut calls = 0;
+        p.start().unwrap();
+        assert_eq!(p.finish(|| calls += 1), Ok(true));
+        assert_eq!(calls, 1, "a second promotion catches up again");
+        assert!(p.may_write());
+    }
+
+    #[test]
+    fn a_demotion_during_a_promotion_cancels_it() {
+        let p = Promotion::new(true, false, Duration::ZERO);
+        p.start().unwrap();
+        p.demote();
+        assert_eq!(p.finish(|| ()), Ok(false));
+        assert!(!p.may_write());
     }
 }

@@ -48,6 +48,32 @@ pub async fn start_node(group: &mut Group, name: &str, log: &Path, extra: &[&str
     url
 }
 
+/// Promotes the node at `url` through `api`'s activation calls, as writer-election does.
+pub async fn promote(url: &str, api: loadtest::node::api::Api) {
+    let c = client();
+    if !api.two_step_activation() {
+        let r = c
+            .post(&format!("{url}{}", api.activate_path()), "")
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200, "{api} activate: {}", r.text());
+        return;
+    }
+    let r = c
+        .post(&format!("{url}{}", api.start_path()), "")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{api} start: {}", r.text());
+    let finish = format!("{url}{}", api.finish_path());
+    wait_for(&format!("{api} finish to answer true"), WAIT, || {
+        let c = c.clone();
+        let u = finish.clone();
+        async move { c.post(&u, "").await.ok().filter(|r| r.text() == "true") }
+    })
+    .await
+    .unwrap();
+}
+
 pub async fn put(url: &str, key: &str, value: &str, epoch: Option<u64>) -> loadtest::httpc::Reply {
     let e = epoch.map(|e| e.to_string());
     let mut headers = vec![];
