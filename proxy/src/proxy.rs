@@ -792,6 +792,25 @@ mod tests {
     }
 
     #[test]
+    fn only_a_400_with_storage_node_nad_true_is_a_refusal() {
+        let resp = |status: u16, nad: Option<&str>| {
+            let mut r = ResponseHeader::build(status, None).unwrap();
+            if let Some(v) = nad {
+                r.insert_header("StorageNode-NAD", v).unwrap();
+            }
+            r
+        };
+        assert!(is_not_distributor(&resp(400, Some("true"))));
+        assert!(is_not_distributor(&resp(400, Some(" TRUE "))));
+        assert!(!is_not_distributor(&resp(400, None)));
+        assert!(!is_not_distributor(&resp(400, Some("false"))));
+        assert!(!is_not_distributor(&resp(400, Some("yes"))));
+        assert!(!is_not_distributor(&resp(409, Some("true"))));
+        assert!(!is_not_distributor(&resp(500, Some("true"))));
+        assert!(!is_not_distributor(&resp(200, Some("true"))));
+    }
+
+    #[test]
     fn hop_by_hop_response_fields_are_stripped() {
         let mut r = ResponseHeader::build(200, None).unwrap();
         r.insert_header("Connection", "keep-alive, X-Secret")

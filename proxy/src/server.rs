@@ -21,6 +21,12 @@ use crate::metrics::Metrics;
 use crate::proxy::RwProxy;
 use crate::state::Shared;
 
+/// Attempts per request in Pingora's proxy loop. Each one is bounded by our own rules (reads by
+/// `failover.read_retries`, writes by the hold's `failover.hold_writes` deadline); this only has
+/// to be high enough that a write refused by a not-yet-promoted writer (sent again after each
+/// backoff of the hold) is not cut off before its hold deadline.
+const MAX_ATTEMPTS: usize = 64;
+
 /// Idle upstream connections kept for reuse, over all upstreams. Pingora's default (128) is
 /// short for a few hundred client connections spread over a handful of nodes.
 const UPSTREAM_POOL_SIZE: usize = 1024;
@@ -118,6 +124,7 @@ pub fn run(
     let conf = ServerConf {
         threads: config.threads,
         upstream_keepalive_pool_size: UPSTREAM_POOL_SIZE,
+        max_retries: MAX_ATTEMPTS,
         // Pingora's default grace period is 300 s. The control service exits as soon as the
         // in-flight requests are done; this is the backstop.
         grace_period_seconds: Some(config.shutdown_grace.as_secs_f64().ceil() as u64 + 1),
