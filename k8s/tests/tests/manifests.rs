@@ -570,6 +570,20 @@ fn writer_election_accepts_its_config_map_as_the_manifests_use_it() {
         .and_then(|p| p.http_get.as_ref())
         .and_then(|g| g.path.clone());
     assert_eq!(Some(cfg.probe.path.clone()), readiness);
+    // The storage nodes refuse writes until they are activated as the writer: promotion is on,
+    // with the node library line whose readiness path the storage pods use.
+    let preset = cfg.promotion.preset;
+    assert_eq!(
+        preset,
+        writer_election::config::PromotionPreset::Microstream,
+        "promotion.preset"
+    );
+    assert!(cfg.promotion.is_configured(), "promotion calls");
+    assert_eq!(
+        preset.calls().map(|c| c.ready.to_string()),
+        readiness,
+        "the preset's readiness path is the storage pods' readinessProbe"
+    );
     assert!(
         cfg.state.lease.is_some() && cfg.state.file.is_none(),
         "state in a Lease"
