@@ -4,7 +4,7 @@
 //!
 //! While the API cannot be reached the watcher retries with backoff and the last pod list stays
 //! published; `api_up` says whether the last watch attempt worked (the engine does not fail over
-//! while it is false, see SPEC.md "Losing the Kubernetes API").
+//! while it is false, see README.md "Kubernetes mode").
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
