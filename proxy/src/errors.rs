@@ -59,7 +59,8 @@ pub const ERR_HOLD_FULL: ProxyError = ProxyError {
 pub const ERR_WRITER_REFUSED: ProxyError = ProxyError {
     status: 503,
     code: "no_writer",
-    message: "the writer refused the write as not the distributor; nothing was applied; retry shortly",
+    message:
+        "the writer refused the write as not the distributor; nothing was applied; retry shortly",
     retry_after: Some(1),
 };
 pub const ERR_NO_UPSTREAM: ProxyError = ProxyError {

@@ -34,7 +34,10 @@ async fn a_refused_write_is_held_and_applied_once_on_the_new_writer() {
         proxy.metric(HELD).await >= 1.0
     })
     .await;
-    assert!(!write.is_finished(), "the refusal must not reach the client");
+    assert!(
+        !write.is_finished(),
+        "the refusal must not reach the client"
+    );
 
     // The election fails over to b: the held write goes there, once, whole, at the new epoch.
     fake.publish(doc(2, 2, Some(("b", b.addr)), &[("a", a.addr)], None));
@@ -44,12 +47,25 @@ async fn a_refused_write_is_held_and_applied_once_on_the_new_writer() {
     assert_eq!(applied.len(), 1, "applied exactly once");
     assert_eq!(&applied[0].body[..], b"value-1");
     assert_eq!(
-        applied[0].headers.get("x-writer-epoch").unwrap().to_str().unwrap(),
+        applied[0]
+            .headers
+            .get("x-writer-epoch")
+            .unwrap()
+            .to_str()
+            .unwrap(),
         "2"
     );
-    assert_eq!(a.count_path("/kv/x"), 0, "nothing applied on the refusing node");
+    assert_eq!(
+        a.count_path("/kv/x"),
+        0,
+        "nothing applied on the refusing node"
+    );
     for refused in a.refused() {
-        assert_eq!(&refused.body[..], b"value-1", "every try carried the whole body");
+        assert_eq!(
+            &refused.body[..],
+            b"value-1",
+            "every try carried the whole body"
+        );
     }
     assert_eq!(proxy.metric("rw_proxy_writer_suspect").await, 0.0);
 }
@@ -63,7 +79,10 @@ async fn a_writer_promoted_again_takes_the_held_write_without_a_new_topology() {
 
     let write = put(&proxy, "/kv/y", b"value-2".to_vec());
     // Several tries, each after a backoff: the node keeps refusing meanwhile.
-    eventually("a refused the write twice", || async { a.refused().len() >= 2 }).await;
+    eventually("a refused the write twice", || async {
+        a.refused().len() >= 2
+    })
+    .await;
     assert!(!write.is_finished());
     // writer-election re-promotes a at its own epoch: nothing new is published.
     a.refuse_writes(false);
@@ -71,7 +90,9 @@ async fn a_writer_promoted_again_takes_the_held_write_without_a_new_topology() {
     assert_eq!((r.status.as_u16(), r.text()), (200, "a".to_string()));
     assert_eq!(a.count_path("/kv/y"), 1);
     assert_eq!(
-        proxy.metric(r#"rw_proxy_write_holds_total{outcome="released"}"#).await,
+        proxy
+            .metric(r#"rw_proxy_write_holds_total{outcome="released"}"#)
+            .await,
         proxy.metric(HELD).await,
         "every refusal held the write once, and every hold was released"
     );
@@ -82,8 +103,13 @@ async fn a_plain_400_goes_back_to_the_client_unchanged_and_is_sent_once() {
     let a = Backend::start("a").await;
     let fake = FakeElection::start(doc(1, 1, Some(("a", a.addr)), &[], None)).await;
     let proxy = Proxy::start(&election_cfg(&fake.url, "")).await;
-    let r = send(proxy.addr, "PUT", "/bad/z", &[], b"junk").await.unwrap();
-    assert_eq!((r.status.as_u16(), r.text()), (400, "bad input".to_string()));
+    let r = send(proxy.addr, "PUT", "/bad/z", &[], b"junk")
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.status.as_u16(), r.text()),
+        (400, "bad input".to_string())
+    );
     assert_eq!(r.header("x-backend"), Some("a"));
     assert_eq!(a.count_path("/bad/z"), 1);
     assert_eq!(proxy.metric(HELD).await, 0.0);
@@ -105,12 +131,18 @@ async fn a_write_refused_until_the_hold_ends_gets_503_no_writer() {
     assert_eq!(r.status.as_u16(), 503);
     assert_eq!(r.json()["error"], "no_writer");
     assert_eq!(r.header("retry-after"), Some("1"));
-    assert_ne!(r.header("x-backend"), Some("a"), "the node's answer stays behind");
+    assert_ne!(
+        r.header("x-backend"),
+        Some("a"),
+        "the node's answer stays behind"
+    );
     assert!(!a.refused().is_empty());
     assert_eq!(a.count_path("/kv/w"), 0);
     assert!(proxy.metric(HELD).await >= 1.0);
     assert_eq!(
-        proxy.metric(r#"rw_proxy_write_holds_total{outcome="timeout"}"#).await,
+        proxy
+            .metric(r#"rw_proxy_write_holds_total{outcome="timeout"}"#)
+            .await,
         1.0
     );
 }
@@ -123,7 +155,9 @@ async fn a_refused_write_too_large_to_send_again_gets_503_at_once() {
     let proxy = Proxy::start(&election_cfg(&fake.url, "failover: { hold_writes: 30s }\n")).await;
     // Larger than the request body Pingora keeps for a retry.
     let body = vec![b'x'; 256 * 1024];
-    let r = send(proxy.addr, "PUT", "/kv/big", &[], &body).await.unwrap();
+    let r = send(proxy.addr, "PUT", "/kv/big", &[], &body)
+        .await
+        .unwrap();
     assert_eq!(r.status.as_u16(), 503);
     assert_eq!(r.json()["error"], "no_writer");
     assert_eq!(a.refused().len(), 1, "not sent again");
