@@ -61,7 +61,8 @@ pub struct Election {
 }
 
 impl Election {
-    /// Probes every 100 ms and gives a node up after 2 failures, so failovers are quick.
+    /// Probes every 100 ms and gives a node up after 2 failures, so failovers are quick. No
+    /// promotion calls: the test backends are plain HTTP servers, not storage nodes.
     pub async fn start(nodes: &[(&str, SocketAddr)]) -> Election {
         let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
@@ -74,6 +75,7 @@ impl Election {
         cfg.push_str(&format!(
             "probe: {{ path: /health/ready, interval: 100ms, timeout: 300ms, failure_threshold: 2, success_threshold: 1 }}\n\
              election: {{ candidate_order: name }}\n\
+             promotion: {{ preset: none }}\n\
              state: {{ file: \"{}\" }}\n",
             dir.path().join("election-state.json").display()
         ));
