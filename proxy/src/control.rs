@@ -201,10 +201,10 @@ async fn wait_until_listening(listen: SocketAddr, flag: Arc<AtomicBool>) {
 /// the requests still running, up to the grace period, then leave with 0.
 async fn drain_and_exit(grace: Duration) -> ! {
     let started = Instant::now();
-    let at_start = IN_FLIGHT.load(Ordering::Acquire);
+    let at_start = IN_FLIGHT.sum();
     tracing::info!(in_flight = at_start, grace = ?grace, "SIGTERM: draining in-flight requests");
     loop {
-        let n = IN_FLIGHT.load(Ordering::Acquire);
+        let n = IN_FLIGHT.sum();
         if n == 0 {
             tracing::info!(waited = ?started.elapsed(), "drained; exiting");
             crate::logging::exit(0);

@@ -53,31 +53,25 @@ const WRITE_GATHER: usize = 1460;
 /// Same as Pingora's listeners: bursts of new connections wait in the kernel, not refused.
 const LISTEN_BACKLOG: i32 = 65535;
 
-/// Binds the client listener before the server starts, so a taken address is a clear error
-/// at startup (Pingora would retry for 30 s, then panic inside its service).
-pub fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
-    let socket = socket2::Socket::new(
-        socket2::Domain::for_address(addr),
-        socket2::Type::STREAM,
-        Some(socket2::Protocol::TCP),
-    )?;
-    socket.set_reuse_address(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(LISTEN_BACKLOG)?;
-    socket.set_nonblocking(true)?;
-    Ok(socket.into())
+/// Binds the client listeners, one per worker, before the server starts, so a taken address is
+/// a clear error at startup (Pingora would retry for 30 s, then panic inside its service).
+pub fn bind(addr: SocketAddr, workers: usize) -> io::Result<Vec<std::net::TcpListener>> {
+    crate::workers::bind(addr, workers, LISTEN_BACKLOG)
 }
 
-/// The client listener: a Pingora background service that accepts connections and serves each
-/// with [`serve`].
+/// One worker's client listener: a Pingora background service, run on a single-threaded
+/// runtime of its own (see `workers.rs`), that accepts connections on the worker's socket and
+/// serves each with [`serve`] on the same thread.
 pub struct Downstream<A> {
+    worker: usize,
     app: Arc<A>,
     listener: Mutex<Option<std::net::TcpListener>>,
 }
 
 impl<A> Downstream<A> {
-    pub fn new(app: A, listener: std::net::TcpListener) -> Self {
+    pub fn new(worker: usize, app: A, listener: std::net::TcpListener) -> Self {
         Downstream {
+            worker,
             app: Arc::new(app),
             listener: Mutex::new(Some(listener)),
         }
@@ -90,6 +84,7 @@ where
     A: HttpServerApp + Send + Sync + 'static,
 {
     async fn start(&self, mut shutdown: ShutdownWatch) {
+        crate::workers::enter(self.worker);
         let std_listener = self.listener.lock().ok().and_then(|mut l| l.take());
         let Some(std_listener) = std_listener else {
             return;
@@ -108,10 +103,8 @@ where
                         // Responses leave as soon as they are flushed.
                         let _ = tcp.set_nodelay(true);
                         let conn = ClientStream::new(tcp, peer);
-                        // Pingora's handle: with work stealing off, it spreads connections over
-                        // the service's threads instead of keeping them on the accepting one.
-                        pingora_runtime::current_handle()
-                            .spawn(serve(self.app.clone(), conn, shutdown.clone()));
+                        // This worker's runtime has one thread: the connection stays on it.
+                        tokio::spawn(serve(self.app.clone(), conn, shutdown.clone()));
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "accept failed");

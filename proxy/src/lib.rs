@@ -16,3 +16,4 @@ pub mod routing;
 pub mod server;
 pub mod state;
 pub mod topology;
+pub mod workers;

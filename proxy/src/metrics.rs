@@ -1,14 +1,17 @@
 //! Prometheus metrics (names of SPEC.md), in a private registry.
 //!
-//! Pingora registers nothing of its own. The per-request counters are resolved once per label
-//! combination and cached in lock-free slots: `with_label_values` takes a lock and hashes the
-//! labels, which the hot path should not pay on every request.
+//! Pingora registers nothing of its own. The per-request counters are kept per worker (each
+//! worker counts in its own [`RequestMetrics`], so no cache line moves between cores on a
+//! request) and summed at scrape time by [`PerWorker`]; within a worker they are resolved once
+//! per label combination and cached in lock-free slots: `with_label_values` takes a lock and
+//! hashes the labels, which the hot path should not pay on every request.
 
-use std::sync::atomic::Ordering;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use http::Method;
+use prometheus::core::Collector;
+use prometheus::proto::{Metric, MetricFamily, MetricType};
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
     Registry, TextEncoder,
@@ -34,38 +37,16 @@ fn method_index(m: &Method) -> usize {
 /// Status codes 0 (no response was sent) to 599.
 const STATUSES: usize = 600;
 
-pub struct Metrics {
-    registry: Registry,
+/// The counters one worker touches on every request. Not registered: [`PerWorker`] sums them.
+struct RequestMetrics {
     requests: IntCounterVec,
-    request_slots: Box<[OnceLock<IntCounter>]>,
+    slots: Box<[OnceLock<IntCounter>]>,
+    durations_vec: HistogramVec,
     durations: [Histogram; 4],
-    upstream_errors: IntCounterVec,
-    pub held_writes: IntGauge,
-    pub write_hold_seconds: Histogram,
-    pub write_holds_released: IntCounter,
-    pub write_holds_timed_out: IntCounter,
-    pub write_holds_overflow: IntCounter,
-    pub write_holds_abandoned: IntCounter,
-    pub writer_suspect: IntGauge,
-    pub writer_epoch: IntGauge,
-    pub topology_updates: IntCounter,
-    /// `rw_proxy_topology_rejected_total{reason="stale_epoch"}`.
-    pub topology_rejected: IntCounter,
-    topology_age: prometheus::Gauge,
-    pub election_errors: IntCounter,
-    pub election_reachable: IntGauge,
-    pub switchover_drained: IntCounter,
-    pub config_reload_success: IntCounter,
-    pub config_reload_error: IntCounter,
-    in_flight: IntGauge,
-    log_lines_dropped: IntCounter,
-    /// Two scrapes catching the counter up at once would add the same lines twice.
-    log_lines_catch_up: std::sync::Mutex<()>,
 }
 
-impl Metrics {
-    pub fn new() -> Metrics {
-        let registry = Registry::new();
+impl RequestMetrics {
+    fn new() -> RequestMetrics {
         let requests = IntCounterVec::new(
             Opts::new(
                 "rw_proxy_requests_total",
@@ -86,6 +67,173 @@ impl Metrics {
             &["target"],
         )
         .expect("static metric definition");
+        let durations = TARGETS.map(|t| durations_vec.with_label_values(&[t]));
+        let slots = (0..TARGETS.len() * METHODS.len() * STATUSES)
+            .map(|_| OnceLock::new())
+            .collect();
+        RequestMetrics {
+            requests,
+            slots,
+            durations_vec,
+            durations,
+        }
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let mut families = self.requests.collect();
+        families.extend(self.durations_vec.collect());
+        families
+    }
+}
+
+/// Per-worker [`RequestMetrics`], made when a worker first counts, exported as one set of
+/// series: counters and histogram buckets of the same labels are added up.
+struct PerWorker {
+    shards: Box<[OnceLock<RequestMetrics>]>,
+    /// Of shard 0, made up front: the descriptions the registry asks for.
+    descs: Vec<prometheus::core::Desc>,
+}
+
+impl PerWorker {
+    fn new() -> PerWorker {
+        let shards: Box<[OnceLock<RequestMetrics>]> = (0..crate::workers::SHARDS)
+            .map(|_| OnceLock::new())
+            .collect();
+        let first = shards[0].get_or_init(RequestMetrics::new);
+        let descs = first
+            .requests
+            .desc()
+            .into_iter()
+            .chain(first.durations_vec.desc())
+            .cloned()
+            .collect();
+        PerWorker { shards, descs }
+    }
+
+    fn current(&self) -> &RequestMetrics {
+        self.shards[crate::workers::current() % self.shards.len()].get_or_init(RequestMetrics::new)
+    }
+}
+
+/// What the registry holds: the same shards the hot path counts in.
+struct Registered(Arc<PerWorker>);
+
+impl Collector for Registered {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.0.desc()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        self.0.collect()
+    }
+}
+
+impl Collector for PerWorker {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let mut shards = self.shards.iter().filter_map(OnceLock::get);
+        let Some(first) = shards.next() else {
+            return Vec::new();
+        };
+        let mut total = first.collect();
+        for shard in shards {
+            for (into, family) in total.iter_mut().zip(shard.collect()) {
+                merge_family(into, family);
+            }
+        }
+        for family in &mut total {
+            family
+                .mut_metric()
+                .sort_by(|a, b| label_values(a).cmp(&label_values(b)));
+        }
+        total
+    }
+}
+
+fn label_values(m: &Metric) -> Vec<&str> {
+    m.get_label().iter().map(|l| l.value()).collect()
+}
+
+/// Adds `from`'s series into `into` (the same family of another worker): counters and
+/// histograms with equal labels are summed, others appended.
+fn merge_family(into: &mut MetricFamily, mut from: MetricFamily) {
+    let kind = into.get_field_type();
+    for metric in from.take_metric() {
+        let same = into
+            .mut_metric()
+            .iter_mut()
+            .find(|m| m.get_label() == metric.get_label());
+        let Some(same) = same else {
+            into.mut_metric().push(metric);
+            continue;
+        };
+        match kind {
+            MetricType::COUNTER => {
+                let mut c = prometheus::proto::Counter::default();
+                c.set_value(same.get_counter().get_value() + metric.get_counter().get_value());
+                same.set_counter(c);
+            }
+            MetricType::HISTOGRAM => {
+                let (a, b) = (same.get_histogram(), metric.get_histogram());
+                let mut h = prometheus::proto::Histogram::default();
+                h.set_sample_count(a.get_sample_count() + b.get_sample_count());
+                h.set_sample_sum(a.get_sample_sum() + b.get_sample_sum());
+                // Both come from the same bucket definition.
+                let buckets = a
+                    .get_bucket()
+                    .iter()
+                    .zip(b.get_bucket())
+                    .map(|(x, y)| {
+                        let mut bucket = x.clone();
+                        bucket.set_cumulative_count(x.cumulative_count() + y.cumulative_count());
+                        bucket
+                    })
+                    .collect();
+                h.set_bucket(buckets);
+                same.set_histogram(h);
+            }
+            // Only counters and histograms are kept per worker.
+            _ => {}
+        }
+    }
+}
+
+pub struct Metrics {
+    registry: Registry,
+    per_worker: Arc<PerWorker>,
+    upstream_errors: IntCounterVec,
+    pub held_writes: IntGauge,
+    pub write_hold_seconds: Histogram,
+    pub write_holds_released: IntCounter,
+    pub write_holds_timed_out: IntCounter,
+    pub write_holds_overflow: IntCounter,
+    pub write_holds_abandoned: IntCounter,
+    pub writer_suspect: IntGauge,
+    writer_refused_held: IntCounter,
+    writer_refused_not_resendable: IntCounter,
+    pub writer_epoch: IntGauge,
+    pub topology_updates: IntCounter,
+    /// `rw_proxy_topology_rejected_total{reason="stale_epoch"}`.
+    pub topology_rejected: IntCounter,
+    topology_age: prometheus::Gauge,
+    pub election_errors: IntCounter,
+    pub election_reachable: IntGauge,
+    pub switchover_drained: IntCounter,
+    pub config_reload_success: IntCounter,
+    pub config_reload_error: IntCounter,
+    in_flight: IntGauge,
+    log_lines_dropped: IntCounter,
+    /// Two scrapes catching the counter up at once would add the same lines twice.
+    log_lines_catch_up: std::sync::Mutex<()>,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let per_worker = Arc::new(PerWorker::new());
         let upstream_errors = IntCounterVec::new(
             Opts::new(
                 "rw_proxy_upstream_errors_total",
@@ -194,13 +342,13 @@ impl Metrics {
         .expect("static metric definition");
 
         for c in [
-            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(durations_vec.clone()),
+            Box::new(Registered(per_worker.clone())) as Box<dyn prometheus::core::Collector>,
             Box::new(upstream_errors.clone()),
             Box::new(held_writes.clone()),
             Box::new(write_hold_seconds.clone()),
             Box::new(write_holds.clone()),
             Box::new(writer_suspect.clone()),
+            Box::new(writer_refusals.clone()),
             Box::new(election_errors.clone()),
             Box::new(election_reachable.clone()),
             Box::new(switchover_drained.clone()),
@@ -215,18 +363,10 @@ impl Metrics {
             registry.register(c).expect("metric names are unique");
         }
 
-        let durations = TARGETS.map(|t| durations_vec.with_label_values(&[t]));
-        let request_slots = (0..TARGETS.len() * METHODS.len() * STATUSES)
-            .map(|_| OnceLock::new())
-            .collect();
         Metrics {
             registry,
-            requests,
-            request_slots,
-            durations,
+            per_worker,
             upstream_errors,
-    writer_refused_held: IntCounter,
-    writer_refused_not_resendable: IntCounter,
             held_writes,
             write_hold_seconds,
             write_holds_released: write_holds.with_label_values(&["released"]),
@@ -234,6 +374,8 @@ impl Metrics {
             write_holds_overflow: write_holds.with_label_values(&["overflow"]),
             write_holds_abandoned: write_holds.with_label_values(&["client_gone"]),
             writer_suspect,
+            writer_refused_held: writer_refusals.with_label_values(&["held"]),
+            writer_refused_not_resendable: writer_refusals.with_label_values(&["not_resendable"]),
             writer_epoch,
             topology_updates,
             topology_rejected: topology_rejected.with_label_values(&["stale_epoch"]),
@@ -249,14 +391,15 @@ impl Metrics {
         }
     }
 
-    /// Counts one finished request and its duration.
+    /// Counts one finished request and its duration, in the current worker's counters.
     pub fn request_done(&self, target: usize, method: &Method, status: u16, elapsed: Duration) {
+        let mine = self.per_worker.current();
         let target = target.min(TARGET_NONE);
         let m = method_index(method);
         let s = usize::from(status).min(STATUSES - 1);
-        let slot = &self.request_slots[(target * METHODS.len() + m) * STATUSES + s];
+        let slot = &mine.slots[(target * METHODS.len() + m) * STATUSES + s];
         slot.get_or_init(|| {
-            self.requests
+            mine.requests
                 .with_label_values(&[TARGETS[target], METHODS[m], &status.to_string()])
         })
         .inc();
@@ -284,8 +427,7 @@ impl Metrics {
     pub fn render(&self, topology_age: Option<Duration>) -> Vec<u8> {
         self.topology_age
             .set(topology_age.map(|d| d.as_secs_f64()).unwrap_or(0.0));
-        self.in_flight
-            .set(crate::proxy::IN_FLIGHT.load(Ordering::Relaxed) as i64);
+        self.in_flight.set(crate::proxy::IN_FLIGHT.sum());
         // The log writer counts on its own; the counter catches up at scrape time.
         if let Ok(_one_at_a_time) = self.log_lines_catch_up.lock() {
             let dropped = crate::logging::dropped_lines();
@@ -340,6 +482,7 @@ mod tests {
             r#"rw_proxy_write_holds_total{outcome="timeout"} 0"#,
             "rw_proxy_write_hold_seconds_count 0",
             "rw_proxy_writer_suspect 0",
+            r#"rw_proxy_writer_refusals_total{outcome="held"} 0"#,
             "rw_proxy_election_errors_total 0",
             r#"rw_proxy_config_reloads_total{result="error"} 1"#,
             r#"rw_proxy_config_reloads_total{result="success"} 0"#,
@@ -348,8 +491,53 @@ mod tests {
             assert!(text.contains(want), "missing {want} in\n{text}");
         }
     }
+
+    #[test]
+    fn requests_counted_on_several_workers_read_as_one_series() {
+        let m = Arc::new(Metrics::new());
+        let threads: Vec<_> = (0..3)
+            .map(|i| {
+                let m = m.clone();
+                std::thread::spawn(move || {
+                    crate::workers::enter(i + 1);
+                    for _ in 0..=i {
+                        m.request_done(1, &Method::GET, 200, Duration::from_millis(2));
+                    }
+                    // Only worker 3 sees this status.
+                    if i == 2 {
+                        m.request_done(0, &Method::PUT, 503, Duration::from_secs(2));
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let text = String::from_utf8(m.render(None)).unwrap();
+        let lines = |prefix: &str| {
+            text.lines()
+                .filter(|l| l.starts_with(prefix))
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            lines(r#"rw_proxy_requests_total{"#),
+            vec![
+                r#"rw_proxy_requests_total{method="GET",status="200",target="readers"} 6"#,
+                r#"rw_proxy_requests_total{method="PUT",status="503",target="writer"} 1"#,
+            ]
+        );
+        for want in [
+            r#"rw_proxy_request_duration_seconds_count{target="readers"} 6"#,
+            r#"rw_proxy_request_duration_seconds_bucket{target="readers",le="0.0025"} 6"#,
+            r#"rw_proxy_request_duration_seconds_bucket{target="readers",le="0.001"} 0"#,
+            r#"rw_proxy_request_duration_seconds_bucket{target="writer",le="2.5"} 1"#,
+            r#"rw_proxy_request_duration_seconds_bucket{target="writer",le="1"} 0"#,
+        ] {
+            assert!(text.contains(want), "missing {want} in\n{text}");
+        }
+        // One HELP/TYPE per family, as before.
+        assert_eq!(lines("# TYPE rw_proxy_requests_total").len(), 1);
+        assert_eq!(lines("# TYPE rw_proxy_request_duration_seconds").len(), 1);
+    }
 }
-            Box::new(writer_refusals.clone()),
-            writer_refused_held: writer_refusals.with_label_values(&["held"]),
-            writer_refused_not_resendable: writer_refusals.with_label_values(&["not_resendable"]),
-            r#"rw_proxy_writer_refusals_total{outcome="held"} 0"#,

@@ -6,7 +6,7 @@
 //! generated request id, the X-Forwarded-For value).
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -29,19 +29,21 @@ use crate::metrics::TARGET_NONE;
 use crate::routing::{self, RouteTarget};
 use crate::state::{Active, Backend, Shared};
 use crate::topology::InFlight;
+use crate::workers::Sharded;
 
 pub const X_WRITER_EPOCH: &str = "x-writer-epoch";
 pub const X_REQUEST_ID: &str = "x-request-id";
 pub const X_FORWARDED_FOR: &str = "x-forwarded-for";
 pub const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
 pub const X_FORWARDED_HOST: &str = "x-forwarded-host";
-/// Idle time allowed between two requests on a client keep-alive connection.
 /// Set by a storage node that refused a write as not the distributor.
 pub const STORAGE_NODE_NAD: &str = "storagenode-nad";
+/// Idle time allowed between two requests on a client keep-alive connection.
 const DOWNSTREAM_KEEPALIVE_SECS: u64 = crate::downstream::IDLE_TIMEOUT.as_secs();
 
-/// Requests between header read and the end of their response. SIGTERM waits for zero.
-pub static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+/// Requests between header read and the end of their response, counted per worker. SIGTERM
+/// waits for zero.
+pub static IN_FLIGHT: Sharded = Sharded::new();
 
 /// Counts a request in [`IN_FLIGHT`] for as long as its context lives (Pingora drops the
 /// context after the response is flushed).
@@ -49,28 +51,37 @@ pub struct DrainGuard(());
 
 impl DrainGuard {
     fn new() -> Self {
-        IN_FLIGHT.fetch_add(1, Ordering::Relaxed);
+        IN_FLIGHT.add(1);
         DrainGuard(())
     }
 }
 
 impl Drop for DrainGuard {
     fn drop(&mut self) {
-        IN_FLIGHT.fetch_sub(1, Ordering::Release);
+        IN_FLIGHT.sub(1);
     }
 }
 
-/// Unique request ids: a random per-process prefix and a counter, 24 hex digits.
+/// Unique request ids, 24 hex digits: a random per-process prefix, then the worker number and
+/// the worker's own count (no counter shared between the workers).
 struct RequestIds {
     prefix: u32,
     next: AtomicU64,
 }
 
+/// Bits of an id's counter part that count; the ones above hold the worker number.
+const REQUEST_COUNT_BITS: u32 = 48;
+
+fn process_prefix() -> u32 {
+    static PREFIX: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *PREFIX.get_or_init(rand::random)
+}
+
 impl RequestIds {
-    fn new() -> Self {
+    fn new(worker: usize) -> Self {
         RequestIds {
-            prefix: rand::random(),
-            next: AtomicU64::new(1),
+            prefix: process_prefix(),
+            next: AtomicU64::new(((worker as u64 & 0xffff) << REQUEST_COUNT_BITS) | 1),
         }
     }
 
@@ -137,10 +148,11 @@ pub struct RwProxy {
 }
 
 impl RwProxy {
-    pub fn new(shared: Arc<Shared>) -> Self {
+    /// The request handling of worker number `worker`.
+    pub fn new(shared: Arc<Shared>, worker: usize) -> Self {
         RwProxy {
             shared,
-            ids: RequestIds::new(),
+            ids: RequestIds::new(worker),
         }
     }
 
@@ -409,6 +421,7 @@ impl ProxyHttp for RwProxy {
                     address: w.upstream.address.clone(),
                     socket: w.upstream.socket,
                     epoch: ctx.active.topology.epoch,
+                    kind: SuspectKind::Unreachable,
                 },
                 ctx.active.settings.config.timeouts.connect,
                 errors::upstream_error_kind(&e),
@@ -421,7 +434,6 @@ impl ProxyHttp for RwProxy {
                 ctx.attempts <= ctx.active.settings.config.failover.read_retries
                     && Self::has_alternative(ctx)
             }
-                    kind: SuspectKind::Unreachable,
             Some(RouteTarget::Writer | RouteTarget::WriterRead(_)) => true,
             _ => false,
         };
@@ -480,6 +492,7 @@ impl ProxyHttp for RwProxy {
                     address: w.address,
                     socket: w.socket,
                     epoch: ctx.active.topology.epoch,
+                    kind: SuspectKind::Unreachable,
                 },
                 ctx.active.settings.config.timeouts.connect,
                 if stale {
@@ -492,8 +505,18 @@ impl ProxyHttp for RwProxy {
         if stale {
             // Nothing was sent: this write goes back through the hold.
             ctx.write_ticket = None;
-                    kind: SuspectKind::Unreachable,
             e.set_retry(true);
+            return e;
+        }
+        if e.etype() == &errors::WRITER_REFUSED {
+            // The one case where a write that reached a node is sent again: the node said it
+            // is not the distributor, which it says before it stores anything (see
+            // `is_not_distributor`). The write goes back through the hold, whole: Pingora
+            // buffers the request body for a retry, up to a limit.
+            ctx.write_ticket = None;
+            let resend = !session.as_ref().retry_buffer_truncated();
+            self.shared.metrics.writer_refusal(resend);
+            e.set_retry(resend);
             return e;
         }
         // The request reached the upstream. Only a read that sent no body byte may go again
@@ -508,17 +531,6 @@ impl ProxyHttp for RwProxy {
         if replay {
             e.retry.decide_reuse(client_reused);
         } else {
-        if e.etype() == &errors::WRITER_REFUSED {
-            // The one case where a write that reached a node is sent again: the node said it
-            // is not the distributor, which it says before it stores anything (see
-            // `is_not_distributor`). The write goes back through the hold, whole: Pingora
-            // buffers the request body for a retry, up to a limit.
-            ctx.write_ticket = None;
-            let resend = !session.as_ref().retry_buffer_truncated();
-            self.shared.metrics.writer_refusal(resend);
-            e.set_retry(resend);
-            return e;
-        }
             e.set_retry(false);
         }
         e
@@ -579,18 +591,6 @@ impl ProxyHttp for RwProxy {
                 .stats
                 .observe_latency_micros(t0.elapsed().as_secs_f64() * 1e6);
         }
-        strip_response_hop_by_hop(resp);
-        Ok(())
-    }
-
-    async fn response_filter(
-        &self,
-        session: &mut Session,
-        resp: &mut ResponseHeader,
-        ctx: &mut Ctx,
-    ) -> Result<()> {
-        // Draining: tell the client this connection ends with this response, rather than
-        // letting it find out by sending its next request into a closed socket.
         if ctx.route == Some(RouteTarget::Writer) {
             if is_not_distributor(resp) {
                 if let Some(w) = ctx.backend().filter(|b| b.is_writer) {
@@ -606,6 +606,18 @@ impl ProxyHttp for RwProxy {
             }
             self.shared.hold.writer_answered();
         }
+        strip_response_hop_by_hop(resp);
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        // Draining: tell the client this connection ends with this response, rather than
+        // letting it find out by sending its next request into a closed socket.
         if session.is_process_shutting_down() {
             session.set_keepalive(None);
         }
@@ -691,8 +703,11 @@ impl ProxyHttp for RwProxy {
                 .as_ref()
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("-");
+            let client = session.client_addr().and_then(|a| a.as_inet()).copied();
             tracing::info!(
                 target: "rw_proxy::access",
+                client = client.map(tracing::field::display),
+                worker = crate::workers::current(),
                 method = %method,
                 path = %session.req_header().uri,
                 target = ctx.route.map(RouteTarget::label).unwrap_or("none"),
@@ -705,6 +720,19 @@ impl ProxyHttp for RwProxy {
             );
         }
     }
+}
+
+/// The storage node's refusal of a write because it is not the distributor (the cluster node
+/// library's `NotADistributorException`): `400` with `StorageNode-NAD: true`, raised before the
+/// store call applies anything. Exactly this signal, nothing looser: any other 400 is the
+/// client's and goes back to it unchanged.
+fn is_not_distributor(resp: &ResponseHeader) -> bool {
+    resp.status == 400
+        && resp
+            .headers
+            .get(STORAGE_NODE_NAD)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
 }
 
 /// Hop-by-hop fields of the upstream response (RFC 9110, 7.6.1). Pingora writes its own
@@ -722,19 +750,6 @@ fn strip_response_hop_by_hop(resp: &mut ResponseHeader) {
             .filter(|t| !(upgrading && t == "upgrade"))
             .collect();
         for name in nominated {
-/// The storage node's refusal of a write because it is not the distributor (the cluster node
-/// library's `NotADistributorException`): `400` with `StorageNode-NAD: true`, raised before the
-/// store call applies anything. Exactly this signal, nothing looser: any other 400 is the
-/// client's and goes back to it unchanged.
-fn is_not_distributor(resp: &ResponseHeader) -> bool {
-    resp.status == 400
-        && resp
-            .headers
-            .get(STORAGE_NODE_NAD)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
-}
-
             resp.remove_header(name.as_str());
         }
     }
@@ -781,14 +796,21 @@ mod tests {
     }
 
     #[test]
-    fn request_ids_are_unique_and_hex() {
-        let ids = RequestIds::new();
+    fn request_ids_are_unique_and_hex_within_and_across_workers() {
+        let ids = RequestIds::new(0);
         let a = ids.next();
         let b = ids.next();
         assert_ne!(a, b);
         assert_eq!(a.len(), 24);
         assert!(a.to_str().unwrap().bytes().all(|c| c.is_ascii_hexdigit()));
         assert_eq!(&a.as_bytes()[..8], &b.as_bytes()[..8]);
+        // Another worker: the same process prefix, its own number, never the same id.
+        let other = RequestIds::new(1);
+        let c = other.next();
+        assert_eq!(&a.as_bytes()[..8], &c.as_bytes()[..8]);
+        assert_ne!(a, c);
+        assert_eq!(&c.as_bytes()[8..12], b"0001");
+        assert_eq!(&a.as_bytes()[8..12], b"0000");
     }
 
     #[test]

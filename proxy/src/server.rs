@@ -27,8 +27,8 @@ use crate::state::Shared;
 /// backoff of the hold) is not cut off before its hold deadline.
 const MAX_ATTEMPTS: usize = 64;
 
-/// Idle upstream connections kept for reuse, over all upstreams. Pingora's default (128) is
-/// short for a few hundred client connections spread over a handful of nodes.
+/// Idle upstream connections kept for reuse by each worker, over all upstreams. Pingora's
+/// default (128) is short for a few hundred client connections spread over a handful of nodes.
 const UPSTREAM_POOL_SIZE: usize = 1024;
 
 #[derive(Debug, thiserror::Error)]
@@ -114,17 +114,21 @@ pub fn run(
     config: ProxyConfig,
     config_text: String,
 ) -> Result<(), StartError> {
-    let client_listener = downstream::bind(config.listen).map_err(|source| StartError::Bind {
-        key: "listen",
-        addr: config.listen,
-        source,
-    })?;
+    let client_listeners =
+        downstream::bind(config.listen, config.threads).map_err(|source| StartError::Bind {
+            key: "listen",
+            addr: config.listen,
+            source,
+        })?;
     check_bind("admin_listen", config.admin_listen)?;
 
     let conf = ServerConf {
         threads: config.threads,
         upstream_keepalive_pool_size: UPSTREAM_POOL_SIZE,
         max_retries: MAX_ATTEMPTS,
+        // Every service gets single-threaded runtimes: one per worker (workers.rs), and one
+        // each for admin and control.
+        work_stealing: false,
         // Pingora's default grace period is 300 s. The control service exits as soon as the
         // in-flight requests are done; this is the backstop.
         grace_period_seconds: Some(config.shutdown_grace.as_secs_f64().ceil() as u64 + 1),
@@ -138,15 +142,22 @@ pub fn run(
     let shared = Shared::new(config.clone(), metrics);
     let listening = Arc::new(AtomicBool::new(false));
 
-    // Pingora's request handling behind our own client listener (downstream.rs says why).
-    let mut proxy = background_service(
-        "rw-proxy",
-        Downstream::new(
-            http_proxy(&server.configuration, RwProxy::new(shared.clone())),
-            client_listener,
-        ),
-    );
-    proxy.threads = Some(config.threads);
+    // One service per worker, each with one thread, its own listener and its own Pingora
+    // request handling (and with it its own upstream connection pool); downstream.rs says
+    // why the listener is ours.
+    let workers: Vec<_> = client_listeners
+        .into_iter()
+        .enumerate()
+        .map(|(i, listener)| {
+            let app = http_proxy(&server.configuration, RwProxy::new(shared.clone(), i));
+            let mut worker = background_service(
+                &format!("rw-proxy worker {i}"),
+                Downstream::new(i, app, listener),
+            );
+            worker.threads = Some(1);
+            worker
+        })
+        .collect();
 
     let mut admin = Service::new(
         "rw-proxy admin".to_string(),
@@ -166,7 +177,9 @@ pub fn run(
         threads = config.threads,
         "rw-proxy starting"
     );
-    server.add_service(ExitOnPanic::new(proxy));
+    for worker in workers {
+        server.add_service(ExitOnPanic::new(worker));
+    }
     server.add_service(ExitOnPanic::new(admin));
     server.add_service(control);
     server.run(RunArgs::default());

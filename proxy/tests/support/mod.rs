@@ -201,7 +201,11 @@ async fn handle(
         body,
     };
     let is_read = parts.method == Method::GET || parts.method == Method::HEAD;
-    if !is_read && record.refuse_writes.load(std::sync::atomic::Ordering::SeqCst) {
+    if !is_read
+        && record
+            .refuse_writes
+            .load(std::sync::atomic::Ordering::SeqCst)
+    {
         if let Ok(mut v) = record.refused.lock() {
             v.push(seen);
         }
@@ -577,6 +581,11 @@ impl KeepAlive {
             .header("host", self.addr.to_string())
             .body(Full::new(Bytes::new()))
             .expect("request");
+        // The connection takes the next request only once the last exchange is wound up.
+        tokio::time::timeout(WAIT, self.sender.ready())
+            .await
+            .expect("in time")
+            .expect("the connection is still open");
         let resp = tokio::time::timeout(WAIT, self.sender.send_request(req))
             .await
             .expect("in time")
