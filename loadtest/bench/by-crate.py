@@ -3,47 +3,65 @@
 
     python3 loadtest/bench/by-crate.py callgrind.out.rw-proxy-GET [REQUESTS]
 
-A function goes to the first crate named in its demangled path (`<pingora_core::X as
-tokio::io::AsyncRead>::poll_read` is pingora-core), so generic code lands in the crate that
-defines it, not the one that instantiated it, and with fat LTO whatever was inlined is counted
-in its caller. Good for where the bulk goes, not for a few percent.
+A function goes to the first crate other than core/alloc/std named in its demangled symbol
+(`<pingora_core::X as tokio::io::AsyncRead>::poll_read` is pingora-core,
+`core::ptr::drop_in_place<http::header::map::HeaderMap>` is the header maps), so generic code
+lands in the crate of its type, not the one that instantiated it, and with fat LTO whatever was
+inlined is counted in its caller. Good for where the bulk goes, not for a few percent.
 """
 import re
 import sys
 
-GROUPS = [
-    # (group, test on the function name, test on the object file)
-    ("memcpy/memmove/memset/memcmp", r"mem(cpy|move|set|cmp)|__memc|bcmp", None),
-    ("allocator (mimalloc, malloc)", r"^(_?mi_|mi_)|mimalloc|malloc|_int_free|\bfree\b|cfree|realloc", None),
-    ("http header maps", r"^<?http::header::", None),
-    ("http (other)", r"^<?http::", None),
-    ("httparse", r"^<?httparse::", None),
-    ("pingora-proxy", r"^<?pingora_proxy::", None),
-    ("pingora-core", r"^<?pingora_core::", None),
-    ("pingora (other crates)", r"^<?pingora", None),
-    ("tokio", r"^<?tokio(_util)?::", None),
-    ("our code (rw_proxy, writer_election)", r"^<?(rw_proxy|writer_election)::", None),
-    ("bytes", r"^<?bytes::", None),
-    ("Rust core/alloc/std", r"^<?(core|alloc|std)::", None),
-    ("libc (other)", None, r"libc\.so"),
-    ("OpenSSL (libcrypto)", None, r"libcrypto"),
-    ("dynamic loader", None, r"ld-linux"),
-    ("nginx", None, r"/nginx\]?$"),
+# Groups by the function's symbol (matched first) or by the object file it is in.
+SYMBOL_GROUPS = [
+    ("memcpy/memmove/memset/memcmp", r"mem(cpy|move|set|cmp)|bcmp"),
+    ("allocator (mimalloc, malloc)", r"^_?mi_|mimalloc|malloc|^_int_free$|^free$|^cfree|realloc"),
 ]
-LINE = re.compile(r"^\s*([\d,]+)\s+\(\s*[\d.]+%\)\s+(.*?):(.*?)\s+\[(.*)\]\s*$")
-FIRST_CRATE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)::")
+CRATE_GROUPS = {
+    "http::header": "http header maps",
+    "http": "http (other)",
+    "httparse": "httparse",
+    "pingora_proxy": "pingora-proxy",
+    "pingora_core": "pingora-core",
+    "tokio": "tokio",
+    "tokio_util": "tokio",
+    "rw_proxy": "our code (rw_proxy, writer_election)",
+    "writer_election": "our code (rw_proxy, writer_election)",
+    "bytes": "bytes",
+}
+OBJECT_GROUPS = [
+    ("libc (other)", r"libc\.so"),
+    ("OpenSSL (libcrypto)", r"libcrypto"),
+    ("dynamic loader", r"ld-linux"),
+    ("nginx", r"/nginx$"),
+]
+PATH = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)::([A-Za-z_][A-Za-z0-9_]*)")
+STD = {"core", "alloc", "std"}
 
 
 def group_of(func, obj):
-    # `<impl Trait for Type>` / `<Type as Trait>`: the type's crate comes first.
-    name = func.lstrip("<&*").replace("mut ", "").replace("dyn ", "")
-    for group, f, o in GROUPS:
-        if f and re.search(f, name):
+    for group, pattern in SYMBOL_GROUPS:
+        if re.search(pattern, func):
             return group
-        if o and re.search(o, obj):
+    # The first crate named that is not the standard library: the type of `<T as Trait>` or of
+    # `drop_in_place<T>`, the crate of a plain path.
+    paths = PATH.findall(func)
+    crates = [p for p in paths if p[0] not in STD]
+    if crates:
+        crate, segment = crates[0]
+        if crate == "http" and segment == "header":
+            return CRATE_GROUPS["http::header"]
+        if crate in CRATE_GROUPS:
+            return CRATE_GROUPS[crate]
+        if crate.startswith("pingora"):
+            return "pingora (other crates: http, timeout, pool, ...)"
+        return "other crates"
+    if paths:
+        return "Rust core/alloc/std"
+    for group, pattern in OBJECT_GROUPS:
+        if re.search(pattern, obj):
             return group
-    m = FIRST_CRATE.search(name)
-    return f"{m[1]} (other crate)" if m else f"other ({obj.rsplit('/', 1)[-1]})"
+    return f"other ({obj.rsplit('/', 1)[-1]})"
 
 
 def self_costs(path):
@@ -107,12 +125,12 @@ def main(path, requests):
         groups[g] = groups.get(g, 0) + ir
     counted = sum(costs.values())
     total = total or counted
-    print(f"{'group':<40} {'Ir':>14} {'share':>7} {'Ir/request':>11}")
+    print(f"{'group':<50} {'Ir':>14} {'share':>7} {'Ir/request':>11}")
     for g, ir in sorted(groups.items(), key=lambda kv: -kv[1]):
         per = f"{ir / requests:,.0f}" if requests else ""
-        print(f"{g:<40} {ir:>14,} {ir / total:>6.1%} {per:>11}")
+        print(f"{g:<50} {ir:>14,} {ir / total:>6.1%} {per:>11}")
     per = f"{counted / requests:,.0f}" if requests else ""
-    print(f"{'total':<40} {counted:>14,} {counted / total:>6.1%} {per:>11}")
+    print(f"{'total':<50} {counted:>14,} {counted / total:>6.1%} {per:>11}")
     print(f"\ntop functions (self Ir):")
     for (ob, fn), ir in sorted(costs.items(), key=lambda kv: -kv[1])[:40]:
         per = f"{ir / requests:8,.0f}/req" if requests else ""

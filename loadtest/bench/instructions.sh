@@ -41,8 +41,12 @@ TIME_LIMIT="${TIME_LIMIT:-1800}"
 RW_PROXY="${RW_PROXY:-target/release/rw-proxy}"
 if [ -z "${COMMIT:-}" ]; then
   COMMIT="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
-  # The binary may be built from changes to its sources that are not in HEAD.
-  [ -z "$(git status --porcelain --untracked-files=no -- proxy writer-election Cargo.toml Cargo.lock 2>/dev/null)" ] || COMMIT="$COMMIT+uncommitted"
+  # HEAD may be a benchmark-only commit: name the last one that changed what rw-proxy is built
+  # from, and say so when the checkout has changes to it that are not committed.
+  srcs=(proxy writer-election Cargo.toml Cargo.lock)
+  COMMIT="$COMMIT (rw-proxy sources as of $(git log -1 --format=%h -- "${srcs[@]}" 2>/dev/null || echo unknown)"
+  [ -z "$(git status --porcelain --untracked-files=no -- "${srcs[@]}" 2>/dev/null)" ] || COMMIT="$COMMIT, plus uncommitted changes"
+  COMMIT="$COMMIT)"
 fi
 out="${1:-bench-results/$(date -u +%Y%m%dT%H%M%SZ)-instructions}"
 
@@ -200,7 +204,7 @@ head -c 100 /dev/zero | tr '\0' v >"$tmp/body"
 {
   echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
   echo "commit: $COMMIT"
-  echo "rw-proxy: $RW_PROXY"
+  echo "rw-proxy: $RW_PROXY (built $(date -u -r "$RW_PROXY" +%Y-%m-%dT%H:%M:%SZ))"
   echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')"
   echo "cores: $(nproc)"
   echo "kernel: $(uname -r)"
