@@ -74,8 +74,20 @@ tmp="$(mktemp -d /tmp/instructions.XXXXXX)"
 pids=()
 watchdog=""
 
+# Forgets PID: once bash has reaped a child, its number may belong to someone else.
+forget() {
+  local keep=() q
+  for q in "${pids[@]}"; do
+    [ "$q" = "$1" ] || keep+=("$q")
+  done
+  pids=("${keep[@]}")
+}
+
 stop_pid() {
   local pid="$1" i
+  forget "$pid"
+  # Only a process that is still a child of this script.
+  [ "$(ps -o ppid= -p "$pid" 2>/dev/null | tr -d ' ')" = "$$" ] || return 0
   kill -TERM "$pid" 2>/dev/null || return 0
   for i in $(seq 1 100); do
     kill -0 "$pid" 2>/dev/null || break
@@ -96,9 +108,12 @@ cleanup() {
   rm -rf "$tmp"
   exit "$rc"
 }
+# A trap runs with the redirections of the command it interrupted (an h2load log): fd 3 is the
+# script's own stderr.
+exec 3>&2
 trap cleanup EXIT
-trap 'echo "instructions.sh: interrupted" >&2; exit 130' INT
-trap 'echo "instructions.sh: stopped (SIGTERM or TIME_LIMIT=${TIME_LIMIT}s)" >&2; exit 143' TERM
+trap 'echo "instructions.sh: interrupted" >&3; exit 130' INT
+trap 'echo "instructions.sh: stopped (SIGTERM or TIME_LIMIT=${TIME_LIMIT}s)" >&3; exit 143' TERM
 
 # Stops the whole run when it takes longer than TIME_LIMIT (a proxy that hangs under valgrind).
 (
@@ -129,6 +144,17 @@ wait_http() {
   echo "instructions.sh: $name did not answer $url within 120 s:" >&2
   tail -20 "$log" >&2
   exit 1
+}
+
+# Runs a command to its end. In the background plus wait rather than in the foreground,
+# because bash runs a trap (Ctrl-C, TIME_LIMIT) only after the foreground command has finished.
+run() {
+  "$@" &
+  local p=$! rc=0
+  pids+=("$p")
+  wait "$p" || rc=$?
+  forget "$p"
+  return "$rc"
 }
 
 # Starts a command in the background, remembering its pid for cleanup; sets $started.
@@ -222,7 +248,7 @@ h2load_run() {
   local url="$1" method="$2" count="$3" log="$4"
   local args=(--h1 -n "$count" -c "$CONNS")
   [ "$method" = PUT ] && args+=(-d "$tmp/body" -H ":method: PUT")
-  timeout 900 h2load "${args[@]}" "$url/kv/k1" >"$log" 2>&1 || {
+  run timeout 900 h2load "${args[@]}" "$url/kv/k1" >"$log" 2>&1 || {
     echo "instructions.sh: h2load failed:" >&2
     tail -5 "$log" >&2
     exit 1
@@ -317,9 +343,9 @@ for round in $(seq 1 "$WRK_ROUNDS"); do
     port="$nginx_port"
     [ "$name" = rw-proxy ] && port="$rw_port"
     url="http://127.0.0.1:$port/kv/k1"
-    timeout 60 wrk -t"$WRK_THREADS" -c"$WRK_CONNS" -d1s "$url" >/dev/null
+    run timeout 60 wrk -t"$WRK_THREADS" -c"$WRK_CONNS" -d1s "$url" >/dev/null
     log="$out/wrk-$name-$round.txt"
-    timeout 600 wrk -t"$WRK_THREADS" -c"$WRK_CONNS" -d"$WRK_DURATION" --latency "$url" >"$log"
+    run timeout 600 wrk -t"$WRK_THREADS" -c"$WRK_CONNS" -d"$WRK_DURATION" --latency "$url" >"$log"
     echo -e "$name\t$round\t$log" >>"$out/wrk.tsv"
     echo "   round $round $name: $(grep 'Requests/sec' "$log")" >&2
   done
