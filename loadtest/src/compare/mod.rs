@@ -124,9 +124,9 @@ pub struct CompareReport {
 
 /// The reference nginx, shared with loadtest/bench/instructions.sh: the ConfigMap's shape (map
 /// $request_method -> writer or readers, access log off, HTTP/1.1 upstream) with pooled upstream
-/// connections (`keepalive` + `Connection ""`) instead of `Connection close`, and the header work
-/// rw-proxy does on every request (X-Forwarded-*, X-Request-Id both ways, the fencing token to
-/// the writer only), so that both proxies do the same work per request.
+/// connections (`keepalive` + `Connection ""`) instead of one request per connection, and the
+/// header work rw-proxy does on every request (X-Forwarded-*, X-Request-Id both ways, the fencing
+/// token to the writer only), so that both proxies do the same work per request.
 const NGINX_TEMPLATE: &str = include_str!("../../bench/nginx-reference.conf");
 
 /// nginx.conf of the reference proxy: `worker_processes auto` under a master process.
