@@ -8,7 +8,8 @@
 #   loadtest/bench/instructions.sh [OUT_DIR]        default OUT_DIR: bench-results/<UTC>-instructions
 #
 #   RW_PROXY=path     binary to measure (default target/release/rw-proxy of this checkout)
-#   COMMIT=label      what to call it in the results (default: git HEAD of this checkout)
+#   COMMIT=label      what to call it in the results (default: HEAD of this checkout and the
+#                     last commit that changed rw-proxy's sources)
 #   N=20000           counted requests per method and proxy (h2load --h1 -n N -c CONNS)
 #   CONNS=16          h2load connections
 #   WARMUP=3000       uncounted requests before each count
@@ -56,8 +57,8 @@ for tool in valgrind callgrind_control callgrind_annotate h2load nginx wrk curl 
 done
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "instructions.sh: missing ${missing[*]}." >&2
-  echo "  scripts/bootstrap.sh --bench installs them (Debian packages valgrind, nghttp2-client" >&2
-  echo "  for h2load, nginx, wrk, curl, python3)." >&2
+  echo "  scripts/bootstrap.sh --bench installs valgrind, h2load (nghttp2-client), nginx, wrk" >&2
+  echo "  and curl; python3 is the Debian package python3." >&2
   exit 2
 fi
 if [ ! -x "$RW_PROXY" ]; then
