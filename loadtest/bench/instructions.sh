@@ -8,8 +8,8 @@
 #   loadtest/bench/instructions.sh [OUT_DIR]        default OUT_DIR: bench-results/<UTC>-instructions
 #
 #   RW_PROXY=path     binary to measure (default target/release/rw-proxy of this checkout)
-#   COMMIT=label      what to call it in the results (default: HEAD of this checkout and the
-#                     last commit that changed rw-proxy's sources)
+#   COMMIT=label      what to call it in the results (default: HEAD of the checkout the binary
+#                     is in, and the last commit that changed rw-proxy's sources)
 #   N=20000           counted requests per method and proxy (h2load --h1 -n N -c CONNS)
 #   CONNS=16          h2load connections
 #   WARMUP=3000       uncounted requests before each count
@@ -29,7 +29,10 @@
 # connections; the backend never closes them (keepalive_requests is raised). All threads of the
 # proxy process are counted (callgrind adds them up), idle background work included.
 set -euo pipefail
+caller="$PWD"
 cd "$(dirname "$0")/../.."
+# Paths given by the caller are relative to where it was called from.
+abs() { case "$1" in /*) echo "$1" ;; *) echo "$caller/$1" ;; esac; }
 
 N="${N:-20000}"
 CONNS="${CONNS:-16}"
@@ -39,17 +42,31 @@ WRK_ROUNDS="${WRK_ROUNDS:-3}"
 WRK_CONNS="${WRK_CONNS:-64}"
 WRK_THREADS="${WRK_THREADS:-2}"
 TIME_LIMIT="${TIME_LIMIT:-1800}"
-RW_PROXY="${RW_PROXY:-target/release/rw-proxy}"
-if [ -z "${COMMIT:-}" ]; then
-  COMMIT="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
-  # HEAD may be a benchmark-only commit: name the last one that changed what rw-proxy is built
-  # from, and say so when the checkout has changes to it that are not committed.
-  srcs=(proxy writer-election Cargo.toml Cargo.lock)
-  COMMIT="$COMMIT (rw-proxy sources as of $(git log -1 --format=%h -- "${srcs[@]}" 2>/dev/null || echo unknown)"
-  [ -z "$(git status --porcelain --untracked-files=no -- "${srcs[@]}" 2>/dev/null)" ] || COMMIT="$COMMIT, plus uncommitted changes"
-  COMMIT="$COMMIT)"
+if [ -n "${RW_PROXY:-}" ]; then
+  RW_PROXY="$(abs "$RW_PROXY")"
+else
+  RW_PROXY="$PWD/target/release/rw-proxy"
 fi
-out="${1:-bench-results/$(date -u +%Y%m%dT%H%M%SZ)-instructions}"
+if [ -n "${1:-}" ]; then
+  out="$(abs "$1")"
+else
+  out="bench-results/$(date -u +%Y%m%dT%H%M%SZ)-instructions"
+fi
+if [ -z "${COMMIT:-}" ]; then
+  # The checkout the binary sits in (its target/release). HEAD may be a benchmark-only commit:
+  # name the last one that changed what rw-proxy is built from, and say so when the checkout
+  # has changes to it that are not committed.
+  repo="$(dirname "$RW_PROXY")"
+  srcs=(proxy writer-election Cargo.toml Cargo.lock)
+  top="$(git -C "$repo" rev-parse --show-toplevel 2>/dev/null || true)"
+  if [ -n "$top" ]; then
+    COMMIT="$(git -C "$top" rev-parse --short HEAD) (rw-proxy sources as of $(git -C "$top" log -1 --format=%h -- "${srcs[@]}")"
+    [ -z "$(git -C "$top" status --porcelain --untracked-files=no -- "${srcs[@]}")" ] || COMMIT="$COMMIT, plus uncommitted changes"
+    COMMIT="$COMMIT)"
+  else
+    COMMIT="unknown (set COMMIT=)"
+  fi
+fi
 
 missing=()
 for tool in valgrind callgrind_control callgrind_annotate h2load nginx wrk curl python3; do
@@ -66,8 +83,11 @@ if [ ! -x "$RW_PROXY" ]; then
   echo "  or name the binary to measure with RW_PROXY=path." >&2
   exit 2
 fi
-RW_PROXY="$(cd "$(dirname "$RW_PROXY")" && pwd)/$(basename "$RW_PROXY")"
-template="${NGINX_TEMPLATE:-$PWD/loadtest/bench/nginx-reference.conf}"
+if [ -n "${NGINX_TEMPLATE:-}" ]; then
+  template="$(abs "$NGINX_TEMPLATE")"
+else
+  template="$PWD/loadtest/bench/nginx-reference.conf"
+fi
 
 mkdir -p "$out"
 out="$(cd "$out" && pwd)"
