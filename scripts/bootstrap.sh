@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing need on a fresh Debian machine; does nothing when all is there.
 #   scripts/bootstrap.sh          build + test needs (cmake for libz-ng-sys, cargo-nextest)
-#   scripts/bootstrap.sh --bench  also nginx, wrk and perf for `loadtest compare` and profiling
+#   scripts/bootstrap.sh --bench  also nginx, wrk and perf for `loadtest compare` and profiling, and
+#                                 valgrind, h2load and curl for loadtest/bench/instructions.sh
 set -euo pipefail
 
 packages=()
@@ -11,6 +12,9 @@ if [ "${1:-}" = "--bench" ]; then
   command -v nginx >/dev/null 2>&1 || packages+=(nginx)
   command -v wrk >/dev/null 2>&1 || packages+=(wrk)
   command -v perf >/dev/null 2>&1 || packages+=(linux-perf)
+  command -v valgrind >/dev/null 2>&1 || packages+=(valgrind)
+  command -v h2load >/dev/null 2>&1 || packages+=(nghttp2-client)
+  command -v curl >/dev/null 2>&1 || packages+=(curl)
 fi
 
 if [ "${#packages[@]}" -gt 0 ]; then

@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
 # Every measurement of BENCHMARKS.md, with release builds, into bench-results/<UTC time>/.
-# Takes about 25 minutes with the defaults; do not run it on a machine that is doing other work.
+# Takes about 30 minutes with the defaults; do not run it on a machine that is doing other work.
 #
 #   loadtest/bench/run-all.sh                 everything
 #   ONLY="compare idle" loadtest/bench/run-all.sh
+#   ONLY=instructions loadtest/bench/run-all.sh    Ir per request under callgrind (instructions.sh)
 #   DURATION=5s ROUNDS=1 FAILOVER_RUNS=2 loadtest/bench/run-all.sh   a quicker pass
 #
 # Then: python3 loadtest/bench/summarize.py bench-results/<dir> > tables.md
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-ONLY="${ONLY:-compare idle failover election}"
+ONLY="${ONLY:-instructions compare idle failover election}"
 DURATION="${DURATION:-10s}"
 ROUNDS="${ROUNDS:-2}"
 FAILOVER_RUNS="${FAILOVER_RUNS:-5}"
@@ -34,6 +35,13 @@ mkdir -p "$out"
 cat "$out/machine.txt"
 
 want() { [[ " $ONLY " == *" $1 "* ]]; }
+
+if want instructions; then
+  # Instructions per proxied request under callgrind, nginx vs rw-proxy, and wrk req/s and p99
+  # in the same run: the count is what a performance change is judged by on a noisy machine.
+  echo "== instructions (callgrind)" >&2
+  loadtest/bench/instructions.sh "$out/instructions"
+fi
 
 if want compare; then
   # req/s and latency vs nginx, GET and PUT, and the overhead over a direct connection.

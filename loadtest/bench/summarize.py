@@ -38,6 +38,11 @@ def main(d):
             print(f"- {line.strip()}")
         print()
 
+    table = os.path.join(d, "instructions", "table.md")
+    if os.path.exists(table):
+        print("Cost per request (callgrind, loadtest/bench/instructions.sh):\n")
+        print(open(table).read())
+
     c = load(os.path.join(d, "compare.json")) if os.path.exists(os.path.join(d, "compare.json")) else None
     if c:
         print(f"Command: `{c['command']}`\n")

@@ -122,9 +122,14 @@ pub struct CompareReport {
     pub idle: Vec<IdleMemory>,
 }
 
-/// nginx.conf: the reference ConfigMap's shape (map $request_method -> writer or readers,
-/// access log off, HTTP/1.1 upstream) with the one change the comparison is about: pooled
-/// upstream connections (`keepalive` + `Connection ""`) instead of `Connection close`.
+/// The reference nginx, shared with loadtest/bench/instructions.sh: the ConfigMap's shape (map
+/// $request_method -> writer or readers, access log off, HTTP/1.1 upstream) with pooled upstream
+/// connections (`keepalive` + `Connection ""`) instead of one request per connection, and the
+/// header work rw-proxy does on every request (X-Forwarded-*, X-Request-Id both ways, the fencing
+/// token to the writer only), so that both proxies do the same work per request.
+const NGINX_TEMPLATE: &str = include_str!("../../bench/nginx-reference.conf");
+
+/// nginx.conf of the reference proxy: `worker_processes auto` under a master process.
 pub fn nginx_conf(
     dir: &Path,
     listen: u16,
@@ -132,56 +137,16 @@ pub fn nginx_conf(
     readers: &[String],
     worker_connections: u64,
 ) -> String {
-    let readers: String = readers
-        .iter()
-        .map(|r| format!("    server {r};\n"))
-        .collect();
-    let d = dir.display();
-    format!(
-        r#"daemon off;
-master_process on;
-worker_processes auto;
-worker_rlimit_nofile {rlimit};
-pid {d}/nginx.pid;
-error_log {d}/nginx-error.log warn;
-events {{
-  worker_connections {worker_connections};
-}}
-http {{
-  access_log off;
-  client_body_temp_path {d}/nginx-body;
-  proxy_temp_path {d}/nginx-proxy;
-  fastcgi_temp_path {d}/nginx-fastcgi;
-  uwsgi_temp_path {d}/nginx-uwsgi;
-  scgi_temp_path {d}/nginx-scgi;
-  proxy_http_version 1.1;
-  upstream writer {{
-    server {writer};
-    keepalive 256;
-  }}
-  upstream readers {{
-{readers}    keepalive 256;
-  }}
-  map $request_method $upstream_location {{
-    PUT writer;
-    PATCH writer;
-    DELETE writer;
-    POST writer;
-    default readers;
-  }}
-  server {{
-    listen 127.0.0.1:{listen};
-    location / {{
-      proxy_set_header Host $proxy_host;
-      proxy_set_header Connection "";
-      proxy_set_header X-Writer-Epoch 1;
-      proxy_pass http://$upstream_location;
-    }}
-  }}
-}}
-"#,
-        rlimit = worker_connections * 2,
-    )
+    let readers: Vec<String> = readers.iter().map(|r| format!("    server {r};")).collect();
+    NGINX_TEMPLATE
+        .replace("@MASTER_PROCESS@", "on")
+        .replace("@WORKER_PROCESSES@", "auto")
+        .replace("@RLIMIT_NOFILE@", &(worker_connections * 2).to_string())
+        .replace("@WORKER_CONNECTIONS@", &worker_connections.to_string())
+        .replace("@DIR@", &dir.display().to_string())
+        .replace("@WRITER@", writer)
+        .replace("@READERS@", &readers.join("\n"))
+        .replace("@LISTEN@", &listen.to_string())
 }
 
 fn raise_nofile() -> u64 {
@@ -841,21 +806,55 @@ mod tests {
         assert_eq!(r[0].added_p50_us_over_direct, Some(90));
     }
 
-    #[test]
-    fn nginx_conf_keeps_the_reference_shape_with_keepalive() {
-        let c = nginx_conf(
+    fn conf() -> String {
+        nginx_conf(
             Path::new("/tmp/x"),
             8088,
             "127.0.0.1:9001",
             &["127.0.0.1:9002".into(), "127.0.0.1:9003".into()],
             4096,
-        );
+        )
+    }
+
+    #[test]
+    fn nginx_conf_keeps_the_reference_shape_with_keepalive() {
+        let c = conf();
         assert!(c.contains("map $request_method $upstream_location"));
         assert!(c.contains("keepalive 256;"));
         assert!(c.contains("proxy_set_header Connection \"\";"));
-        assert!(c.contains("server 127.0.0.1:9003;"));
+        assert!(c.contains("    server 127.0.0.1:9002;\n    server 127.0.0.1:9003;\n"));
+        assert!(c.contains("server 127.0.0.1:9001;"));
         assert!(c.contains("listen 127.0.0.1:8088;"));
         assert!(c.contains("access_log off;"));
+        assert!(c.contains("pid /tmp/x/nginx.pid;"));
+        assert!(c.contains("worker_connections 4096;"));
+        assert!(c.contains("worker_rlimit_nofile 8192;"));
+        assert!(c.contains("master_process on;"));
+        assert!(c.contains("worker_processes auto;"));
         assert!(!c.contains("Connection close"));
+        assert!(!c.contains('@'), "every marker is filled in:\n{c}");
+    }
+
+    #[test]
+    fn nginx_conf_does_the_header_work_rw_proxy_does() {
+        let c = conf();
+        // Appends the client address to the client's X-Forwarded-For.
+        assert!(c.contains("proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;"));
+        // X-Forwarded-Proto and -Host: the client's if sent, else this hop's scheme and Host.
+        assert!(c.contains("map $http_x_forwarded_proto $forwarded_proto {\n    \"\" $scheme;"));
+        assert!(c.contains("proxy_set_header X-Forwarded-Proto $forwarded_proto;"));
+        assert!(c.contains("map $http_x_forwarded_host $forwarded_host {\n    \"\" $http_host;"));
+        assert!(c.contains("proxy_set_header X-Forwarded-Host $forwarded_host;"));
+        // X-Request-Id: the client's, else generated; upstream, and on the response unless the
+        // upstream's response has one.
+        assert!(c.contains("map $http_x_request_id $request_id_out {\n    \"\" $request_id;"));
+        assert!(c.contains("proxy_set_header X-Request-Id $request_id_out;"));
+        assert!(c.contains("map $upstream_http_x_request_id $response_request_id {"));
+        assert!(c.contains("add_header X-Request-Id $response_request_id always;"));
+        // The fencing token goes to the writer only and replaces any the client sent.
+        assert!(
+            c.contains("map $upstream_location $writer_epoch {\n    writer 1;\n    default \"\";")
+        );
+        assert!(c.contains("proxy_set_header X-Writer-Epoch $writer_epoch;"));
     }
 }
