@@ -358,6 +358,77 @@ async fn restart_resumes_from_the_lease_and_a_recreated_writer_pod_is_a_reader()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_pod_is_no_candidate_while_it_exists_and_its_recreation_is() {
+    // The pods serve the MicroStream node library's calls; storagenode-0 answers 400 to the
+    // distributor calls, like a backup node.
+    let nodes = api_nodes(3, Api::Microstream).await;
+    nodes[0].set_backup(true);
+    let api = fake_api(&nodes).await;
+    let yaml = format!(
+        r#"listen: "127.0.0.1:0"
+discovery:
+  kubernetes: {{ namespace: "{NS}", port: http }}
+probe: {{ interval: 200ms, timeout: 1s, failure_threshold: 3, success_threshold: 1 }}
+state: {{ lease: {{ name: {WRITER_LEASE} }} }}
+promotion: {{ preset: microstream }}
+"#
+    );
+    let cfg = ElectionConfig::from_yaml_str(&yaml).unwrap_or_else(|e| panic!("config: {e}"));
+    let svc = start(
+        cfg,
+        ServiceOptions {
+            kube_client: Some(api.kube_client()),
+            identity: Some("we-0".into()),
+            listener: None,
+        },
+    )
+    .await
+    .expect("start writer-election");
+    let t = wait_topology(&svc.url(), "storagenode-1 writer, all ready", |t| {
+        writer_name(t) == Some("storagenode-1") && all_ready(t, 3)
+    })
+    .await;
+    assert_eq!(t.epoch, 1, "the refused attempt recorded nothing");
+    assert_eq!(nodes[0].start_attempts(), 1);
+    assert!(!nodes[0].promoted());
+    wait("the PromotionRefused event", || {
+        api.events().iter().any(|e| {
+            e.reason.as_deref() == Some("PromotionRefused")
+                && e.regarding == Some(("Pod".into(), "storagenode-0".into()))
+        })
+    })
+    .await;
+
+    // The pod is replaced by a storage node under the same name (new UID): a new node, a
+    // candidate again. The writer's pod goes away: the new storagenode-0 ranks first.
+    let old_uid = pod_uid(&api, "storagenode-0");
+    nodes[0].set_backup(false);
+    assert!(api.delete_pod(NS, "storagenode-0"));
+    api.add_pod(StoragePod::new("storagenode-0").port("http", nodes[0].addr.port()));
+    assert_ne!(pod_uid(&api, "storagenode-0"), old_uid);
+    wait_topology(&svc.url(), "the new storagenode-0 ready", |t| {
+        t.nodes.iter().any(|n| n.name == "storagenode-0" && n.ready)
+    })
+    .await;
+    assert!(api.delete_pod(NS, "storagenode-1"));
+    let t = wait_topology(&svc.url(), "storagenode-0 writer", |t| {
+        writer_name(t) == Some("storagenode-0")
+    })
+    .await;
+    assert_eq!(t.epoch, 2);
+    assert!(nodes[0].promoted());
+    assert_eq!(nodes[2].start_attempts(), 0);
+    let (_, text) = http_call("GET", &format!("{}/metrics", svc.url()), &[], "").await;
+    assert_eq!(
+        parse_metrics(&text)
+            .get("writer_election_candidates_excluded_total{reason=\"promotion_refused\"}"),
+        Some(&1.0)
+    );
+    assert_rbac_clean(&api);
+    svc.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn losing_the_api_never_fails_over() {
     let mut nodes = nodes(3).await;
     let api = Arc::new(fake_api(&nodes).await);
