@@ -9,7 +9,7 @@ pub const NO_WRITER: ErrorType = ErrorType::Custom("no_writer");
 pub const HOLD_FULL: ErrorType = ErrorType::Custom("hold_full");
 /// A pooled upstream connection was found closed by the peer before anything was sent on it.
 pub const STALE_POOLED: ErrorType = ErrorType::Custom("stale_pooled_connection");
-/// The writer answered a write `400` + `StorageNode-NAD: true`: not the distributor, nothing
+/// The writer answered a write `400` + `StorageNode-NAD: true` (`Microstream-NAD` in older node libraries): not the distributor, nothing
 /// applied.
 pub const WRITER_REFUSED: ErrorType = ErrorType::Custom("writer_refused");
 /// A read arrived and no node can serve it.

@@ -56,7 +56,7 @@ pub enum SuspectKind {
     /// A connect failed, or a pooled connection was found closed: cleared when a fresh TCP
     /// connect gets through.
     Unreachable,
-    /// The node answered a write `400` with `StorageNode-NAD: true` (not the distributor, nothing
+    /// The node answered a write `400` with `StorageNode-NAD: true` / `Microstream-NAD: true` (not the distributor, nothing
     /// applied): cleared after a backoff, when the next write tries again.
     Refused,
 }
@@ -197,7 +197,7 @@ impl WriteHold {
         }
     }
 
-    /// The writer answered a write `400` + `StorageNode-NAD: true`: it is not the distributor
+    /// The writer answered a write `400` + a NAD header (`StorageNode-NAD` / `Microstream-NAD`: true): it is not the distributor
     /// (restarted, or not promoted yet) and applied nothing. Holds writes to it until the
     /// topology changes or a backoff passes, which grows while the refusals go on, so a node
     /// that stays unpromoted gets a few writes a second, not every held write at once.
@@ -233,7 +233,7 @@ impl WriteHold {
         tracing::warn!(
             writer = %suspect.address, epoch = suspect.epoch,
             retry_in_ms = delay.as_millis() as u64,
-            "the writer refused a write as not the distributor (StorageNode-NAD): holding writes"
+            "the writer refused a write as not the distributor (NAD): holding writes"
         );
         self.metrics.writer_suspect.set(1);
         let hold = self.clone();

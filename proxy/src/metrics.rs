@@ -278,7 +278,7 @@ impl Metrics {
         let writer_refusals = IntCounterVec::new(
             Opts::new(
                 "rw_proxy_writer_refusals_total",
-                "Writes the writer refused as not the distributor (400 + StorageNode-NAD: true; \
+                "Writes the writer refused as not the distributor (400 + StorageNode-NAD or Microstream-NAD: true; \
                  nothing applied), by outcome: held (held and sent again, the refusal never \
                  reaches the client), not_resendable (body larger than the retry buffer: 503)",
             ),
@@ -406,7 +406,7 @@ impl Metrics {
         mine.durations[target].observe(elapsed.as_secs_f64());
     }
 
-    /// Counts a refusal by the writer (`StorageNode-NAD`); `resent`: the write is held and goes
+    /// Counts a refusal by the writer (a NAD header); `resent`: the write is held and goes
     /// again.
     pub fn writer_refusal(&self, resent: bool) {
         if resent {

@@ -36,8 +36,9 @@ pub const X_REQUEST_ID: &str = "x-request-id";
 pub const X_FORWARDED_FOR: &str = "x-forwarded-for";
 pub const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
 pub const X_FORWARDED_HOST: &str = "x-forwarded-host";
-/// Set by a storage node that refused a write as not the distributor.
-pub const STORAGE_NODE_NAD: &str = "storagenode-nad";
+/// Set (to `true`) by a storage node that refused a write as not the distributor: the node
+/// library's newest line calls it `StorageNode-NAD`, every earlier one `Microstream-NAD`.
+pub const NAD_HEADERS: [&str; 2] = ["storagenode-nad", "microstream-nad"];
 /// Idle time allowed between two requests on a client keep-alive connection.
 const DOWNSTREAM_KEEPALIVE_SECS: u64 = crate::downstream::IDLE_TIMEOUT.as_secs();
 
@@ -723,16 +724,18 @@ impl ProxyHttp for RwProxy {
 }
 
 /// The storage node's refusal of a write because it is not the distributor (the cluster node
-/// library's `NotADistributorException`): `400` with `StorageNode-NAD: true`, raised before the
-/// store call applies anything. Exactly this signal, nothing looser: any other 400 is the
-/// client's and goes back to it unchanged.
+/// library's `NotADistributorException`): `400` with `StorageNode-NAD: true` (or, before the
+/// library renamed it, `Microstream-NAD: true`), raised before the store call applies anything.
+/// Exactly this signal, nothing looser: any other 400 is the client's and goes back to it
+/// unchanged.
 fn is_not_distributor(resp: &ResponseHeader) -> bool {
     resp.status == 400
-        && resp
-            .headers
-            .get(STORAGE_NODE_NAD)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
+        && NAD_HEADERS.iter().any(|name| {
+            resp.headers
+                .get(*name)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
+        })
 }
 
 /// Hop-by-hop fields of the upstream response (RFC 9110, 7.6.1). Pingora writes its own
@@ -824,6 +827,12 @@ mod tests {
         };
         assert!(is_not_distributor(&resp(400, Some("true"))));
         assert!(is_not_distributor(&resp(400, Some(" TRUE "))));
+        let mut older = ResponseHeader::build(400, None).unwrap();
+        older.insert_header("Microstream-NAD", "true").unwrap();
+        assert!(is_not_distributor(&older));
+        let mut other = ResponseHeader::build(400, None).unwrap();
+        other.insert_header("X-NAD", "true").unwrap();
+        assert!(!is_not_distributor(&other));
         assert!(!is_not_distributor(&resp(400, None)));
         assert!(!is_not_distributor(&resp(400, Some("false"))));
         assert!(!is_not_distributor(&resp(400, Some("yes"))));

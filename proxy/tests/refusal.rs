@@ -1,6 +1,6 @@
 //! A write refused by a storage node that is not the distributor (`400` + `StorageNode-NAD:
-//! true`, nothing applied) is held and sent again, never passed to the client; any other 400
-//! is. Real rw-proxy process, real backends and a fake writer-election on 127.0.0.1.
+//! true`, or `Microstream-NAD: true` from older node libraries; nothing applied) is held and
+//! sent again, never passed to the client; any other 400 is. Real rw-proxy process, real backends and a fake writer-election on 127.0.0.1.
 
 mod support;
 
@@ -78,7 +78,8 @@ async fn a_refused_write_is_held_and_applied_once_on_the_new_writer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_writer_promoted_again_takes_the_held_write_without_a_new_topology() {
     let a = Backend::start("a").await;
-    a.refuse_writes(true);
+    // The MicroStream releases' name of the header.
+    a.refuse_writes_as_microstream();
     let fake = FakeElection::start(doc(3, 1, Some(("a", a.addr)), &[], None)).await;
     let proxy = Proxy::start(&election_cfg(&fake.url, "failover: { hold_writes: 30s }\n")).await;
 

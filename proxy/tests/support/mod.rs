@@ -41,6 +41,8 @@ struct Record {
     seen: Mutex<Vec<Seen>>,
     /// While set, writes are refused like a storage node that is not the distributor.
     refuse_writes: std::sync::atomic::AtomicBool,
+    /// The header of that refusal (the node library's older name when set).
+    refuse_as_microstream: std::sync::atomic::AtomicBool,
     /// Writes refused that way (not applied: not in `seen`).
     refused: Mutex<Vec<Seen>>,
     /// (path, when the answer was ready), for requests answered in full.
@@ -142,6 +144,14 @@ impl Backend {
             .store(on, std::sync::atomic::Ordering::SeqCst);
     }
 
+    /// Refuse writes as not the distributor with the older header name, `Microstream-NAD`.
+    pub fn refuse_writes_as_microstream(&self) {
+        self.record
+            .refuse_as_microstream
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.refuse_writes(true);
+    }
+
     /// The writes refused as not the distributor.
     pub fn refused(&self) -> Vec<Seen> {
         self.record
@@ -209,10 +219,18 @@ async fn handle(
         if let Ok(mut v) = record.refused.lock() {
             v.push(seen);
         }
+        let header = if record
+            .refuse_as_microstream
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            "Microstream-NAD"
+        } else {
+            "StorageNode-NAD"
+        };
         return Ok(Response::builder()
             .status(StatusCode::BAD_REQUEST)
             .header("x-backend", name.as_str())
-            .header("StorageNode-NAD", "true")
+            .header(header, "true")
             .body(Full::new(Bytes::from_static(b"not a distributor")))
             .unwrap_or_default());
     }
