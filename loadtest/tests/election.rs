@@ -139,7 +139,7 @@ async fn elected_node_takes_writes_the_others_refuse(api: Api) {
             assert_eq!(r.status, 200, "{api} writer {}: {}", n.name, r.text());
         } else {
             assert_eq!(r.status, 400, "{api} reader {}: {}", n.name, r.text());
-            assert_eq!(r.header("storagenode-nad"), Some("true"), "{api}");
+            assert_eq!(r.header(api.nad_header()), Some("true"), "{api}");
         }
     }
     let lines = read_all(&s.log).unwrap();
@@ -204,7 +204,7 @@ async fn a_backup_node_ranked_first_is_never_elected() {
         .await
         .unwrap();
     assert_eq!(r.status, 400);
-    assert_eq!(r.header("storagenode-nad"), Some("true"));
+    assert_eq!(r.header(api.nad_header()), Some("true"));
     s.group.shutdown(WAIT);
 }
 

@@ -188,7 +188,7 @@ async fn readiness_can_be_switched_off_and_on() {
 
 /// PUT, POST and DELETE on `url`, each without and with an epoch header: all must be refused
 /// as a node that is not the distributor refuses them.
-async fn assert_every_write_refused_nad(url: &str) {
+async fn assert_every_write_refused_nad(url: &str, api: Api) {
     let c = client();
     for method in [http::Method::PUT, http::Method::POST, http::Method::DELETE] {
         for headers in [vec![], vec![("X-Writer-Epoch", "7")]] {
@@ -197,7 +197,7 @@ async fn assert_every_write_refused_nad(url: &str) {
                 .await
                 .unwrap();
             assert_eq!(r.status, 400, "{method} {headers:?}: {}", r.text());
-            assert_eq!(r.header("storagenode-nad"), Some("true"), "{method}");
+            assert_eq!(r.header(api.nad_header()), Some("true"), "{api} {method}");
             assert_eq!(r.json().unwrap()["error"], "not_a_distributor");
         }
     }
@@ -225,7 +225,7 @@ async fn every_api_refuses_writes_until_promoted_through_its_own_paths() {
             &["--api", api.as_str(), "--promotion-delay", "50ms"],
         )
         .await;
-        assert_every_write_refused_nad(&url).await;
+        assert_every_write_refused_nad(&url, api).await;
         assert_eq!(log_lines(&log), 0, "{api}: a refused write reached the log");
         let dist = c
             .get(&format!("{url}{}", api.distributor_path()))
@@ -337,7 +337,12 @@ async fn promotion_gates_writes_and_catches_up_past_the_lag() {
     assert_eq!(put(&a, "k", "v1", Some(1)).await.status, 200);
     let r = put(&b, "k2", "x", Some(2)).await;
     assert_eq!(r.status, 400, "{}", r.text());
-    assert_eq!(r.header("storagenode-nad"), Some("true"));
+    assert_eq!(r.header("microstream-nad"), Some("true"));
+    assert_eq!(
+        r.header("storagenode-nad"),
+        None,
+        "the MicroStream lines' name only"
+    );
     assert_eq!(r.json().unwrap()["error"], "not_a_distributor");
     assert_eq!(c.get(&format!("{b}/kv/k")).await.unwrap().status, 404);
 
@@ -409,7 +414,7 @@ async fn a_demoted_writer_refuses_writes_until_promoted_again() {
         .await
         .unwrap();
     assert_eq!(dist.text(), "false");
-    assert_every_write_refused_nad(&url).await;
+    assert_every_write_refused_nad(&url, api).await;
     assert_eq!(
         log_lines(&log),
         1,
@@ -452,7 +457,7 @@ async fn a_backup_node_refuses_the_distributor_calls_and_every_write() {
             .await
             .unwrap();
         assert_eq!(dist.status, 400, "{api}: {}", dist.text());
-        assert_every_write_refused_nad(&url).await;
+        assert_every_write_refused_nad(&url, api).await;
         let who = c
             .get(&format!("{url}/whoami"))
             .await

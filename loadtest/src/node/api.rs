@@ -94,6 +94,16 @@ impl Api {
         self.path("storage-bytes")
     }
 
+    /// The response header, set to `true`, with which a node that is not the distributor
+    /// refuses a write: `Microstream-NAD` until the library's newest line renamed it
+    /// `StorageNode-NAD` (together with dropping the path prefixes).
+    pub fn nad_header(self) -> &'static str {
+        match self {
+            Api::EclipseDatagridUnprefixed => "storagenode-nad",
+            Api::Microstream | Api::MicrostreamLegacy | Api::EclipseDatagrid => "microstream-nad",
+        }
+    }
+
     /// Whether activation takes `start` + `finish` (else the single legacy call).
     pub fn two_step_activation(self) -> bool {
         !matches!(self, Api::MicrostreamLegacy)

@@ -3,7 +3,8 @@
 //! A node accepts a write only when the request carries an `X-Writer-Epoch` at least as high as
 //! any epoch it has seen (in the shared log, after catching up, or in earlier requests), and,
 //! unless started with `--no-promotion-needed`, only while it is the distributor: a storage node
-//! that is not refuses every write (400, `StorageNode-NAD: true`) before looking at anything else.
+//! that is not refuses every write (400, `Microstream-NAD: true`; `StorageNode-NAD` in the
+//! newest API) before looking at anything else.
 
 use serde::Serialize;
 

@@ -24,7 +24,6 @@ use super::store::Store;
 pub const EPOCH_HEADER: &str = "x-writer-epoch";
 pub const NODE_HEADER: &str = "x-node";
 /// Set to `true` on a write refused because this node is not the distributor.
-pub const NAD_HEADER: &str = "storagenode-nad";
 
 pub struct Node {
     pub name: String,
@@ -202,8 +201,8 @@ async fn write(
 }
 
 /// The refusal as JSON naming this node; a node that is not the distributor answers as the
-/// storage node library does (400 with `StorageNode-NAD: true`), so a proxy can tell it apart
-/// from a malformed request.
+/// storage node library does (400 with its API's NAD header set to `true`), so a proxy can tell
+/// it apart from a malformed request.
 fn refused(node: &Node, refusal: &Refusal) -> Response {
     let mut body = serde_json::to_value(refusal).unwrap_or_else(|_| json!({}));
     body["message"] = json!(refusal.message());
@@ -216,7 +215,7 @@ fn refused(node: &Node, refusal: &Refusal) -> Response {
     let h = r.headers_mut();
     h.insert(NODE_HEADER, node.name_header.clone());
     if matches!(refusal, Refusal::NotADistributor) {
-        h.insert(NAD_HEADER, HeaderValue::from_static("true"));
+        h.insert(node.api.nad_header(), HeaderValue::from_static("true"));
     }
     r
 }

@@ -44,7 +44,7 @@ pub struct NodeArgs {
     #[arg(long, value_enum, default_value_t = Api::Microstream)]
     pub api: Api,
     /// Accept writes without being the distributor (a single node with no election: benchmarks
-    /// of the proxy, tools). By default writes are refused with 400 + StorageNode-NAD until the
+    /// of the proxy, tools). By default writes are refused with 400 + the API's NAD header until the
     /// node is promoted, as a real node does.
     #[arg(long, conflicts_with = "backup")]
     pub no_promotion_needed: bool,
