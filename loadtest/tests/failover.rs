@@ -83,6 +83,31 @@ fn kill_writer_loses_no_acknowledged_write() {
 }
 
 #[test]
+fn a_writer_that_loses_its_role_is_promoted_again_and_every_refused_write_lands_once() {
+    let (code, report) = failover(&["--demote", "writer"]);
+    assert_eq!(report["scenario"], "demote");
+    let a = &report["analysis"];
+    assert_eq!(a["lost_acked_writes"], 0, "{report:#}");
+    assert_eq!(a["applied_twice"], 0, "{report:#}");
+    assert_eq!(a["writes"]["failed"], 0, "{report:#}");
+    assert!(
+        report["new_writer"].is_null(),
+        "the same writer, re-promoted: {report:#}"
+    );
+    // The proxy saw the refusals and held those writes instead of failing them.
+    let held: f64 = report["proxy_metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|l| l.as_str())
+        .filter(|l| l.starts_with(r#"rw_proxy_writer_refusals_total{outcome="held"}"#))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(held >= 1.0, "no refusal seen: {report:#}");
+    assert_passed_if_live(code, &report);
+}
+
+#[test]
 fn switchover_loses_nothing() {
     let (code, report) = failover(&["--switchover"]);
     assert_eq!(report["scenario"], "switchover");

@@ -15,6 +15,7 @@ pub enum Fault {
     Kill,
     Hang,
     Unready,
+    Demote,
     Switchover,
 }
 
@@ -24,6 +25,7 @@ impl Fault {
             Fault::Kill => "kill",
             Fault::Hang => "hang",
             Fault::Unready => "unready",
+            Fault::Demote => "demote",
             Fault::Switchover => "switchover",
         }
     }
@@ -66,6 +68,9 @@ pub struct Analysis {
     pub lost_examples: Vec<String>,
     /// Acknowledged writes whose epoch differs from the one the log has for them.
     pub epoch_mismatches: u64,
+    /// Writes in the log more than once (every write of a run has a key of its own, so a key
+    /// and value logged twice is a write applied twice; must be 0).
+    pub applied_twice: u64,
     /// Last ack from the old writer -> first ack from a new writer, as the client saw it.
     pub client_failover_ms: Option<f64>,
     pub last_old_ack_ms: Option<f64>,
@@ -122,6 +127,15 @@ pub fn analyze(
         log: summarize_log(lines),
         ..Analysis::default()
     };
+    let mut seen: HashMap<(&str, &str), u32> = HashMap::new();
+    for l in lines {
+        if let Line::Record(r) = l {
+            *seen
+                .entry((r.key.as_str(), r.value.as_deref().unwrap_or("")))
+                .or_default() += 1;
+        }
+    }
+    a.applied_twice = seen.values().filter(|n| **n > 1).count() as u64;
     let logged: HashMap<(&str, &str), &Record> = lines
         .iter()
         .filter_map(|l| match l {
@@ -236,12 +250,29 @@ pub fn failures(fault: Fault, a: &Analysis, old_writer: &str) -> Vec<String> {
             a.epoch_mismatches
         ));
     }
-    if a.first_new_ack_ms.is_none() {
+    if a.applied_twice > 0 {
+        f.push(format!(
+            "{} writes were applied more than once",
+            a.applied_twice
+        ));
+    }
+    if fault == Fault::Demote {
+        // The writer lost its role and keeps it back: no failover, only a re-promotion.
+        if !a.writers_after_fault.iter().any(|n| n == old_writer) {
+            f.push(format!(
+                "no write was acknowledged by {old_writer} after it lost its role: not promoted again"
+            ));
+        }
+    } else if a.first_new_ack_ms.is_none() {
         f.push(format!(
             "no write was acknowledged by a node other than {old_writer} after the fault: no failover seen"
         ));
     }
     match fault {
+        Fault::Demote if a.writes.failed > 0 => f.push(format!(
+            "writes refused by a writer that lost its role must be held, not failed: {} failed: {:?}",
+            a.writes.failed, a.writes.failed_by_kind
+        )),
         Fault::Switchover if a.writes.failed > 0 => f.push(format!(
             "a planned switchover must fail no request, {} writes failed: {:?}",
             a.writes.failed, a.writes.failed_by_kind
@@ -259,6 +290,21 @@ pub fn failures(fault: Fault, a: &Analysis, old_writer: &str) -> Vec<String> {
 mod tests {
     use super::*;
     use crate::node::log::OpKind;
+
+    #[test]
+    fn a_write_logged_twice_is_a_failure_and_a_demotion_needs_the_writer_back() {
+        let lines = vec![
+            rec(1, "node-1", 1, "a", "1"),
+            rec(2, "node-1", 1, "b", "1"),
+            rec(3, "node-1", 1, "b", "1"),
+        ];
+        let a = analyze(&[], &lines, 0, 0, "node-1");
+        assert_eq!(a.applied_twice, 1);
+        let f = failures(Fault::Demote, &a, "node-1");
+        assert!(f.iter().any(|m| m.contains("more than once")), "{f:?}");
+        assert!(f.iter().any(|m| m.contains("not promoted again")), "{f:?}");
+        assert!(!f.iter().any(|m| m.contains("no failover")), "{f:?}");
+    }
 
     fn rec(seq: u64, node: &str, epoch: u64, key: &str, value: &str) -> Line {
         Line::Record(Record {

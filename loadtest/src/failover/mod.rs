@@ -46,6 +46,11 @@ pub struct FaultArgs {
     /// Turn the writer's readiness off (POST /admin/ready false).
     #[arg(long, value_enum)]
     pub unready: Option<Victim>,
+    /// The writer loses its distributor role (POST /admin/demote), as a writer that restarted
+    /// does: it refuses writes (400 + NAD) until writer-election promotes it again; rw-proxy
+    /// holds and resends them. No failover; no write may fail or be applied twice.
+    #[arg(long, value_enum)]
+    pub demote: Option<Victim>,
     /// Planned switchover: POST /v1/switchover with the bearer token.
     #[arg(long)]
     pub switchover: bool,
@@ -105,6 +110,8 @@ impl FailoverArgs {
             Fault::Hang
         } else if f.unready.is_some() {
             Fault::Unready
+        } else if f.demote.is_some() {
+            Fault::Demote
         } else {
             Fault::Switchover
         }
@@ -404,6 +411,16 @@ async fn inject(fault: Fault, cluster: &Cluster, writer: &str) -> anyhow::Result
                 .await?;
             Ok(Some(format!("HTTP {} {}", r.status, r.text())))
         }
+        Fault::Demote => {
+            let node = cluster
+                .node(writer)
+                .with_context(|| format!("the writer {writer} is not one of our nodes"))?;
+            let r = cluster
+                .client
+                .post(&format!("{}/admin/demote", node.url), "")
+                .await?;
+            Ok(Some(format!("HTTP {} {}", r.status, r.text())))
+        }
         Fault::Switchover => {
             let auth = format!("Bearer {}", cluster.token);
             // A switchover answers only after the proxies drained and the new writer was
@@ -535,6 +552,7 @@ async fn proxy_metrics(cluster: &Cluster) -> Vec<String> {
             l.contains("held")
                 || l.contains("hold")
                 || l.contains("upstream_errors")
+                || l.contains("refusals")
                 || l.starts_with("rw_proxy_writer_epoch")
                 || l.starts_with("rw_proxy_topology_updates_total")
         })

@@ -23,8 +23,6 @@ use super::store::Store;
 
 pub const EPOCH_HEADER: &str = "x-writer-epoch";
 pub const NODE_HEADER: &str = "x-node";
-/// Set to `true` on a write refused because this node is not the distributor.
-
 pub struct Node {
     pub name: String,
     pub api: Api,
