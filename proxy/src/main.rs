@@ -15,10 +15,18 @@ enum LogFormat {
     Json,
 }
 
+/// `--version`: `<version> (commit <id or unknown>)`, the same pair as `rw_proxy_build_info`.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("RW_PROXY_COMMIT"),
+    ")"
+);
+
 /// Read/write splitting proxy for a single-writer storage cluster: writes go to the elected
 /// writer, reads are spread over the ready readers.
 #[derive(Debug, Parser)]
-#[command(name = "rw-proxy", version)]
+#[command(name = "rw-proxy", version = VERSION)]
 struct Args {
     /// Configuration file (YAML; see proxy/README.md).
     #[arg(long, short = 'c', value_name = "FILE")]

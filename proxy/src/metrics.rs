@@ -13,8 +13,8 @@ use http::Method;
 use prometheus::core::Collector;
 use prometheus::proto::{Metric, MetricFamily, MetricType};
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// `target` label values, indexed by [`crate::routing::RouteTarget::label_index`]; the last
@@ -340,6 +340,17 @@ impl Metrics {
             "Log lines dropped because stderr could not keep up",
         )
         .expect("static metric definition");
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "rw_proxy_build_info",
+                "Always 1; the labels name the version and the git commit of this binary",
+            ),
+            &["version", "commit"],
+        )
+        .expect("static metric definition");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), env!("RW_PROXY_COMMIT")])
+            .set(1);
 
         for c in [
             Box::new(Registered(per_worker.clone())) as Box<dyn prometheus::core::Collector>,
@@ -359,9 +370,18 @@ impl Metrics {
             Box::new(reloads.clone()),
             Box::new(in_flight.clone()),
             Box::new(log_lines_dropped.clone()),
+            Box::new(build_info),
         ] {
             registry.register(c).expect("metric names are unique");
         }
+        // The standard process_* series (CPU, memory, file descriptors, start time), read from
+        // /proc at scrape time; the crate has them for Linux only.
+        #[cfg(target_os = "linux")]
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("process metric names are unique");
 
         Metrics {
             registry,
@@ -490,6 +510,15 @@ mod tests {
         ] {
             assert!(text.contains(want), "missing {want} in\n{text}");
         }
+        let build_info = format!(
+            r#"rw_proxy_build_info{{commit="{}",version="{}"}} 1"#,
+            env!("RW_PROXY_COMMIT"),
+            env!("CARGO_PKG_VERSION")
+        );
+        assert!(
+            text.contains(&build_info),
+            "missing {build_info} in\n{text}"
+        );
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! The process: --check, reload on SIGHUP and on file change, /metrics, SIGTERM.
+//! The process: --version, --check, reload on SIGHUP and on file change, /metrics, SIGTERM.
 
 mod support;
 
@@ -6,6 +6,23 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use support::{eventually, get, metric_value, send, static_topology, Backend, KeepAlive, Proxy};
+
+#[test]
+fn version_names_the_version_and_the_commit() {
+    let out = Command::new(env!("CARGO_BIN_EXE_rw-proxy"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!(
+            "rw-proxy {} (commit {})",
+            env!("CARGO_PKG_VERSION"),
+            env!("RW_PROXY_COMMIT")
+        )
+    );
+}
 
 #[test]
 fn check_validates_and_names_the_key() {
@@ -232,6 +249,36 @@ async fn metrics_count_the_requests_just_made() {
         m.contains("rw_proxy_config_reloads_total{result=\"success\"} 0"),
         "{m}"
     );
+
+    // The standard process series, of the proxy process (not of this test).
+    assert!(v("process_resident_memory_bytes") > 0.0, "{m}");
+    assert!(
+        v("process_virtual_memory_bytes") >= v("process_resident_memory_bytes"),
+        "{m}"
+    );
+    // At least the listeners, the admin socket and the log file are open.
+    assert!(v("process_open_fds") > 0.0, "{m}");
+    assert!(v("process_max_fds") >= v("process_open_fds"), "{m}");
+    assert!(m.contains("\nprocess_cpu_seconds_total "), "{m}");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let started = v("process_start_time_seconds");
+    assert!(
+        started <= now + 1.0 && started > now - 600.0,
+        "started {started}, now {now}"
+    );
+    let commit = env!("RW_PROXY_COMMIT");
+    assert!(
+        commit == "unknown" || commit.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{commit}"
+    );
+    let build_info = format!(
+        r#"rw_proxy_build_info{{commit="{commit}",version="{}"}}"#,
+        env!("CARGO_PKG_VERSION")
+    );
+    assert_eq!(v(&build_info), 1.0, "{build_info} in\n{m}");
 
     let health = get(proxy.admin, "/health").await;
     assert_eq!(health.status, 200);
