@@ -15,10 +15,19 @@ enum LogFormat {
     Json,
 }
 
+/// `--version`: `<version> (commit <id or unknown>)`, the same pair as
+/// `writer_election_build_info`.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("WRITER_ELECTION_COMMIT"),
+    ")"
+);
+
 /// Elects the single writer of a storage cluster, records it durably and publishes the topology
 /// on /v1/topology.
 #[derive(Debug, Parser)]
-#[command(name = "writer-election", version)]
+#[command(name = "writer-election", version = VERSION)]
 struct Args {
     /// The election config (YAML, see writer-election/README.md).
     #[arg(long, short = 'c', env = "WRITER_ELECTION_CONFIG")]

@@ -178,6 +178,17 @@ impl Metrics {
             &["reason"],
         )
         .unwrap();
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "writer_election_build_info",
+                "Always 1; the labels name the version and the git commit of this binary",
+            ),
+            &["version", "commit"],
+        )
+        .expect("static metric definition");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), env!("WRITER_ELECTION_COMMIT")])
+            .set(1);
         for c in [
             Box::new(epoch.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(failovers.clone()),
@@ -198,10 +209,20 @@ impl Metrics {
             Box::new(writer_checks.clone()),
             Box::new(repromotions.clone()),
             Box::new(candidates_excluded.clone()),
+            Box::new(build_info),
         ] {
             // Names are constants and unique: registration cannot fail.
             registry.register(c).unwrap();
         }
+        // The standard process_* series (CPU, memory, file descriptors, start time), read from
+        // /proc at scrape time; the crate has them for Linux only. Of the whole process: several
+        // services in one test process all report that process.
+        #[cfg(target_os = "linux")]
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("process metric names are unique");
         kubernetes_api_up.set(1);
         Metrics {
             registry,
