@@ -180,35 +180,22 @@ impl WriteHold {
     /// Talking to the writer failed (`why`): hold new writes to it without dialling until the
     /// topology changes or [`recheck`] gets through.
     pub fn mark_suspect(self: &Arc<Self>, suspect: Suspect, connect_timeout: Duration, why: &str) {
-        let newly = self.suspect.send_if_modified(|cur| {
-            if cur.as_ref() == Some(&suspect) {
-                return false;
-            }
-            *cur = Some(suspect.clone());
-            true
-        });
+        let newly = self.set_suspect(&suspect);
         if newly {
             tracing::warn!(
                 writer = %suspect.address, epoch = suspect.epoch, why,
                 "the writer looks gone: holding writes until the topology changes or it accepts connections again"
             );
-            self.metrics.writer_suspect.set(1);
             tokio::spawn(recheck(self.clone(), suspect, connect_timeout));
         }
     }
 
-    /// The writer answered a write `400` + a NAD header (`StorageNode-NAD` / `Microstream-NAD`: true): it is not the distributor
-    /// (restarted, or not promoted yet) and applied nothing. Holds writes to it until the
+    /// The writer answered a write `400` + a NAD header (`StorageNode-NAD` / `Microstream-NAD`:
+    /// true): it is not the distributor (restarted, or not promoted yet) and applied nothing. Holds writes to it until the
     /// topology changes or a backoff passes, which grows while the refusals go on, so a node
     /// that stays unpromoted gets a few writes a second, not every held write at once.
     pub fn mark_refused(self: &Arc<Self>, suspect: Suspect) {
-        let newly = self.suspect.send_if_modified(|cur| {
-            if cur.as_ref() == Some(&suspect) {
-                return false;
-            }
-            *cur = Some(suspect.clone());
-            true
-        });
+        let newly = self.set_suspect(&suspect);
         if !newly {
             // Another write released by the same backoff was refused too: one step, not many.
             return;
@@ -235,7 +222,6 @@ impl WriteHold {
             retry_in_ms = delay.as_millis() as u64,
             "the writer refused a write as not the distributor (NAD): holding writes"
         );
-        self.metrics.writer_suspect.set(1);
         let hold = self.clone();
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
@@ -252,20 +238,31 @@ impl WriteHold {
         }
     }
 
+    /// Makes `suspect` the suspect; false if it already was. The gauge changes under the
+    /// watch's lock, together with the value: set outside it, a clear by a topology change
+    /// on another thread could land in between and leave the gauge at 1 with no suspect.
+    fn set_suspect(&self, suspect: &Suspect) -> bool {
+        self.suspect.send_if_modified(|cur| {
+            if cur.as_ref() == Some(suspect) {
+                return false;
+            }
+            *cur = Some(suspect.clone());
+            self.metrics.writer_suspect.set(1);
+            true
+        })
+    }
+
     /// Clears the suspect if it is still `which` (or any suspect, with `None`).
     fn clear_suspect(&self, which: Option<&Suspect>) -> bool {
-        let cleared = self.suspect.send_if_modified(|cur| {
+        self.suspect.send_if_modified(|cur| {
             if cur.is_some() && (which.is_none() || cur.as_ref() == which) {
                 *cur = None;
+                self.metrics.writer_suspect.set(0);
                 true
             } else {
                 false
             }
-        });
-        if cleared {
-            self.metrics.writer_suspect.set(0);
-        }
-        cleared
+        })
     }
 
     /// A new topology was swapped in: a suspect for another writer or epoch is moot.
