@@ -41,14 +41,20 @@ pub fn bind(
     backlog: i32,
 ) -> io::Result<Vec<std::net::TcpListener>> {
     drop(new_socket(addr, false)?);
-    (0..workers.max(1))
-        .map(|_| {
-            let socket = new_socket(addr, true)?;
-            socket.listen(backlog)?;
-            socket.set_nonblocking(true)?;
-            Ok(socket.into())
-        })
-        .collect()
+    let mut listeners: Vec<std::net::TcpListener> = Vec::with_capacity(workers.max(1));
+    for _ in 0..workers.max(1) {
+        // Port 0 (any free port) is resolved by the first socket; the others must share it.
+        let at = listeners
+            .first()
+            .map(|l| l.local_addr())
+            .transpose()?
+            .unwrap_or(addr);
+        let socket = new_socket(at, true)?;
+        socket.listen(backlog)?;
+        socket.set_nonblocking(true)?;
+        listeners.push(socket.into());
+    }
+    Ok(listeners)
 }
 
 fn new_socket(addr: SocketAddr, reuse_port: bool) -> io::Result<socket2::Socket> {
@@ -154,6 +160,11 @@ mod tests {
         for s in &socks {
             assert_eq!(s.local_addr().unwrap(), addr);
         }
+        // Any free port: every worker on the same one.
+        let any = bind("127.0.0.1:0".parse().unwrap(), 3, 16).unwrap();
+        let port = any[0].local_addr().unwrap().port();
+        assert_ne!(port, 0);
+        assert!(any.iter().all(|l| l.local_addr().unwrap().port() == port));
         // Held by our own reuse-port sockets or by anyone else: refused, not shared.
         let e = bind(addr, 2, 16).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::AddrInUse);
