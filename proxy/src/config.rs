@@ -25,6 +25,9 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_IDLE_UPSTREAM: Duration = Duration::from_secs(60);
+/// nginx's defaults for `client_header_timeout` and `client_body_timeout`.
+pub const DEFAULT_CLIENT_HEADER_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_CLIENT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_HOLD_WRITES: Duration = Duration::from_secs(5);
 pub const DEFAULT_READ_RETRIES: u32 = 2;
 pub const DEFAULT_MAX_HELD_WRITES: usize = 10_000;
@@ -197,6 +200,13 @@ pub struct Timeouts {
     pub read: Duration,
     pub write: Duration,
     pub idle_upstream: Duration,
+    /// Longest a client may take to send a whole request header, from its first byte (nginx's
+    /// `client_header_timeout`): a client that trickles header lines holds a socket, so it gets
+    /// `408` and the connection closes.
+    pub client_header: Duration,
+    /// Longest a client may pause between two reads of its request body (nginx's
+    /// `client_body_timeout`): `408`, nothing counted against the upstream.
+    pub client_body: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -353,6 +363,8 @@ struct RawTimeouts {
     read: Option<HumanDuration>,
     write: Option<HumanDuration>,
     idle_upstream: Option<HumanDuration>,
+    client_header: Option<HumanDuration>,
+    client_body: Option<HumanDuration>,
 }
 
 #[derive(Deserialize, Default)]
@@ -623,6 +635,16 @@ fn validate(raw: Raw) -> Result<ProxyConfig, ConfigError> {
             "timeouts.idle_upstream",
             t.idle_upstream,
             DEFAULT_IDLE_UPSTREAM,
+        )?,
+        client_header: positive(
+            "timeouts.client_header",
+            t.client_header,
+            DEFAULT_CLIENT_HEADER_TIMEOUT,
+        )?,
+        client_body: positive(
+            "timeouts.client_body",
+            t.client_body,
+            DEFAULT_CLIENT_BODY_TIMEOUT,
         )?,
     };
 
@@ -968,6 +990,8 @@ mod tests {
         assert_eq!(c.timeouts.read, Duration::from_secs(30));
         assert_eq!(c.timeouts.write, Duration::from_secs(30));
         assert_eq!(c.timeouts.idle_upstream, Duration::from_secs(60));
+        assert_eq!(c.timeouts.client_header, Duration::from_secs(60));
+        assert_eq!(c.timeouts.client_body, Duration::from_secs(60));
         assert_eq!(c.failover.hold_writes, Duration::from_secs(5));
         assert_eq!(c.failover.read_retries, 2);
         assert_eq!(c.failover.max_held_writes, 10_000);

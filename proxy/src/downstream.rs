@@ -12,6 +12,11 @@
 //!
 //! Idle connections are closed after [`IDLE_TIMEOUT`] without a request, and at once when
 //! shutdown starts (as nginx does): the client reconnects to a proxy that is not leaving.
+//!
+//! The request header is read here to its end before Pingora sees it, under one deadline for
+//! the whole header (`timeouts.client_header`, nginx's `client_header_timeout`): Pingora's own
+//! header read restarts its timer on every read, so a client sending one header line every few
+//! seconds would keep its connection, and a file descriptor, for as long as it liked.
 
 use std::future::Future;
 use std::io;
@@ -35,7 +40,9 @@ use pingora_core::protocols::{
 };
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+
+use crate::errors::{self, ProxyError};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
 /// How long a client connection may sit without sending a request (nginx's keepalive_timeout
@@ -50,6 +57,9 @@ const FIRST_READ: usize = 4096;
 /// leave in one send (Pingora's default client write buffer is the same size).
 const WRITE_GATHER: usize = 1460;
 
+/// How long a refusal made by the connection loop may take to write.
+const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Same as Pingora's listeners: bursts of new connections wait in the kernel, not refused.
 const LISTEN_BACKLOG: i32 = 65535;
 
@@ -59,20 +69,37 @@ pub fn bind(addr: SocketAddr, workers: usize) -> io::Result<Vec<std::net::TcpLis
     crate::workers::bind(addr, workers, LISTEN_BACKLOG)
 }
 
+/// What the connection loop enforces on a client before Pingora sees its request; read for
+/// every request, so a reloaded config applies to the next one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientRules {
+    /// The whole request header must have arrived within this, from its first byte.
+    pub header_timeout: Duration,
+    /// Longest pause between two reads of a request body.
+    pub body_timeout: Duration,
+    /// A header still without its end past this many bytes is refused (431).
+    pub max_header_bytes: u64,
+}
+
+/// Where [`serve`] gets the current [`ClientRules`].
+pub type RulesSource = Arc<dyn Fn() -> ClientRules + Send + Sync>;
+
 /// One worker's client listener: a Pingora background service, run on a single-threaded
 /// runtime of its own (see `workers.rs`), that accepts connections on the worker's socket and
 /// serves each with [`serve`] on the same thread.
 pub struct Downstream<A> {
     worker: usize,
     app: Arc<A>,
+    rules: RulesSource,
     listener: Mutex<Option<std::net::TcpListener>>,
 }
 
 impl<A> Downstream<A> {
-    pub fn new(worker: usize, app: A, listener: std::net::TcpListener) -> Self {
+    pub fn new(worker: usize, app: A, rules: RulesSource, listener: std::net::TcpListener) -> Self {
         Downstream {
             worker,
             app: Arc::new(app),
+            rules,
             listener: Mutex::new(Some(listener)),
         }
     }
@@ -104,7 +131,12 @@ where
                         let _ = tcp.set_nodelay(true);
                         let conn = ClientStream::new(tcp, peer);
                         // This worker's runtime has one thread: the connection stays on it.
-                        tokio::spawn(serve(self.app.clone(), conn, shutdown.clone()));
+                        tokio::spawn(serve(
+                            self.app.clone(),
+                            self.rules.clone(),
+                            conn,
+                            shutdown.clone(),
+                        ));
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "accept failed");
@@ -145,6 +177,7 @@ fn is_out_of_resources(e: &io::Error) -> bool {
 #[allow(clippy::manual_async_fn)]
 pub fn serve<A>(
     app: Arc<A>,
+    rules: RulesSource,
     mut conn: ClientStream,
     mut shutdown: ShutdownWatch,
 ) -> impl Future<Output = ()> + Send
@@ -154,12 +187,22 @@ where
     async move {
         let mut served: u32 = 0;
         loop {
-            let first = match wait_for_request(&mut conn, IDLE_TIMEOUT, &mut shutdown).await {
+            let mut first = match wait_for_request(&mut conn, IDLE_TIMEOUT, &mut shutdown).await {
                 Wait::Request(first) => first,
                 Wait::Closed | Wait::IdleTimeout | Wait::ShuttingDown => return,
             };
+            let rules = rules();
+            match read_header_end(&mut conn.tcp, &mut first, &rules).await {
+                HeaderRead::Complete => {}
+                HeaderRead::Closed => return,
+                HeaderRead::Refused(err) => {
+                    refuse(&mut conn.tcp, err).await;
+                    return;
+                }
+            }
             conn.begin_request();
-            let session = new_session(&*app, conn, first, served);
+            let mut session = new_session(&*app, conn, first, served);
+            session.set_read_timeout(Some(rules.body_timeout));
             let Some(reused) = app.process_new_http(session, &shutdown).await else {
                 return;
             };
@@ -176,6 +219,93 @@ where
             served = served.saturating_add(1);
         }
     }
+}
+
+/// How reading a request header to its end went.
+#[derive(Debug, PartialEq, Eq)]
+enum HeaderRead {
+    /// The buffer holds the whole header (and maybe the first body bytes).
+    Complete,
+    /// The client left before its header was complete.
+    Closed,
+    /// Not waited for any longer: answer this and close.
+    Refused(&'static ProxyError),
+}
+
+/// Where the header in `buf` ends (just past its empty line), if it is all there. A bare LF
+/// ends a line here as it does for httparse, which Pingora's parser is built on, so a header
+/// that parser would accept is never waited on.
+fn header_end(buf: &[u8], from: usize) -> Option<usize> {
+    let start = from.saturating_sub(3);
+    let mut i = start;
+    while let Some(pos) = memchr_lf(&buf[i..]) {
+        let lf = i + pos;
+        // An LF ends the header when the line it ends is empty: LF LF or LF CR LF.
+        if lf >= 1 && buf[lf - 1] == b'\n' {
+            return Some(lf + 1);
+        }
+        if lf >= 2 && buf[lf - 1] == b'\r' && buf[lf - 2] == b'\n' {
+            return Some(lf + 1);
+        }
+        i = lf + 1;
+    }
+    None
+}
+
+fn memchr_lf(buf: &[u8]) -> Option<usize> {
+    buf.iter().position(|b| *b == b'\n')
+}
+
+/// Reads until the request header in `buf` is complete, within `rules.header_timeout` from now
+/// (the first bytes have just arrived) and `rules.max_header_bytes`.
+async fn read_header_end(
+    tcp: &mut TcpStream,
+    buf: &mut BytesMut,
+    rules: &ClientRules,
+) -> HeaderRead {
+    let deadline = tokio::time::Instant::now() + rules.header_timeout;
+    let limit = usize::try_from(rules.max_header_bytes).unwrap_or(usize::MAX);
+    let mut searched = 0;
+    loop {
+        if header_end(buf, searched).is_some() {
+            return HeaderRead::Complete;
+        }
+        searched = buf.len();
+        // The end may still come, but not within the limit: refused without reading the rest.
+        if buf.len() > limit.saturating_add(4) {
+            return HeaderRead::Refused(&errors::ERR_HEADERS_TOO_LARGE);
+        }
+        if buf.capacity() - buf.len() < 1024 {
+            buf.reserve(FIRST_READ);
+        }
+        match tokio::time::timeout_at(deadline, tcp.read_buf(buf)).await {
+            Err(_) => return HeaderRead::Refused(&errors::ERR_REQUEST_TIMEOUT),
+            Ok(Ok(0)) | Ok(Err(_)) => return HeaderRead::Closed,
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+/// Answers a request the connection loop refused before Pingora saw it, then closes.
+async fn refuse(tcp: &mut TcpStream, err: &ProxyError) {
+    let body = err.body();
+    let mut response = format!(
+        "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
+        err.status,
+        http::StatusCode::from_u16(err.status)
+            .ok()
+            .and_then(|s| s.canonical_reason())
+            .unwrap_or(""),
+        body.len()
+    )
+    .into_bytes();
+    response.extend_from_slice(&body);
+    // Bounded: a client that does not read its 408 must not hold the socket either.
+    let _ = tokio::time::timeout(REFUSAL_WRITE_TIMEOUT, async {
+        tcp.write_all(&response).await?;
+        tcp.shutdown().await
+    })
+    .await;
 }
 
 /// The Pingora session for a connection's request number `served` (from 0), whose first bytes
@@ -437,6 +567,18 @@ mod tests {
         (ClientStream::new(server, peer), client)
     }
 
+    fn rules(header_timeout: Duration, max_header_bytes: u64) -> RulesSource {
+        Arc::new(move || ClientRules {
+            header_timeout,
+            body_timeout: Duration::from_secs(60),
+            max_header_bytes,
+        })
+    }
+
+    fn test_rules() -> RulesSource {
+        rules(Duration::from_secs(60), 65536)
+    }
+
     fn watch() -> (tokio::sync::watch::Sender<bool>, ShutdownWatch) {
         tokio::sync::watch::channel(false)
     }
@@ -481,7 +623,7 @@ mod tests {
         let app = Arc::new(Answer { options });
         let (server, mut client) = pair().await;
         let (_tx, rx) = watch();
-        let served = tokio::spawn(serve(app, server, rx));
+        let served = tokio::spawn(serve(app, test_rules(), server, rx));
         let mut answered = 0;
         for _ in 0..requests {
             if client
@@ -614,6 +756,129 @@ mod tests {
         assert_eq!(
             digest.peer_addr().and_then(|a| a.as_inet()).copied(),
             Some(client.local_addr().unwrap())
+        );
+    }
+
+    #[test]
+    fn the_header_ends_at_its_empty_line_with_crlf_or_bare_lf() {
+        assert_eq!(
+            header_end(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", 0),
+            Some(27)
+        );
+        assert_eq!(header_end(b"GET / HTTP/1.1\nHost: a\n\nbody", 0), Some(24));
+        assert_eq!(header_end(b"GET / HTTP/1.1\r\nHost: a\n\r\n", 0), Some(26));
+        assert_eq!(header_end(b"GET / HTTP/1.1\r\nHost: a\r\n", 0), None);
+        assert_eq!(header_end(b"GET / HTTP/1.1\r\nHost: a\r\n\r", 0), None);
+        // Searching on from where the last read ended still finds an end split across reads.
+        let whole = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        for from in 0..whole.len() {
+            assert_eq!(header_end(whole, from), Some(whole.len()), "from {from}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_header_trickled_line_by_line_is_refused_at_the_header_deadline() {
+        let (mut server, mut client) = pair().await;
+        let trickle = tokio::spawn(async move {
+            let _ = client.write_all(b"GET / HTTP/1.1\r\n").await;
+            for i in 0..100 {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                if client
+                    .write_all(format!("X-{i}: a\r\n").as_bytes())
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+            let mut rest = Vec::new();
+            let _ = client.read_to_end(&mut rest).await;
+            rest
+        });
+        let (_tx, mut rx) = watch();
+        let Wait::Request(mut first) =
+            wait_for_request(&mut server, Duration::from_secs(75), &mut rx).await
+        else {
+            panic!("no request");
+        };
+        let started = tokio::time::Instant::now();
+        let rules = rules(Duration::from_secs(60), 65536)();
+        let got = read_header_end(&mut server.tcp, &mut first, &rules).await;
+        assert_eq!(got, HeaderRead::Refused(&errors::ERR_REQUEST_TIMEOUT));
+        assert_eq!(started.elapsed(), Duration::from_secs(60));
+        refuse(&mut server.tcp, &errors::ERR_REQUEST_TIMEOUT).await;
+        drop(server);
+        let answer = String::from_utf8(trickle.await.unwrap()).unwrap();
+        assert!(
+            answer.starts_with("HTTP/1.1 408 Request Timeout\r\n"),
+            "{answer}"
+        );
+        assert!(answer.contains("Connection: close\r\n"), "{answer}");
+        assert!(
+            answer.ends_with(
+                r#""error":"request_timeout","message":"the request was not received in time"}"#
+            ),
+            "{answer}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_header_arriving_in_pieces_is_read_to_its_end_and_kept_whole() {
+        let (mut server, mut client) = pair().await;
+        client.write_all(b"PUT /a HTTP/1.1\r\n").await.unwrap();
+        let (_tx, mut rx) = watch();
+        let Wait::Request(mut first) =
+            wait_for_request(&mut server, Duration::from_secs(5), &mut rx).await
+        else {
+            panic!("no request");
+        };
+        let writer = tokio::spawn(async move {
+            for part in [&b"Host: a\r"[..], b"\nContent-Length: 2\r\n", b"\r\nab"] {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                client.write_all(part).await.unwrap();
+            }
+            client
+        });
+        let rules = test_rules()();
+        assert_eq!(
+            read_header_end(&mut server.tcp, &mut first, &rules).await,
+            HeaderRead::Complete
+        );
+        let _client = writer.await.unwrap();
+        assert!(first.starts_with(b"PUT /a HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\n"));
+    }
+
+    #[tokio::test]
+    async fn a_header_past_the_size_limit_is_refused_without_waiting_for_its_end() {
+        let (mut server, mut client) = pair().await;
+        let (_tx, mut rx) = watch();
+        client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        let Wait::Request(mut first) =
+            wait_for_request(&mut server, Duration::from_secs(5), &mut rx).await
+        else {
+            panic!("no request");
+        };
+        client
+            .write_all(format!("X-Big: {}\r\n", "x".repeat(3000)).as_bytes())
+            .await
+            .unwrap();
+        let rules = rules(Duration::from_secs(60), 2048)();
+        assert_eq!(
+            read_header_end(&mut server.tcp, &mut first, &rules).await,
+            HeaderRead::Refused(&errors::ERR_HEADERS_TOO_LARGE)
+        );
+        // A client that leaves mid-header is simply gone.
+        let (mut server, mut client) = pair().await;
+        client.write_all(b"GET / HTTP/1.1\r\nHo").await.unwrap();
+        let Wait::Request(mut first) =
+            wait_for_request(&mut server, Duration::from_secs(5), &mut rx).await
+        else {
+            panic!("no request");
+        };
+        drop(client);
+        assert_eq!(
+            read_header_end(&mut server.tcp, &mut first, &rules).await,
+            HeaderRead::Closed
         );
     }
 }

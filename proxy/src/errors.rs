@@ -12,6 +12,8 @@ pub const STALE_POOLED: ErrorType = ErrorType::Custom("stale_pooled_connection")
 /// The writer answered a write `400` + `StorageNode-NAD: true` (`Microstream-NAD` in older node libraries): not the distributor, nothing
 /// applied.
 pub const WRITER_REFUSED: ErrorType = ErrorType::Custom("writer_refused");
+/// The client paused its request body for longer than the upstream waits for an answer.
+pub const CLIENT_BODY_TIMEOUT: ErrorType = ErrorType::Custom("client_body_timeout");
 /// A read arrived and no node can serve it.
 pub const NO_UPSTREAM: ErrorType = ErrorType::Custom("no_upstream");
 
@@ -113,6 +115,7 @@ pub fn classify(e: &Error) -> Option<ProxyError> {
         Custom("hold_full") => return Some(ERR_HOLD_FULL),
         Custom("no_upstream") => return Some(ERR_NO_UPSTREAM),
         Custom("writer_refused") => return Some(ERR_WRITER_REFUSED),
+        Custom("client_body_timeout") => return Some(ERR_REQUEST_TIMEOUT),
         HTTPStatus(413) => return Some(ERR_BODY_TOO_LARGE),
         HTTPStatus(431) => return Some(ERR_HEADERS_TOO_LARGE),
         _ => {}
@@ -195,6 +198,11 @@ mod tests {
                 "bad_request",
             ),
             (*Error::new_down(ReadTimedout), Some(408), "request_timeout"),
+            (
+                *Error::new_down(CLIENT_BODY_TIMEOUT),
+                Some(408),
+                "request_timeout",
+            ),
             (*Error::new_in(InternalError), Some(500), "internal"),
         ];
         for (e, status, code) in cases {

@@ -466,6 +466,19 @@ impl ProxyHttp for RwProxy {
         ctx: &mut Ctx,
         client_reused: bool,
     ) -> Box<Error> {
+        if *e.esource() == ErrorSource::Upstream
+            && e.etype() == &ErrorType::ReadTimedout
+            && !session.is_body_done()
+        {
+            // The upstream cannot answer a request whose body has not all arrived: the client
+            // stalled, not the node. Its timeout, its 408; nothing counted against the node and
+            // nothing sent again (the node saw part of the request).
+            return Error::explain(
+                errors::CLIENT_BODY_TIMEOUT,
+                "the client stopped sending its request body",
+            )
+            .into_down();
+        }
         let mut e = e.more_context(format!("peer: {peer}"));
         if *e.esource() == ErrorSource::Upstream {
             self.shared
@@ -657,8 +670,9 @@ impl ProxyHttp for RwProxy {
         client_gone
             || matches!(
                 e.etype(),
-                ErrorType::Custom("no_writer" | "hold_full" | "no_upstream")
-                    | ErrorType::HTTPStatus(413)
+                ErrorType::Custom(
+                    "no_writer" | "hold_full" | "no_upstream" | "client_body_timeout"
+                ) | ErrorType::HTTPStatus(413)
             )
     }
 

@@ -16,7 +16,7 @@ use pingora_proxy::http_proxy;
 use crate::admin::Admin;
 use crate::config::ProxyConfig;
 use crate::control::Control;
-use crate::downstream::{self, Downstream};
+use crate::downstream::{self, ClientRules, Downstream, RulesSource};
 use crate::metrics::Metrics;
 use crate::proxy::RwProxy;
 use crate::state::Shared;
@@ -150,9 +150,18 @@ pub fn run(
         .enumerate()
         .map(|(i, listener)| {
             let app = http_proxy(&server.configuration, RwProxy::new(shared.clone(), i));
+            let from = shared.clone();
+            let rules: RulesSource = Arc::new(move || {
+                let config = &from.load().settings.config;
+                ClientRules {
+                    header_timeout: config.timeouts.client_header,
+                    body_timeout: config.timeouts.client_body,
+                    max_header_bytes: config.limits.max_header_bytes,
+                }
+            });
             let mut worker = background_service(
                 &format!("rw-proxy worker {i}"),
-                Downstream::new(i, app, listener),
+                Downstream::new(i, app, rules, listener),
             );
             worker.threads = Some(1);
             worker

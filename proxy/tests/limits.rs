@@ -187,3 +187,104 @@ async fn requests_in_pieces_or_in_one_packet_are_forwarded_whole_on_one_connecti
         ]
     );
 }
+
+/// Sends `parts` on one connection with `pause` between them (stopping when the proxy closes)
+/// and returns what came back before the close, and how long after the first part it closed.
+async fn trickle(
+    addr: std::net::SocketAddr,
+    parts: &[&[u8]],
+    pause: Duration,
+) -> (String, Duration) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut rd, mut wr) = s.split();
+    let started = std::time::Instant::now();
+    let mut out = Vec::new();
+    let send = async {
+        for part in parts {
+            if wr.write_all(part).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(pause).await;
+        }
+        // Then silence: the proxy has to end it.
+        std::future::pending::<()>().await;
+    };
+    tokio::select! {
+        _ = send => unreachable!(),
+        r = tokio::time::timeout(Duration::from_secs(20), rd.read_to_end(&mut out)) => {
+            assert!(r.is_ok(), "the proxy never closed the connection");
+        }
+    }
+    (
+        String::from_utf8_lossy(&out).into_owned(),
+        started.elapsed(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_trickling_its_header_gets_408_at_the_header_deadline() {
+    let writer = Backend::start("writer").await;
+    let reader = Backend::start("reader-0").await;
+    let cfg = format!(
+        "{}timeouts: {{ client_header: 1s }}\n",
+        static_topology(Some(writer.addr), &[reader.addr])
+    );
+    let proxy = Proxy::start(&cfg).await;
+    // One header line every 300 ms: each read is quick, the header as a whole is not.
+    let lines: Vec<Vec<u8>> = std::iter::once(b"GET /kv/a HTTP/1.1\r\n".to_vec())
+        .chain((0..20).map(|i| format!("X-{i}: a\r\n").into_bytes()))
+        .collect();
+    let parts: Vec<&[u8]> = lines.iter().map(|l| l.as_slice()).collect();
+    let (answer, took) = trickle(proxy.addr, &parts, Duration::from_millis(300)).await;
+    assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
+    assert!(answer.contains("\"error\":\"request_timeout\""), "{answer}");
+    assert!(took >= Duration::from_millis(900), "closed after {took:?}");
+    assert!(took < Duration::from_secs(6), "closed only after {took:?}");
+    assert_eq!(reader.count(), 0, "no part of the request went upstream");
+    // The proxy goes on serving.
+    assert_eq!(support::get(proxy.addr, "/kv/a").await.status, 200);
+}
+
+/// A PUT whose body stops after 3 of its 10 bytes, against a proxy with these timeouts.
+async fn stalled_body(timeouts: &str) {
+    let writer = Backend::start("writer").await;
+    let reader = Backend::start("reader-0").await;
+    let cfg = format!(
+        "{}timeouts: {timeouts}\n",
+        static_topology(Some(writer.addr), &[reader.addr])
+    );
+    let proxy = Proxy::start(&cfg).await;
+    let head = b"PUT /kv/stalled HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc";
+    let (answer, took) = trickle(proxy.addr, &[head], Duration::from_millis(10)).await;
+    assert!(answer.starts_with("HTTP/1.1 408 "), "{timeouts}: {answer}");
+    assert!(answer.contains("\"error\":\"request_timeout\""), "{answer}");
+    assert!(took < Duration::from_secs(8), "closed only after {took:?}");
+    let m = proxy.metrics().await;
+    assert!(
+        !m.contains("rw_proxy_upstream_errors_total{"),
+        "the client's stall counted against the node: {m}"
+    );
+    assert!(
+        m.contains(r#"rw_proxy_requests_total{method="PUT",status="408",target="writer"} 1"#),
+        "{m}"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        writer.count_path("/kv/stalled"),
+        0,
+        "a partial write was applied"
+    );
+    let ok = send(proxy.addr, "PUT", "/kv/next", &[], b"v")
+        .await
+        .unwrap();
+    assert_eq!(ok.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_stalling_its_body_gets_408_and_the_node_is_not_blamed() {
+    // The body timer runs out first.
+    stalled_body("{ client_body: 1s, read: 30s }").await;
+    // The upstream's answer timer runs out first: still the client's stall.
+    stalled_body("{ client_body: 30s, read: 1s }").await;
+}
