@@ -42,6 +42,7 @@ use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
 
 use crate::errors::{self, ProxyError};
+use crate::request_rules;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -193,7 +194,13 @@ where
             };
             let rules = rules();
             match read_header_end(&mut conn.tcp, &mut first, &rules).await {
-                HeaderRead::Complete => {}
+                HeaderRead::Complete(end) => {
+                    if let Err(refusal) = request_rules::check_raw(&first[..end]) {
+                        tracing::debug!(reason = refusal.as_str(), "request refused as sent");
+                        refuse(&mut conn.tcp, &errors::ERR_BAD_REQUEST).await;
+                        return;
+                    }
+                }
                 HeaderRead::Closed => return,
                 HeaderRead::Refused(err) => {
                     refuse(&mut conn.tcp, err).await;
@@ -224,8 +231,8 @@ where
 /// How reading a request header to its end went.
 #[derive(Debug, PartialEq, Eq)]
 enum HeaderRead {
-    /// The buffer holds the whole header (and maybe the first body bytes).
-    Complete,
+    /// The buffer holds the whole header, this long (and maybe the first body bytes).
+    Complete(usize),
     /// The client left before its header was complete.
     Closed,
     /// Not waited for any longer: answer this and close.
@@ -267,8 +274,8 @@ async fn read_header_end(
     let limit = usize::try_from(rules.max_header_bytes).unwrap_or(usize::MAX);
     let mut searched = 0;
     loop {
-        if header_end(buf, searched).is_some() {
-            return HeaderRead::Complete;
+        if let Some(end) = header_end(buf, searched) {
+            return HeaderRead::Complete(end);
         }
         searched = buf.len();
         // The end may still come, but not within the limit: refused without reading the rest.
@@ -842,7 +849,7 @@ mod tests {
         let rules = test_rules()();
         assert_eq!(
             read_header_end(&mut server.tcp, &mut first, &rules).await,
-            HeaderRead::Complete
+            HeaderRead::Complete(47)
         );
         let _client = writer.await.unwrap();
         assert!(first.starts_with(b"PUT /a HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\n"));

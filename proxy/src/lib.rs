@@ -12,6 +12,7 @@ pub mod hold;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;
+pub mod request_rules;
 pub mod routing;
 pub mod server;
 pub mod state;

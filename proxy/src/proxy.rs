@@ -26,6 +26,7 @@ use crate::config::AccessLog;
 use crate::errors::{self, ProxyError};
 use crate::hold::{self, Admission, Suspect, SuspectKind, WriteTicket};
 use crate::metrics::TARGET_NONE;
+use crate::request_rules;
 use crate::routing::{self, RouteTarget};
 use crate::state::{Active, Backend, Shared};
 use crate::topology::InFlight;
@@ -262,6 +263,25 @@ impl ProxyHttp for RwProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let raw_header = session
+            .as_downstream()
+            .as_http1()
+            .map(|h1| h1.get_headers_raw_bytes())
+            .unwrap_or_default();
+        let req = session.req_header();
+        let form = request_rules::check(&request_rules::Request {
+            method: &req.method,
+            version: req.version,
+            headers: &req.headers,
+        });
+        if let Err(refusal) = form {
+            tracing::debug!(reason = refusal.as_str(), "request refused before routing");
+            // Where this request ends is in doubt, so nothing after it on the connection is
+            // read as a request.
+            session.set_keepalive(None);
+            respond(session, &errors::ERR_BAD_REQUEST, None).await?;
+            return Ok(true);
+        }
         let active = &ctx.active;
         let limits = active.settings.config.limits;
         let req = session.req_header();
@@ -283,11 +303,7 @@ impl ProxyHttp for RwProxy {
             session.set_keepalive(Some(DOWNSTREAM_KEEPALIVE_SECS));
         }
 
-        let header_bytes = session
-            .as_downstream()
-            .as_http1()
-            .map(|h1| h1.get_headers_raw_bytes().len())
-            .unwrap_or(0);
+        let header_bytes = raw_header.len();
         let refusal = if header_bytes as u64 > limits.max_header_bytes {
             Some(&errors::ERR_HEADERS_TOO_LARGE)
         } else if declared_body.is_some_and(|n| n > limits.max_body) {
@@ -300,6 +316,9 @@ impl ProxyHttp for RwProxy {
         };
         match refusal {
             Some(err) => {
+                // Refused on its header: the client may be sending a body it was told not
+                // to, so the connection ends here.
+                session.set_keepalive(None);
                 respond(session, err, ctx.request_id.as_ref()).await?;
                 Ok(true)
             }
@@ -558,6 +577,13 @@ impl ProxyHttp for RwProxy {
     ) -> Result<()> {
         // A client must never choose the fencing token.
         req.remove_header(X_WRITER_EPOCH);
+        if req.headers.get_all(CONTENT_LENGTH).iter().nth(1).is_some() {
+            // Identical repeats (request_rules refused the others): a node reads one length.
+            if let Some(length) = req.headers.get(CONTENT_LENGTH).cloned() {
+                req.remove_header(&CONTENT_LENGTH);
+                req.insert_header(CONTENT_LENGTH, length)?;
+            }
+        }
         if ctx.backend().is_some_and(|b| b.is_writer) {
             req.insert_header("X-Writer-Epoch", ctx.active.topology.epoch_header.clone())?;
         }

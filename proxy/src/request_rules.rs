@@ -1,0 +1,308 @@
+//! What a request must look like before any of it goes upstream (RFC 9112 and RFC 9110's
+//! framing rules). Pingora's parser accepts some requests that two HTTP/1 implementations can
+//! read differently: a proxy and a storage node that disagree on where a request ends are how a
+//! second, unseen request gets smuggled to the node. Such requests are refused here with 400
+//! and the connection closes; one pure function, its cases beside it.
+
+use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use http::{HeaderMap, Method, Version};
+
+/// Why a request was refused (the log's `reason`; the client gets `400 bad_request`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Both framings: which one a node would believe is anyone's guess.
+    ContentLengthAndChunked,
+    /// Several Content-Length values that differ, or one that is not a plain decimal number.
+    BadContentLength,
+    /// A Transfer-Encoding other than exactly `chunked`, given once, on HTTP/1.1.
+    BadTransferEncoding,
+    /// HTTP/1.1 requires exactly one Host.
+    BadHost,
+    /// A line of the header ends in a bare LF: nodes split such headers differently.
+    BareLineFeed,
+    /// The target is not origin-form (`/path`), absolute-form (`http://host/path`) or `*` for
+    /// OPTIONS, or holds bytes a URI cannot.
+    BadTarget,
+}
+
+impl Refusal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::ContentLengthAndChunked => "content_length_and_chunked",
+            Refusal::BadContentLength => "bad_content_length",
+            Refusal::BadTransferEncoding => "bad_transfer_encoding",
+            Refusal::BadHost => "bad_host",
+            Refusal::BareLineFeed => "bare_line_feed",
+            Refusal::BadTarget => "bad_target",
+        }
+    }
+}
+
+/// The request as parsed.
+pub struct Request<'a> {
+    pub method: &'a Method,
+    pub version: Version,
+    pub headers: &'a HeaderMap,
+}
+
+/// The rules that need the bytes as the client sent them, before Pingora's parser sees them
+/// (it rewrites a target with illegal bytes into an escaped one, and drops Content-Length when
+/// Transfer-Encoding is present). `header` is the request line and fields up to and including
+/// the empty line.
+pub fn check_raw(header: &[u8]) -> Result<(), Refusal> {
+    if has_bare_line_feed(header) {
+        return Err(Refusal::BareLineFeed);
+    }
+    // Empty lines before the request line are allowed (RFC 9112 2.2).
+    let start = header
+        .iter()
+        .position(|b| *b != b'\r' && *b != b'\n')
+        .unwrap_or(header.len());
+    let mut lines = header[start..].split(|b| *b == b'\n');
+    let request_line = lines.next().unwrap_or_default();
+    let request_line = request_line.strip_suffix(b"\r").unwrap_or(request_line);
+    let mut parts = request_line.split(|b| *b == b' ');
+    let (Some(method), Some(target), Some(_version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(Refusal::BadTarget);
+    };
+    let method = Method::from_bytes(method).map_err(|_| Refusal::BadTarget)?;
+    if !target_is_valid(&method, target) {
+        return Err(Refusal::BadTarget);
+    }
+    let (mut length, mut encoding) = (false, false);
+    for line in lines {
+        let name = line.split(|b| *b == b':').next().unwrap_or_default();
+        length |= name.eq_ignore_ascii_case(b"content-length");
+        encoding |= name.eq_ignore_ascii_case(b"transfer-encoding");
+    }
+    if length && encoding {
+        return Err(Refusal::ContentLengthAndChunked);
+    }
+    Ok(())
+}
+
+/// The rules on the parsed header fields.
+pub fn check(req: &Request) -> Result<(), Refusal> {
+    if req.version == Version::HTTP_11 && req.headers.get_all(HOST).iter().count() != 1 {
+        return Err(Refusal::BadHost);
+    }
+    if req.headers.get_all(HOST).iter().count() > 1 {
+        return Err(Refusal::BadHost);
+    }
+    let te_count = req.headers.get_all(TRANSFER_ENCODING).iter().count();
+    if te_count > 0 {
+        if req.headers.contains_key(CONTENT_LENGTH) {
+            return Err(Refusal::ContentLengthAndChunked);
+        }
+        let chunked_once = te_count == 1
+            && req
+                .headers
+                .get(TRANSFER_ENCODING)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"chunked"));
+        if !chunked_once || req.version != Version::HTTP_11 {
+            return Err(Refusal::BadTransferEncoding);
+        }
+    }
+    content_length(req.headers).map(|_| ())
+}
+
+/// The request's body length from Content-Length: `None` without one; identical repeats count
+/// once (RFC 9110 8.6), anything else is refused.
+pub fn content_length(headers: &HeaderMap) -> Result<Option<u64>, Refusal> {
+    let mut length = None;
+    for value in headers.get_all(CONTENT_LENGTH) {
+        let bytes = value.as_bytes();
+        if bytes.is_empty() || bytes.len() > 19 || !bytes.iter().all(u8::is_ascii_digit) {
+            return Err(Refusal::BadContentLength);
+        }
+        let n: u64 = std::str::from_utf8(bytes)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or(Refusal::BadContentLength)?;
+        match length {
+            Some(m) if m != n => return Err(Refusal::BadContentLength),
+            _ => length = Some(n),
+        }
+    }
+    Ok(length)
+}
+
+fn has_bare_line_feed(raw: &[u8]) -> bool {
+    raw.iter()
+        .enumerate()
+        .any(|(i, b)| *b == b'\n' && (i == 0 || raw[i - 1] != b'\r'))
+}
+
+fn target_is_valid(method: &Method, target: &[u8]) -> bool {
+    // Visible ASCII only: no control bytes, no spaces, no raw non-ASCII.
+    if target.is_empty() || !target.iter().all(|b| (0x21..0x7f).contains(b)) {
+        return false;
+    }
+    if target == b"*" {
+        return method == Method::OPTIONS;
+    }
+    if target[0] == b'/' {
+        return true;
+    }
+    let lower = |prefix: &[u8]| {
+        target.len() > prefix.len() && target[..prefix.len()].eq_ignore_ascii_case(prefix)
+    };
+    lower(b"http://") || lower(b"https://")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(fields: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in fields {
+            h.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                http::HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    fn run(method: &str, version: Version, fields: &[(&str, &str)]) -> Result<(), Refusal> {
+        let method = Method::from_bytes(method.as_bytes()).unwrap();
+        let h = headers(fields);
+        check(&Request {
+            method: &method,
+            version,
+            headers: &h,
+        })
+    }
+
+    const V11: Version = Version::HTTP_11;
+    const V10: Version = Version::HTTP_10;
+
+    #[test]
+    fn rules_on_the_fields() {
+        use Refusal::*;
+        let host = ("Host", "x");
+        let cl = |n| ("Content-Length", n);
+        let te = |v| ("Transfer-Encoding", v);
+        type Case<'a> = (
+            &'a str,
+            Version,
+            &'a [(&'a str, &'a str)],
+            Result<(), Refusal>,
+        );
+        let cases: &[Case] = &[
+            ("GET", V11, &[host], Ok(())),
+            ("GET", V10, &[], Ok(())),
+            ("PUT", V11, &[host, cl("3"), cl("3")], Ok(())),
+            ("POST", V11, &[host, te("Chunked")], Ok(())),
+            ("GET", V11, &[], Err(BadHost)),
+            ("GET", V11, &[host, ("Host", "y")], Err(BadHost)),
+            ("GET", V10, &[host, ("Host", "y")], Err(BadHost)),
+            ("PUT", V11, &[host, cl("3"), cl("4")], Err(BadContentLength)),
+            ("PUT", V11, &[host, cl("3, 3")], Err(BadContentLength)),
+            ("PUT", V11, &[host, cl("-1")], Err(BadContentLength)),
+            ("PUT", V11, &[host, cl("+1")], Err(BadContentLength)),
+            ("PUT", V11, &[host, cl(" 1")], Err(BadContentLength)),
+            (
+                "PUT",
+                V11,
+                &[host, cl("99999999999999999999")],
+                Err(BadContentLength),
+            ),
+            ("PUT", V11, &[host, cl("")], Err(BadContentLength)),
+            (
+                "POST",
+                V11,
+                &[host, cl("4"), te("chunked")],
+                Err(ContentLengthAndChunked),
+            ),
+            (
+                "POST",
+                V11,
+                &[host, te("chunked, identity")],
+                Err(BadTransferEncoding),
+            ),
+            (
+                "POST",
+                V11,
+                &[host, te("xchunked")],
+                Err(BadTransferEncoding),
+            ),
+            (
+                "POST",
+                V11,
+                &[host, te("chun\tked")],
+                Err(BadTransferEncoding),
+            ),
+            (
+                "POST",
+                V11,
+                &[host, te("chunked"), te("chunked")],
+                Err(BadTransferEncoding),
+            ),
+            (
+                "POST",
+                V10,
+                &[host, te("chunked")],
+                Err(BadTransferEncoding),
+            ),
+        ];
+        for (method, version, fields, want) in cases {
+            assert_eq!(
+                run(method, *version, fields),
+                *want,
+                "{method} {version:?} {fields:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn rules_on_the_raw_bytes() {
+        use Refusal::*;
+        let cases: &[(&[u8], Result<(), Refusal>)] = &[
+            (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", Ok(())),
+            (
+                b"\r\nGET /kv/a?x=1&y=%20 HTTP/1.1\r\nHost: x\r\n\r\n",
+                Ok(()),
+            ),
+            (b"GET http://x/kv/a HTTP/1.1\r\nHost: x\r\n\r\n", Ok(())),
+            (b"GET HTTPS://x/kv/a HTTP/1.1\r\nHost: x\r\n\r\n", Ok(())),
+            (b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n", Ok(())),
+            (b"PUT / HTTP/1.1\r\nContent-Length: 1\r\n\r\n", Ok(())),
+            (b"GET / HTTP/1.1\nHost: x\r\n\r\n", Err(BareLineFeed)),
+            (b"GET / HTTP/1.1\r\nHost: x\n\r\n", Err(BareLineFeed)),
+            (b"GET / HTTP/1.1\r\nHost: x\r\n\n", Err(BareLineFeed)),
+            (b"\nGET / HTTP/1.1\r\n\r\n", Err(BareLineFeed)),
+            (b"GET ! HTTP/1.1\r\n\r\n", Err(BadTarget)),
+            (b"GET * HTTP/1.1\r\n\r\n", Err(BadTarget)),
+            (b"GET kv/a HTTP/1.1\r\n\r\n", Err(BadTarget)),
+            (b"GET http:// HTTP/1.1\r\n\r\n", Err(BadTarget)),
+            (b"GET /a\0b HTTP/1.1\r\n\r\n", Err(BadTarget)),
+            (b"GET /a\x7fb HTTP/1.1\r\n\r\n", Err(BadTarget)),
+            (b"GET /\xc3\xa9 HTTP/1.1\r\n\r\n", Err(BadTarget)),
+            (b"GET /a b HTTP/1.1\r\n\r\n", Err(BadTarget)),
+            (b"GET /a\r\n\r\n", Err(BadTarget)),
+            (b"CONNECT x:443 HTTP/1.1\r\n\r\n", Err(BadTarget)),
+            (
+                b"POST / HTTP/1.1\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n",
+                Err(ContentLengthAndChunked),
+            ),
+            (
+                b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\nCONTENT-LENGTH: 4\r\n\r\n",
+                Err(ContentLengthAndChunked),
+            ),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(check_raw(raw), *want, "{}", raw.escape_ascii());
+        }
+    }
+
+    #[test]
+    fn identical_lengths_are_one_length() {
+        let h = headers(&[("Content-Length", "10"), ("Content-Length", "10")]);
+        assert_eq!(content_length(&h), Ok(Some(10)));
+        assert_eq!(content_length(&HeaderMap::new()), Ok(None));
+    }
+}
