@@ -42,7 +42,7 @@ use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
 
 use crate::errors::{self, ProxyError};
-use crate::request_rules;
+use crate::request_rules::{self, RawBody};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -187,20 +187,38 @@ where
 {
     async move {
         let mut served: u32 = 0;
+        // Bytes of the next request read together with the previous one (pipelining).
+        let mut next: Option<BytesMut> = None;
         loop {
-            let mut first = match wait_for_request(&mut conn, IDLE_TIMEOUT, &mut shutdown).await {
-                Wait::Request(first) => first,
-                Wait::Closed | Wait::IdleTimeout | Wait::ShuttingDown => return,
+            let mut first = match next.take() {
+                Some(bytes) => bytes,
+                None => match wait_for_request(&mut conn, IDLE_TIMEOUT, &mut shutdown).await {
+                    Wait::Request(first) => first,
+                    Wait::Closed | Wait::IdleTimeout | Wait::ShuttingDown => return,
+                },
             };
             let rules = rules();
             match read_header_end(&mut conn.tcp, &mut first, &rules).await {
-                HeaderRead::Complete(end) => {
-                    if let Err(refusal) = request_rules::check_raw(&first[..end]) {
+                HeaderRead::Complete(end) => match request_rules::check_raw(&first[..end]) {
+                    Err(refusal) => {
                         tracing::debug!(reason = refusal.as_str(), "request refused as sent");
                         refuse(&mut conn.tcp, &errors::ERR_BAD_REQUEST).await;
                         return;
                     }
-                }
+                    // A pipelined request behind this one is kept for the next turn, so
+                    // Pingora sees this request's bytes only (with more it would answer
+                    // this one and close the connection, dropping the next).
+                    Ok(RawBody::Length(body)) => {
+                        let request_end = usize::try_from(body)
+                            .ok()
+                            .and_then(|b| b.checked_add(end))
+                            .unwrap_or(usize::MAX);
+                        if first.len() > request_end {
+                            next = Some(first.split_off(request_end));
+                        }
+                    }
+                    Ok(RawBody::Unknown) => {}
+                },
                 HeaderRead::Closed => return,
                 HeaderRead::Refused(err) => {
                     refuse(&mut conn.tcp, err).await;
@@ -213,9 +231,10 @@ where
             let Some(reused) = app.process_new_http(session, &shutdown).await else {
                 return;
             };
-            // The returned settings are the keep-alive ones set in `new_session` (pipelining
-            // is off: a connection with bytes past a request's end is not reused), so the count
-            // is all that needs carrying: 4 bytes where the settings take 80.
+            // The returned settings are the keep-alive ones set in `new_session` (Pingora's
+            // pipelining is off: pipelined bytes were kept out of the session above, and a
+            // connection with bytes past a request's end is not reused), so the count is all
+            // that needs carrying: 4 bytes where the settings take 80.
             let (stream, _settings) = reused.consume();
             conn = match stream.into_any().downcast::<ClientStream>() {
                 Ok(conn) => *conn,

@@ -49,7 +49,7 @@ pub struct Request<'a> {
 /// (it rewrites a target with illegal bytes into an escaped one, and drops Content-Length when
 /// Transfer-Encoding is present). `header` is the request line and fields up to and including
 /// the empty line.
-pub fn check_raw(header: &[u8]) -> Result<(), Refusal> {
+pub fn check_raw(header: &[u8]) -> Result<RawBody, Refusal> {
     if has_bare_line_feed(header) {
         return Err(Refusal::BareLineFeed);
     }
@@ -71,16 +71,40 @@ pub fn check_raw(header: &[u8]) -> Result<(), Refusal> {
     if !target_is_valid(&method, target) {
         return Err(Refusal::BadTarget);
     }
-    let (mut length, mut encoding) = (false, false);
+    let mut length: Option<Option<u64>> = None;
+    let mut encoding = false;
     for line in lines {
-        let name = line.split(|b| *b == b':').next().unwrap_or_default();
-        length |= name.eq_ignore_ascii_case(b"content-length");
+        let mut field = line.splitn(2, |b| *b == b':');
+        let name = field.next().unwrap_or_default();
+        if name.eq_ignore_ascii_case(b"content-length") {
+            let value = field.next().unwrap_or_default().trim_ascii();
+            let n = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok());
+            length = Some(match length {
+                None => n,
+                Some(prev) if prev == n => n,
+                // Differing values: check() refuses them once parsed.
+                Some(_) => None,
+            });
+        }
         encoding |= name.eq_ignore_ascii_case(b"transfer-encoding");
     }
-    if length && encoding {
-        return Err(Refusal::ContentLengthAndChunked);
+    match (length, encoding) {
+        (Some(_), true) => Err(Refusal::ContentLengthAndChunked),
+        (None, true) => Ok(RawBody::Unknown),
+        (None, false) => Ok(RawBody::Length(0)),
+        (Some(Some(n)), false) => Ok(RawBody::Length(n)),
+        (Some(None), false) => Ok(RawBody::Unknown),
     }
-    Ok(())
+}
+
+/// Where a request's body ends, as far as the raw header tells: what lets the connection loop
+/// keep the bytes of a pipelined next request out of this one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RawBody {
+    /// Exactly this many bytes follow the header (0 without a length or an encoding).
+    Length(u64),
+    /// Chunked, or a length the field rules refuse: only the parser can tell.
+    Unknown,
 }
 
 /// The rules on the parsed header fields.
@@ -295,8 +319,37 @@ mod tests {
             ),
         ];
         for (raw, want) in cases {
-            assert_eq!(check_raw(raw), *want, "{}", raw.escape_ascii());
+            assert_eq!(check_raw(raw).map(|_| ()), *want, "{}", raw.escape_ascii());
         }
+    }
+
+    #[test]
+    fn the_raw_header_tells_where_a_body_ends() {
+        let body = |raw: &[u8]| check_raw(raw).unwrap();
+        assert_eq!(
+            body(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"),
+            RawBody::Length(0)
+        );
+        assert_eq!(
+            body(b"PUT / HTTP/1.1\r\ncontent-length:  12 \r\n\r\n"),
+            RawBody::Length(12)
+        );
+        assert_eq!(
+            body(b"PUT / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n"),
+            RawBody::Length(3)
+        );
+        assert_eq!(
+            body(b"PUT / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n"),
+            RawBody::Unknown
+        );
+        assert_eq!(
+            body(b"PUT / HTTP/1.1\r\nContent-Length: x\r\n\r\n"),
+            RawBody::Unknown
+        );
+        assert_eq!(
+            body(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            RawBody::Unknown
+        );
     }
 
     #[test]

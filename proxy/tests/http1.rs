@@ -233,3 +233,41 @@ async fn well_formed_edge_cases_pass() {
     }
     assert!(paths.iter().any(|s| s.ends_with("/kv/abs")), "{paths:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_in_one_write_are_all_answered_in_order() {
+    let (writer, reader, proxy) = setup().await;
+    let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(
+        b"GET /kv/p1 HTTP/1.1\r\nHost: x\r\n\r\n\
+          PUT /kv/p2 HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc\
+          GET /kv/p3 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+        .await
+        .expect("the last request closes the connection")
+        .unwrap();
+    let text = String::from_utf8_lossy(&out);
+    let statuses: Vec<&str> = text
+        .match_indices("HTTP/1.1 ")
+        .map(|(i, _)| &text[i + 9..i + 12])
+        .collect();
+    assert_eq!(statuses, ["200", "200", "200"], "{text}");
+    // In request order: each backend answers with its name.
+    let backends: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("x-backend: "))
+        .collect();
+    assert_eq!(backends, ["reader-0", "writer", "reader-0"], "{text}");
+    let put = writer
+        .seen()
+        .into_iter()
+        .find(|r| r.path == "/kv/p2")
+        .unwrap();
+    assert_eq!(&put.body[..], b"abc");
+    assert_eq!(reader.count_path("/kv/p1"), 1);
+    assert_eq!(reader.count_path("/kv/p3"), 1);
+}
