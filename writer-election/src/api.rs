@@ -1,5 +1,6 @@
-//! The HTTP API on `listen`: `/v1/topology` (with blocking queries), `/v1/switchover`,
-//! `/v1/switchover/drained`, `/health`, `/health/ready`, `/metrics`. Errors are JSON:
+//! The HTTP API on `listen`: `/v1/topology` (with blocking queries), `/v1/history`,
+//! `/v1/status`, `/v1/switchover`, `/v1/switchover/drained`, `/health`, `/health/ready`,
+//! `/metrics`. Errors are JSON:
 //! `{"error": "<code>", "message": "..."}`.
 
 use std::sync::Arc;
@@ -24,7 +25,7 @@ use crate::forward::Forwarder;
 use crate::leader::LeaderState;
 use crate::metrics::Metrics;
 use crate::publish::TopologyHub;
-use crate::topology::{Topology, REVISION_HEADER};
+use crate::topology::{DrainStatus, History, ReplicaStatus, Topology, REVISION_HEADER};
 
 /// Longest blocking query we hold open.
 pub const MAX_WAIT: Duration = Duration::from_secs(300);
@@ -55,11 +56,15 @@ pub struct AppState {
     pub drain_timeout: Duration,
     /// HA followers pass topology queries and drain acknowledgements on to the leader.
     pub forward: Arc<Forwarder>,
+    /// This replica's name, for `/v1/status`.
+    pub identity: String,
 }
 
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/topology", get(topology))
+        .route("/v1/history", get(history))
+        .route("/v1/status", get(status))
         .route("/v1/switchover", post(switchover))
         .route("/v1/switchover/drained", post(drained))
         .route("/health", get(health))
@@ -215,6 +220,40 @@ async fn topology(
             _ = stop.changed() => return topology_response(&cur),
         }
     }
+}
+
+/// `GET /v1/history`: the last writer changes, oldest first.
+async fn history(State(st): State<AppState>) -> Response {
+    let changes = st.hub.history().as_ref().clone();
+    let mut resp = Json(History { changes }).into_response();
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// `GET /v1/status`: leadership, the proxies following, the running drain.
+async fn status(State(st): State<AppState>) -> Response {
+    let leader = st.leader.borrow().clone();
+    let drain = st.drain.current().map(|b| DrainStatus {
+        switchover: b.id,
+        acknowledged: b.acked.intersection(&b.drain_set).cloned().collect(),
+        pending: b.pending(),
+    });
+    let body = ReplicaStatus {
+        identity: st.identity.clone(),
+        leading: leader.leading_now(),
+        leader: leader.leader,
+        clients: st
+            .clients
+            .live(std::time::Instant::now())
+            .into_iter()
+            .collect(),
+        drain,
+    };
+    let mut resp = Json(body).into_response();
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
 }
 
 struct GaugeGuard<'a>(&'a Metrics);

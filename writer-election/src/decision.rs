@@ -111,6 +111,9 @@ pub struct Recorded {
     pub holder: Option<Holder>,
     /// false while the holder is lost and no node could replace it (published writer = null).
     pub active: bool,
+    /// The last writer changes, oldest first (bounded by `topology::push_history`); written in
+    /// the same write as the rest of the record, so a restart or a new leader keeps them.
+    pub history: Vec<crate::topology::HistoryEntry>,
 }
 
 impl Recorded {
@@ -644,6 +647,7 @@ mod tests {
             epoch,
             holder: Some(holder(name)),
             active: true,
+            history: Vec::new(),
         }
     }
 
@@ -819,6 +823,7 @@ mod tests {
                 uid: Some("uid-old".into()),
             }),
             active: true,
+            history: Vec::new(),
         };
         let mut recreated = ready("node-1");
         recreated.uid = Some("uid-new".into());
@@ -1159,6 +1164,7 @@ mod tests {
             epoch: 41,
             holder: Some(holder("old")),
             active: true,
+            history: Vec::new(),
         };
         assert_eq!(elected(&eval(&r, &[ready("x")], &policy())).1, 42);
     }

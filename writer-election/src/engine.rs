@@ -50,7 +50,7 @@ use crate::probe::{HealthTable, NodeKey, Prober};
 use crate::promotion::{fetch_progress, CheckResult, Promoter};
 use crate::publish::{build_topology, NodeView, TopologyHub};
 use crate::store::{RecordStore, StoreError};
-use crate::topology::{Switchover, Topology};
+use crate::topology::{push_history, HistoryEntry, Switchover, Topology};
 
 pub struct SwitchoverCmd {
     pub to: Option<String>,
@@ -102,6 +102,8 @@ struct Draining {
     target: Holder,
     force: bool,
     started: Instant,
+    /// How long the proxies took to acknowledge, once they all did (or the drain was forced).
+    drained_in: Option<Duration>,
     deadline: Instant,
     reply: oneshot::Sender<SwitchoverOutcome>,
 }
@@ -186,6 +188,9 @@ pub struct Engine {
     drain: Arc<DrainBarrier>,
     drain_rx: watch::Receiver<Option<Barrier>>,
     draining: Option<Draining>,
+    /// When this process first saw the published writer lost (for the history's time without a
+    /// writer); cleared once a writer is recorded again.
+    lost_at: Option<Instant>,
 }
 
 /// How long a node whose promotion failed is skipped by automatic elections.
@@ -239,6 +244,7 @@ impl Engine {
             clients: d.clients,
             drain: d.drain,
             draining: None,
+            lost_at: None,
         }
     }
 
@@ -496,6 +502,9 @@ impl Engine {
                 epoch,
                 reason,
             } => {
+                if reason != Reason::Initial {
+                    self.lost_at.get_or_insert_with(Instant::now);
+                }
                 let _ = self.change_writer(writer, epoch, reason).await;
             }
             Decision::Reinstate { reason } => {
@@ -662,12 +671,19 @@ impl Engine {
         if !self.leading() {
             return Err("lost leadership during the promotion".into());
         }
-        let new = Recorded {
+        let from = old.writer().map(|h| h.name.clone());
+        let mut new = Recorded {
             epoch,
             holder: Some(writer.clone()),
             active: true,
+            history: old.history.clone(),
         };
+        push_history(
+            &mut new.history,
+            self.history_entry(from, &writer, epoch, reason),
+        );
         self.save(new).await?;
+        self.lost_at = None;
         let previous = old
             .holder
             .as_ref()
@@ -890,11 +906,16 @@ impl Engine {
         if !self.leading() {
             return Err("lost leadership during the promotion".into());
         }
-        self.save(Recorded {
+        let mut back = Recorded {
             active: true,
             ..old.clone()
-        })
-        .await?;
+        };
+        push_history(
+            &mut back.history,
+            self.history_entry(Some(holder.name.clone()), &holder, old.epoch, reason),
+        );
+        self.save(back).await?;
+        self.lost_at = None;
         info!(writer = %holder.name, epoch = old.epoch, reason = %reason, "writer back: reinstated at its epoch");
         if let Some(k) = &self.kube {
             k.emit_event(
@@ -911,6 +932,7 @@ impl Engine {
     }
 
     async fn suspend(&mut self, reason: Reason) -> Result<(), String> {
+        self.lost_at.get_or_insert_with(Instant::now);
         let old = self.recorded.clone().unwrap_or_default();
         // A failed write keeps the last recorded writer published (e.g. the API is down).
         self.save(Recorded {
@@ -955,6 +977,7 @@ impl Engine {
                 }
             })
             .collect();
+        self.hub.set_history(&rec.history);
         let mut doc = build_topology(&rec, &views);
         doc.switchover = self.draining.as_ref().map(|d| Switchover {
             id: d.id,
@@ -1002,6 +1025,34 @@ impl Engine {
                     k.reconcile_labels(&m, rec.writer());
                 }
             }
+        }
+    }
+
+    /// The history entry for `to` being recorded now. During a switchover the writes are held
+    /// from the start of the drain, so that is when the cluster stopped having a writer.
+    fn history_entry(
+        &self,
+        from: Option<String>,
+        to: &Holder,
+        epoch: u64,
+        reason: Reason,
+    ) -> HistoryEntry {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let (no_writer, drain) = match &self.draining {
+            Some(d) => (Some(d.started.elapsed()), d.drained_in),
+            None => (self.lost_at.map(|t| t.elapsed()), None),
+        };
+        HistoryEntry {
+            at: k8s_openapi::jiff::Timestamp::now()
+                .round(k8s_openapi::jiff::Unit::Millisecond)
+                .map(|t| t.to_string())
+                .unwrap_or_default(),
+            from,
+            to: to.name.clone(),
+            epoch,
+            reason: reason.as_str().to_string(),
+            no_writer_ms: no_writer.map(ms),
+            drain_ms: drain.map(ms),
         }
     }
 
@@ -1109,6 +1160,7 @@ impl Engine {
             target,
             force,
             started: now,
+            drained_in: None,
             deadline: now + timeout,
             reply,
         });
@@ -1171,6 +1223,9 @@ impl Engine {
                 self.metrics
                     .switchover_drain_seconds
                     .observe(started.elapsed().as_secs_f64());
+                if let Some(d) = self.draining.as_mut() {
+                    d.drained_in = Some(started.elapsed());
+                }
                 if forced_past.is_empty() {
                     info!(switchover = id, after = ?started.elapsed(), "switchover: every proxy drained; promoting {}", target.name);
                 } else {

@@ -12,7 +12,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
 
 use crate::decision::{natural_cmp, Recorded};
-use crate::topology::{NodeRef, NodeStatus, Role, Topology};
+use crate::topology::{HistoryEntry, NodeRef, NodeStatus, Role, Topology};
 
 /// A node as the topology shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,6 +93,9 @@ fn now_millis() -> u64 {
 
 pub struct TopologyHub {
     tx: watch::Sender<Arc<Topology>>,
+    /// The record's writer changes, for `GET /v1/history` (a follower's come from the leader's
+    /// record, re-read every `ha.retry_period`).
+    history: watch::Sender<Arc<Vec<HistoryEntry>>>,
 }
 
 impl Default for TopologyHub {
@@ -105,11 +108,26 @@ impl TopologyHub {
     pub fn new() -> Self {
         TopologyHub {
             tx: watch::channel(Arc::new(Topology::empty())).0,
+            history: watch::channel(Arc::new(Vec::new())).0,
         }
     }
 
     pub fn current(&self) -> Arc<Topology> {
         self.tx.borrow().clone()
+    }
+
+    pub fn history(&self) -> Arc<Vec<HistoryEntry>> {
+        self.history.borrow().clone()
+    }
+
+    pub fn set_history(&self, h: &[HistoryEntry]) {
+        self.history.send_if_modified(|cur| {
+            if cur.as_slice() == h {
+                return false;
+            }
+            *cur = Arc::new(h.to_vec());
+            true
+        });
     }
 
     pub fn subscribe(&self) -> watch::Receiver<Arc<Topology>> {
@@ -160,6 +178,7 @@ mod tests {
                 uid: None,
             }),
             active,
+            history: Vec::new(),
         }
     }
 

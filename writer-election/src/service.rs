@@ -363,6 +363,7 @@ pub async fn start(
         drain,
         drain_timeout: cfg.switchover.drain_timeout,
         forward: Arc::new(Forwarder::new(&identity)),
+        identity: identity.clone(),
     };
     let mut stop_srv = stop_rx.clone();
     let app = router(state);

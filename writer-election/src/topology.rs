@@ -65,6 +65,84 @@ pub struct Switchover {
     pub to: String,
 }
 
+/// One change of the published writer, as kept in the durable record and served on
+/// `GET /v1/history` (oldest first).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    /// RFC 3339 time the new writer was recorded.
+    pub at: String,
+    /// The writer before (`None` for the first election; the same node when it was reinstated).
+    #[serde(default)]
+    pub from: Option<String>,
+    pub to: String,
+    pub epoch: u64,
+    /// `initial`, `writer-unready`, `writer-gone`, `writer-recreated`, `writer-lost-role`,
+    /// `writer-back`, `switchover`.
+    pub reason: String,
+    /// Milliseconds the proxies had no writer to send writes to: from the moment writer-election
+    /// saw the writer lost (a switchover: from the start of its drain) until the new one was
+    /// recorded. `None` when unknown (the loss was seen by an earlier process, or the first
+    /// election).
+    #[serde(default)]
+    pub no_writer_ms: Option<u64>,
+    /// Milliseconds the switchover drain took (switchovers only).
+    #[serde(default)]
+    pub drain_ms: Option<u64>,
+}
+
+/// The body of `GET /v1/history`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct History {
+    /// Oldest first, at most [`HISTORY_LIMIT`].
+    pub changes: Vec<HistoryEntry>,
+}
+
+/// The body of `GET /v1/status`: what this replica knows beyond the topology (for the `status`
+/// command; not part of the contract with the proxies).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaStatus {
+    /// The replica that answered (`ha.identity`, else the pod / host name).
+    pub identity: String,
+    /// This replica decides (HA leader, or the only replica).
+    pub leading: bool,
+    /// The HA leader as this replica last saw it.
+    #[serde(default)]
+    pub leader: Option<String>,
+    /// Client ids of the proxies following this replica's topology now (on the leader: the drain
+    /// set a switchover would wait for, forwarded queries included).
+    #[serde(default)]
+    pub clients: Vec<String>,
+    /// The drain of the running switchover, if this replica runs one.
+    #[serde(default)]
+    pub drain: Option<DrainStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrainStatus {
+    pub switchover: u64,
+    pub acknowledged: Vec<String>,
+    pub pending: Vec<String>,
+}
+
+/// How many writer changes the record keeps.
+pub const HISTORY_LIMIT: usize = 50;
+/// Upper bound of the serialised history (it is one annotation on the writer Lease, and all
+/// annotations of an object share 256 KiB): the oldest entries go first.
+pub const HISTORY_MAX_BYTES: usize = 32 * 1024;
+
+/// Appends `entry` to `history`, dropping the oldest entries beyond [`HISTORY_LIMIT`] or
+/// [`HISTORY_MAX_BYTES`].
+pub fn push_history(history: &mut Vec<HistoryEntry>, entry: HistoryEntry) {
+    history.push(entry);
+    let excess = history.len().saturating_sub(HISTORY_LIMIT);
+    history.drain(..excess);
+    while history.len() > 1
+        && serde_json::to_vec(history).map_or(0, |v| v.len()) > HISTORY_MAX_BYTES
+    {
+        history.remove(0);
+    }
+}
+
 impl Topology {
     /// The document of a service that has not decided anything yet.
     pub fn empty() -> Self {
@@ -122,6 +200,39 @@ mod tests {
         assert_eq!(back["switchover"]["state"], "draining");
         let none = serde_json::to_value(Topology::empty()).unwrap();
         assert!(none["switchover"].is_null());
+    }
+
+    fn entry(epoch: u64, to: &str) -> HistoryEntry {
+        HistoryEntry {
+            at: "2026-11-22T10:00:00Z".into(),
+            from: Some("a".into()),
+            to: to.into(),
+            epoch,
+            reason: "writer-gone".into(),
+            no_writer_ms: Some(12),
+            drain_ms: None,
+        }
+    }
+
+    #[test]
+    fn history_keeps_the_newest_changes_within_both_bounds() {
+        let mut h = Vec::new();
+        for e in 1..=(HISTORY_LIMIT as u64 + 7) {
+            push_history(&mut h, entry(e, "b"));
+        }
+        assert_eq!(h.len(), HISTORY_LIMIT);
+        assert_eq!(h[0].epoch, 8, "the oldest go first");
+        assert_eq!(h[HISTORY_LIMIT - 1].epoch, HISTORY_LIMIT as u64 + 7);
+
+        let mut h = Vec::new();
+        let long = "n".repeat(4000);
+        for e in 1..=20 {
+            push_history(&mut h, entry(e, &long));
+        }
+        let size = serde_json::to_vec(&h).unwrap().len();
+        assert!(size <= HISTORY_MAX_BYTES, "{size} bytes");
+        assert!(h.len() < 20 && h.len() > 1, "{} entries", h.len());
+        assert_eq!(h.last().unwrap().epoch, 20);
     }
 
     #[test]

@@ -18,7 +18,7 @@ use support::fake_k8s::{
 };
 use writer_election::client::fetch_topology;
 use writer_election::config::ElectionConfig;
-use writer_election::topology::{Role as NodeRole, Topology};
+use writer_election::topology::{History, HistoryEntry, Role as NodeRole, Topology};
 use writer_election::{start, ServiceHandle, ServiceOptions};
 
 const LONG: Duration = Duration::from_secs(60);
@@ -119,6 +119,26 @@ async fn wait_topology(url: &str, what: &str, cond: impl Fn(&Topology) -> bool) 
             Instant::now() < deadline,
             "timed out waiting until {what}; last: {last:#?}"
         );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+async fn history_of(url: &str) -> Vec<HistoryEntry> {
+    let (status, body) = http_call("GET", &format!("{url}/v1/history"), &[], "").await;
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str::<History>(&body)
+        .unwrap_or_else(|e| panic!("{e}: {body}"))
+        .changes
+}
+
+async fn wait_history(url: &str, want: &[HistoryEntry]) {
+    let deadline = Instant::now() + LONG;
+    loop {
+        let got = history_of(url).await;
+        if got == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "history of {url}: {got:#?}");
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
@@ -723,6 +743,19 @@ async fn ha_replicas_elect_one_leader_and_the_other_takes_over() {
         writer_name(t) == Some("storagenode-2") && t.epoch == 2
     })
     .await;
+    // The follower serves the leader's history (from the writer Lease) as soon as it re-read it.
+    let leader_history = history_of(&leader.url()).await;
+    assert_eq!(
+        leader_history
+            .iter()
+            .map(|h| (h.epoch, h.reason.as_str(), h.to.as_str()))
+            .collect::<Vec<_>>(),
+        vec![
+            (1, "initial", "storagenode-0"),
+            (2, "switchover", "storagenode-2")
+        ]
+    );
+    wait_history(&follower.url(), &leader_history).await;
 
     // The leader crashes (no release): the follower takes over once the lease expired.
     let transitions = l
@@ -747,6 +780,19 @@ async fn ha_replicas_elect_one_leader_and_the_other_takes_over() {
     )
     .await;
     assert_eq!(t.epoch, 3);
+    // The new leader continued the old leader's history from the Lease.
+    let h = history_of(&follower.url()).await;
+    assert_eq!(h.len(), 3, "{h:#?}");
+    assert_eq!(h[..2], leader_history[..]);
+    assert_eq!((h[2].epoch, h[2].to.as_str()), (3, "storagenode-0"));
+    assert_eq!(h[2].from.as_deref(), Some("storagenode-2"));
+    assert!(h[2].no_writer_ms.is_some(), "{h:#?}");
+    let l = lease(&api, WRITER_LEASE).expect("writer Lease");
+    let stored: Vec<HistoryEntry> = serde_json::from_str(
+        &annotation(&l, writer_election::store::lease::HISTORY).expect("history annotation"),
+    )
+    .expect("history annotation is JSON");
+    assert_eq!(stored, h);
     // The sampler polls the Lease on its own schedule: let it catch up with the record.
     wait("the Lease sampler saw 3 epochs", || {
         history.epochs_seen() >= 3

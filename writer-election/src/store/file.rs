@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{RecordStore, StoreError};
 use crate::decision::{Holder, Recorded};
+use crate::topology::HistoryEntry;
 
 const FORMAT_VERSION: u32 = 1;
 
@@ -21,6 +22,9 @@ struct StateFileV1 {
     active: bool,
     #[serde(default)]
     updated_at: String,
+    /// Absent in files written before the history was kept.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    history: Vec<HistoryEntry>,
 }
 
 pub struct FileStore {
@@ -129,6 +133,7 @@ pub fn read_state_file(path: &Path) -> Result<Recorded, StoreError> {
         epoch: state.epoch,
         holder: state.holder,
         active: state.active,
+        history: state.history,
     })
 }
 
@@ -140,6 +145,7 @@ pub fn write_state_file(path: &Path, rec: &Recorded) -> std::io::Result<()> {
         holder: rec.holder.clone(),
         active: rec.active,
         updated_at: k8s_openapi::jiff::Timestamp::now().to_string(),
+        history: rec.history.clone(),
     };
     let mut body = serde_json::to_vec_pretty(&state).map_err(std::io::Error::other)?;
     body.push(b'\n');
@@ -209,6 +215,7 @@ mod tests {
                 uid: None,
             }),
             active: true,
+            history: super::super::sample_history(),
         }
     }
 

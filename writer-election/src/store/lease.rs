@@ -30,6 +30,8 @@ pub const HOLDER: &str = "writer-election.microstream.one/holder";
 pub const ADDRESS: &str = "writer-election.microstream.one/writer-address";
 pub const UID: &str = "writer-election.microstream.one/writer-uid";
 pub const ACTIVE: &str = "writer-election.microstream.one/active";
+/// JSON array of the last writer changes (bounded by `topology::push_history`).
+pub const HISTORY: &str = "writer-election.microstream.one/history";
 
 pub struct LeaseStore {
     api: Api<Lease>,
@@ -101,6 +103,15 @@ pub fn record_from_lease(lease: &Lease) -> Result<Recorded, String> {
         .get(ADDRESS)
         .cloned()
         .ok_or_else(|| format!("holder {name} without annotation {ADDRESS}"))?;
+    // The history is kept for people, not for the decision: an annotation someone broke by hand
+    // costs the history (logged), never the start or the failover.
+    let history = match ann.get(HISTORY) {
+        None => Vec::new(),
+        Some(s) => serde_json::from_str(s).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "annotation {HISTORY} is not a valid history; starting a new one");
+            Vec::new()
+        }),
+    };
     Ok(Recorded {
         epoch,
         holder: Some(Holder {
@@ -109,6 +120,7 @@ pub fn record_from_lease(lease: &Lease) -> Result<Recorded, String> {
             uid: ann.get(UID).cloned().filter(|s| !s.is_empty()),
         }),
         active,
+        history,
     })
 }
 
@@ -145,6 +157,10 @@ pub fn lease_with_record(base: Option<Lease>, name: &str, rec: &Recorded) -> Res
         }
     }
     ann.insert(ACTIVE.into(), rec.active.to_string());
+    if !rec.history.is_empty() {
+        let json = serde_json::to_string(&rec.history).map_err(|e| e.to_string())?;
+        ann.insert(HISTORY.into(), json);
+    }
     Ok(lease)
 }
 
@@ -228,6 +244,7 @@ mod tests {
                 uid: Some("u-1".into()),
             }),
             active,
+            history: super::super::sample_history(),
         }
     }
 

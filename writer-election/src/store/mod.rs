@@ -35,3 +35,17 @@ pub trait RecordStore: Send + Sync {
     /// For logs: where the record lives.
     fn describe(&self) -> String;
 }
+
+/// A history as the stores must keep it, field for field.
+#[cfg(test)]
+fn sample_history() -> Vec<crate::topology::HistoryEntry> {
+    vec![crate::topology::HistoryEntry {
+        at: "2026-11-22T10:00:00.123Z".into(),
+        from: Some("node-0".into()),
+        to: "node-1".into(),
+        epoch: 7,
+        reason: "writer-gone".into(),
+        no_writer_ms: Some(312),
+        drain_ms: None,
+    }]
+}
