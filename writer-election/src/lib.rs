@@ -29,6 +29,8 @@ pub mod leader;
 #[cfg(feature = "server")]
 pub mod metrics;
 #[cfg(feature = "server")]
+pub mod ops;
+#[cfg(feature = "server")]
 pub mod probe;
 #[cfg(feature = "server")]
 pub mod promotion;

@@ -1,9 +1,10 @@
-//! `writer-election --config FILE [--check] [--log-format json|text]`
+//! `writer-election --config FILE [--check] [--log-format json|text]`, and the operator commands
+//! `writer-election status` / `writer-election switchover` (see `ops`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 use tracing::{error, info};
 use tracing_subscriber::EnvFilter;
 use writer_election::config::{Discovery, ElectionConfig};
@@ -27,17 +28,49 @@ const VERSION: &str = concat!(
 /// Elects the single writer of a storage cluster, records it durably and publishes the topology
 /// on /v1/topology.
 #[derive(Debug, Parser)]
-#[command(name = "writer-election", version = VERSION)]
+#[command(name = "writer-election", version = VERSION, subcommand_negates_reqs = true)]
 struct Args {
     /// The election config (YAML, see writer-election/README.md).
-    #[arg(long, short = 'c', env = "WRITER_ELECTION_CONFIG")]
-    config: PathBuf,
+    #[arg(long, short = 'c', env = "WRITER_ELECTION_CONFIG", required = true)]
+    config: Option<PathBuf>,
     /// Validate the config and exit: 0 if valid, else 1 with the key and the problem.
     #[arg(long)]
     check: bool,
     /// Log format (the level comes from RUST_LOG, default info).
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Who is the writer and is everything fine: nodes, writer, epoch, switchover, HA leader,
+    /// proxies following, last writer changes.
+    Status(writer_election::ops::StatusArgs),
+    /// A planned switchover to another writer, with the drain barrier (docs/failover.md).
+    Switchover(writer_election::ops::SwitchoverArgs),
+}
+
+/// The operator commands need no config, no logging set-up and only a small runtime.
+fn run_command(cmd: Command) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("writer-election: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = rt.block_on(async {
+        match cmd {
+            Command::Status(a) => writer_election::ops::status(a).await,
+            Command::Switchover(a) => writer_election::ops::switchover(a).await,
+        }
+    });
+    ExitCode::from(code)
 }
 
 fn init_logging(format: LogFormat) {
@@ -55,15 +88,23 @@ fn init_logging(format: LogFormat) {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let cfg = match ElectionConfig::load(&args.config) {
+    if let Some(cmd) = args.command {
+        return run_command(cmd);
+    }
+    // clap requires --config (or its env variable) when no command is given.
+    let Some(config) = args.config else {
+        eprintln!("writer-election: --config is required");
+        return ExitCode::FAILURE;
+    };
+    let cfg = match ElectionConfig::load(&config) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("writer-election: {}: {e}", args.config.display());
+            eprintln!("writer-election: {}: {e}", config.display());
             return ExitCode::FAILURE;
         }
     };
     if args.check {
-        println!("writer-election: {}: ok", args.config.display());
+        println!("writer-election: {}: ok", config.display());
         return ExitCode::SUCCESS;
     }
     init_logging(args.log_format);
