@@ -2,6 +2,7 @@
 //! the ready readers of a single-writer storage cluster (see SPEC.md and README.md).
 
 pub mod admin;
+pub mod attempt;
 pub mod balance;
 pub mod config;
 pub mod control;

@@ -21,6 +21,7 @@ use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, Session};
 
+use crate::attempt::{self, Again, Attempt, Failure};
 use crate::balance::Tried;
 use crate::config::AccessLog;
 use crate::errors::{self, ProxyError};
@@ -155,6 +156,24 @@ impl RwProxy {
         RwProxy {
             shared,
             ids: RequestIds::new(worker),
+        }
+    }
+
+    /// The facts [`attempt::next`] decides on, for the attempt that just failed.
+    fn attempt(&self, session: &Session, ctx: &Ctx, on_writer: bool, failure: Failure) -> Attempt {
+        Attempt {
+            route: ctx
+                .route
+                .unwrap_or(RouteTarget::NoUpstream(crate::config::Target::Readers)),
+            failure,
+            on_writer,
+            idempotent: session.req_header().method.is_idempotent(),
+            body_bytes_sent: session.upstream_body_bytes_sent().unwrap_or(0)
+                + ctx.body_bytes as usize,
+            body_kept: !session.as_ref().retry_buffer_truncated(),
+            attempts: ctx.attempts,
+            read_retries: ctx.active.settings.config.failover.read_retries,
+            untried_left: Self::has_alternative(ctx),
         }
     }
 
@@ -414,7 +433,7 @@ impl ProxyHttp for RwProxy {
 
     fn fail_to_connect(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         _peer: &HttpPeer,
         ctx: &mut Ctx,
         mut e: Box<Error>,
@@ -433,31 +452,27 @@ impl ProxyHttp for RwProxy {
         }
         ctx.in_flight = None;
         ctx.write_ticket = None;
-        if let Some(w) = ctx.active.writer.as_ref().filter(|_| failed_writer) {
-            // The proxy learns from its own failure: until the topology changes or the writer
-            // accepts connections again, writes wait instead of each paying this failure.
-            self.shared.hold.mark_suspect(
-                Suspect {
-                    address: w.upstream.address.clone(),
-                    socket: w.upstream.socket,
-                    epoch: ctx.active.topology.epoch,
-                    kind: SuspectKind::Unreachable,
-                },
-                ctx.active.settings.config.timeouts.connect,
-                errors::upstream_error_kind(&e),
-            );
-        }
-        // Nothing was sent. A read may go to another node; a request for the writer goes
-        // back through the write hold (upstream_peer), which waits for a new topology.
-        let retry = match ctx.route {
-            Some(RouteTarget::Readers | RouteTarget::Any) => {
-                ctx.attempts <= ctx.active.settings.config.failover.read_retries
-                    && Self::has_alternative(ctx)
+        let next = attempt::next(&self.attempt(session, ctx, failed_writer, Failure::Connect));
+        if next.writer_suspect {
+            if let Some(w) = ctx.active.writer.as_ref() {
+                // The proxy learns from its own failure: until the topology changes or the
+                // writer accepts connections again, writes wait instead of each paying this
+                // failure.
+                self.shared.hold.mark_suspect(
+                    Suspect {
+                        address: w.upstream.address.clone(),
+                        socket: w.upstream.socket,
+                        epoch: ctx.active.topology.epoch,
+                        kind: SuspectKind::Unreachable,
+                    },
+                    ctx.active.settings.config.timeouts.connect,
+                    errors::upstream_error_kind(&e),
+                );
             }
-            Some(RouteTarget::Writer | RouteTarget::WriterRead(_)) => true,
-            _ => false,
-        };
-        e.set_retry(retry);
+        }
+        // A read goes to another node; a request for the writer goes back through the write
+        // hold (upstream_peer), which waits for a new topology.
+        e.set_retry(next.again == Again::Yes);
         e
     }
 
@@ -505,21 +520,30 @@ impl ProxyHttp for RwProxy {
                 .upstream_error(ctx.target_index(), errors::upstream_error_kind(&e));
         }
         ctx.in_flight = None;
-        // A pooled connection found closed before a byte was written on it: the writer may be
-        // gone, and the pool may hold more such connections than Pingora has noticed yet.
-        let stale = e.etype() == &errors::STALE_POOLED;
-        // The writer broke the connection after the request went out.
-        let broke = matches!(
-            e.etype(),
-            ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
-        ) && *e.esource() == ErrorSource::Upstream;
+        let failure = if e.etype() == &errors::STALE_POOLED {
+            Failure::StalePooled
+        } else if e.etype() == &errors::WRITER_REFUSED {
+            Failure::NotDistributor
+        } else {
+            Failure::AfterSend {
+                broke: *e.esource() == ErrorSource::Upstream
+                    && matches!(
+                        e.etype(),
+                        ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
+                    ),
+            }
+        };
+        let on_writer = ctx.backend().is_some_and(|b| b.is_writer);
+        let next = attempt::next(&self.attempt(session, ctx, on_writer, failure));
         if let Some(w) = ctx
             .backend()
-            .filter(|b| b.is_writer && (stale || broke))
+            .filter(|_| next.writer_suspect)
             .map(|b| b.upstream.clone())
         {
-            // Either way the next writes wait (the write hold) until a new topology arrives or
-            // a fresh TCP connect to the writer succeeds, rather than meet the same fate.
+            // A pooled connection found closed, or the writer broke the connection after the
+            // request went out: the writer may be gone, and the pool may hold more such
+            // connections than Pingora has noticed yet. The next writes wait (the write hold)
+            // until a new topology arrives or a fresh TCP connect to the writer succeeds.
             self.shared.hold.mark_suspect(
                 Suspect {
                     address: w.address,
@@ -528,43 +552,25 @@ impl ProxyHttp for RwProxy {
                     kind: SuspectKind::Unreachable,
                 },
                 ctx.active.settings.config.timeouts.connect,
-                if stale {
+                if failure == Failure::StalePooled {
                     "pooled connection closed"
                 } else {
                     errors::upstream_error_kind(&e)
                 },
             );
         }
-        if stale {
-            // Nothing was sent: this write goes back through the hold.
+        if matches!(failure, Failure::StalePooled | Failure::NotDistributor) {
+            // The write goes back through the hold, whole (Pingora keeps the request body for
+            // a retry, up to a limit).
             ctx.write_ticket = None;
-            e.set_retry(true);
-            return e;
         }
-        if e.etype() == &errors::WRITER_REFUSED {
-            // The one case where a write that reached a node is sent again: the node said it
-            // is not the distributor, which it says before it stores anything (see
-            // `is_not_distributor`). The write goes back through the hold, whole: Pingora
-            // buffers the request body for a retry, up to a limit.
-            ctx.write_ticket = None;
-            let resend = !session.as_ref().retry_buffer_truncated();
-            self.shared.metrics.writer_refusal(resend);
-            e.set_retry(resend);
-            return e;
+        if failure == Failure::NotDistributor {
+            self.shared.metrics.writer_refusal(next.again == Again::Yes);
         }
-        // The request reached the upstream. Only a read that sent no body byte may go again
-        // (a stale pooled connection); a write never does: the writer may have applied it.
-        let body_sent = session.upstream_body_bytes_sent().unwrap_or(0);
-        let replay = ctx.route.is_some_and(|r| {
-            r.may_replay(
-                &session.req_header().method,
-                body_sent + ctx.body_bytes as usize,
-            )
-        }) && !session.as_ref().retry_buffer_truncated();
-        if replay {
-            e.retry.decide_reuse(client_reused);
-        } else {
-            e.set_retry(false);
+        match next.again {
+            Again::Yes => e.set_retry(true),
+            Again::No => e.set_retry(false),
+            Again::IfPooled => e.retry.decide_reuse(client_reused),
         }
         e
     }
