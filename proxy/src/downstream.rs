@@ -263,23 +263,14 @@ enum HeaderRead {
 /// that parser would accept is never waited on.
 fn header_end(buf: &[u8], from: usize) -> Option<usize> {
     let start = from.saturating_sub(3);
-    let mut i = start;
-    while let Some(pos) = memchr_lf(&buf[i..]) {
-        let lf = i + pos;
+    memchr::memchr_iter(b'\n', &buf[start..])
+        .map(|pos| start + pos)
         // An LF ends the header when the line it ends is empty: LF LF or LF CR LF.
-        if lf >= 1 && buf[lf - 1] == b'\n' {
-            return Some(lf + 1);
-        }
-        if lf >= 2 && buf[lf - 1] == b'\r' && buf[lf - 2] == b'\n' {
-            return Some(lf + 1);
-        }
-        i = lf + 1;
-    }
-    None
-}
-
-fn memchr_lf(buf: &[u8]) -> Option<usize> {
-    buf.iter().position(|b| *b == b'\n')
+        .find(|&lf| {
+            (lf >= 1 && buf[lf - 1] == b'\n')
+                || (lf >= 2 && buf[lf - 1] == b'\r' && buf[lf - 2] == b'\n')
+        })
+        .map(|lf| lf + 1)
 }
 
 /// Reads until the request header in `buf` is complete, within `rules.header_timeout` from now

@@ -154,9 +154,7 @@ pub fn content_length(headers: &HeaderMap) -> Result<Option<u64>, Refusal> {
 }
 
 fn has_bare_line_feed(raw: &[u8]) -> bool {
-    raw.iter()
-        .enumerate()
-        .any(|(i, b)| *b == b'\n' && (i == 0 || raw[i - 1] != b'\r'))
+    memchr::memchr_iter(b'\n', raw).any(|i| i == 0 || raw[i - 1] != b'\r')
 }
 
 fn target_is_valid(method: &Method, target: &[u8]) -> bool {
