@@ -8,6 +8,7 @@ pub mod electionbench;
 pub mod failover;
 pub mod httpc;
 pub mod logging;
+pub mod netns;
 pub mod node;
 pub mod procs;
 pub mod run;

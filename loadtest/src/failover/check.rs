@@ -223,7 +223,10 @@ pub fn analyze(
 }
 
 /// The pass/fail rules. Returns one sentence per failed check.
-pub fn failures(fault: Fault, a: &Analysis, old_writer: &str) -> Vec<String> {
+/// The rules every fault must keep, whatever it does to availability: nothing acknowledged is
+/// lost, no epoch is accepted by two nodes, the log's epochs never go back, nothing is applied
+/// twice.
+pub fn safety_failures(a: &Analysis) -> Vec<String> {
     let mut f = Vec::new();
     if a.lost_acked_writes > 0 {
         f.push(format!(
@@ -256,6 +259,11 @@ pub fn failures(fault: Fault, a: &Analysis, old_writer: &str) -> Vec<String> {
             a.applied_twice
         ));
     }
+    f
+}
+
+pub fn failures(fault: Fault, a: &Analysis, old_writer: &str) -> Vec<String> {
+    let mut f = safety_failures(a);
     if fault == Fault::Demote {
         // The writer lost its role and keeps it back: no failover, only a re-promotion.
         if !a.writers_after_fault.iter().any(|n| n == old_writer) {

@@ -8,6 +8,7 @@
 //! proxy.
 
 pub mod check;
+pub mod partition;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -54,6 +55,15 @@ pub struct FaultArgs {
     /// Planned switchover: POST /v1/switchover with the bearer token.
     #[arg(long)]
     pub switchover: bool,
+    /// A network fault between hosts of their own (network namespaces, needs root):
+    /// election-writer | proxy-election | writer-isolated | proxy-writer |
+    /// one-way:FROM->TO | loss:HOST=P% | delay:writer=D. Healed after --fault-for.
+    #[arg(long, value_parser = parse_partition, value_name = "SPEC")]
+    pub partition: Option<partition::Partition>,
+}
+
+fn parse_partition(s: &str) -> Result<partition::Partition, String> {
+    s.parse().map_err(|e: anyhow::Error| format!("{e:#}"))
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -66,6 +76,9 @@ pub struct FailoverArgs {
     /// When the fault is injected, from the start of the load.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "3s")]
     pub fault_after: Duration,
+    /// How long a --partition fault lasts before it is healed.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "3s")]
+    pub fault_for: Duration,
     /// Requests per second (open loop).
     #[arg(long, default_value_t = 200.0)]
     pub rate: f64,
@@ -156,7 +169,7 @@ pub struct FailoverReport {
     pub kept_dir: Option<String>,
 }
 
-fn ms_between(a: Instant, b: Instant) -> f64 {
+pub(crate) fn ms_between(a: Instant, b: Instant) -> f64 {
     let d = if b >= a { b - a } else { Duration::ZERO };
     (d.as_secs_f64() * 10_000.0).round() / 10.0
 }
@@ -168,6 +181,9 @@ pub async fn main(args: FailoverArgs, log_format: LogFormat) -> anyhow::Result<u
             args.fault_after,
             args.duration
         );
+    }
+    if let Some(p) = args.fault.partition {
+        return partition::main(args, p, log_format).await;
     }
     let fault = args.fault();
     let opts = ClusterOptions {
@@ -307,13 +323,13 @@ async fn scenario(
         .cloned()
         .collect();
     for n in &live {
-        wait_caught_up(cluster, &n.url, lines.len() as u64).await?;
+        wait_caught_up(&cluster.client, &n.url, lines.len() as u64).await?;
     }
 
     let fault_us = (fault_at - start).as_micros() as u64;
     let gone_us = (gone_at - start).as_micros() as u64;
     let analysis = check::analyze(&outcome.history, &lines, fault_us, gone_us, &old.name);
-    let read_back = read_back(cluster, &live, &outcome.history).await;
+    let read_back = read_back(&cluster.client, &cluster.proxy_url, &live, &outcome.history).await;
 
     let mut failures = check::failures(fault, &analysis, &old.name);
     for (node, missing) in &read_back.missing_on_node {
@@ -379,7 +395,7 @@ async fn scenario(
 }
 
 /// The run counts errors of reads and writes together; the history has the write ones.
-fn read_errors(r: &RunReport, a: &Analysis) -> std::collections::BTreeMap<String, u64> {
+pub(crate) fn read_errors(r: &RunReport, a: &Analysis) -> std::collections::BTreeMap<String, u64> {
     r.errors
         .iter()
         .map(|(k, v)| {
@@ -466,11 +482,14 @@ async fn wait_gone(cluster: &Cluster, name: &str) -> Instant {
     Instant::now()
 }
 
-async fn wait_caught_up(cluster: &Cluster, url: &str, lines: u64) -> anyhow::Result<()> {
+pub(crate) async fn wait_caught_up(
+    client: &crate::httpc::HttpClient,
+    url: &str,
+    lines: u64,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let offset = cluster
-            .client
+        let offset = client
             .get(&format!("{url}/replication/offset"))
             .await
             .ok()
@@ -487,8 +506,9 @@ async fn wait_caught_up(cluster: &Cluster, url: &str, lines: u64) -> anyhow::Res
 }
 
 /// Reads every acknowledged write back from every live node and through the proxy.
-async fn read_back(
-    cluster: &Cluster,
+pub(crate) async fn read_back(
+    client: &crate::httpc::HttpClient,
+    proxy_url: &str,
     live: &[crate::cluster::NodeInfo],
     history: &[WriteRecord],
 ) -> ReadBack {
@@ -505,11 +525,10 @@ async fn read_back(
         .collect();
     targets.push((
         "rw-proxy".into(),
-        cluster.proxy_url.clone(),
+        proxy_url.to_owned(),
         vec![("X-Consistency", "strong")],
     ));
     for (name, base, headers) in targets {
-        let client = &cluster.client;
         let results: Vec<Option<String>> = futures::stream::iter(acked.iter().map(|h| {
             let url = format!("{base}/kv/{}", h.key);
             let headers = headers.clone();

@@ -1,0 +1,728 @@
+//! `loadtest failover --partition SPEC`: the failover scenario with a network fault between
+//! hosts of their own (see [`crate::netns`]) instead of a signal to a process. The fault lasts
+//! `--fault-for`, is healed, and the report adds how long the system took to recover. What
+//! each fault must and must not do is in docs/network-faults.md; [`promises`] checks it.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use serde::Serialize;
+use tokio::time::Instant;
+use writer_election::topology::Topology;
+
+use super::check::{self, Analysis};
+use super::{ms_between, ReadBack, WriterRef};
+use crate::cluster::ClusterOptions;
+use crate::logging::LogFormat;
+use crate::netns::cluster::{run_in_client, NetCluster, CLIENT, ELECTION, PROXY};
+use crate::netns::{Lab, NsHandle};
+use crate::node::log::read_all;
+use crate::run::{self, LoadConfig, Mode, RunReport};
+
+/// A host of the cluster, by its role at the time of the fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Writer,
+    Election,
+    Proxy,
+}
+
+impl Role {
+    fn parse(s: &str) -> anyhow::Result<Role> {
+        match s {
+            "writer" => Ok(Role::Writer),
+            "election" => Ok(Role::Election),
+            "proxy" => Ok(Role::Proxy),
+            _ => bail!("{s:?}: expected writer, election or proxy"),
+        }
+    }
+    fn as_str(self) -> &'static str {
+        match self {
+            Role::Writer => "writer",
+            Role::Election => "election",
+            Role::Proxy => "proxy",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Partition {
+    /// writer-election and the writer cannot reach each other; the proxy still reaches both.
+    ElectionWriter,
+    /// rw-proxy and writer-election cannot reach each other.
+    ProxyElection,
+    /// The writer reaches nobody and nobody reaches it.
+    WriterIsolated,
+    /// rw-proxy and the writer cannot reach each other; writer-election still reaches both.
+    ProxyWriter,
+    /// Packets from one host to another are dropped, the other direction works.
+    OneWay { from: Role, to: Role },
+    /// A share of the packets in and out of a host are dropped.
+    Loss { host: Role, percent: u8 },
+    /// Every byte to and from a storage node waits this long (both directions).
+    Delay { host: Role, ms: u64 },
+}
+
+impl std::str::FromStr for Partition {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> anyhow::Result<Partition> {
+        let spec = s.trim();
+        if let Some(rest) = spec.strip_prefix("one-way:") {
+            let Some((a, b)) = rest.split_once("->") else {
+                bail!("{spec:?}: expected one-way:FROM->TO, e.g. one-way:writer->election");
+            };
+            let (from, to) = (Role::parse(a)?, Role::parse(b)?);
+            if from == to {
+                bail!("{spec:?}: a host and itself");
+            }
+            return Ok(Partition::OneWay { from, to });
+        }
+        if let Some(rest) = spec.strip_prefix("loss:") {
+            let Some((h, p)) = rest.split_once('=') else {
+                bail!("{spec:?}: expected loss:HOST=PERCENT%, e.g. loss:writer=30%");
+            };
+            let percent: u8 = p
+                .trim_end_matches('%')
+                .parse()
+                .with_context(|| format!("{spec:?}: {p:?} is not a percentage"))?;
+            if percent > 100 {
+                bail!("{spec:?}: at most 100%");
+            }
+            return Ok(Partition::Loss {
+                host: Role::parse(h)?,
+                percent,
+            });
+        }
+        if let Some(rest) = spec.strip_prefix("delay:") {
+            let Some((h, d)) = rest.split_once('=') else {
+                bail!("{spec:?}: expected delay:writer=DURATION, e.g. delay:writer=300ms");
+            };
+            let host = Role::parse(h)?;
+            if host != Role::Writer {
+                bail!("{spec:?}: only a storage node's link can be delayed (delay:writer=...)");
+            }
+            let d = humantime::parse_duration(d)
+                .with_context(|| format!("{spec:?}: {d:?} is not a duration"))?;
+            return Ok(Partition::Delay {
+                host,
+                ms: d.as_millis() as u64,
+            });
+        }
+        match spec {
+            "election-writer" | "writer-election" => Ok(Partition::ElectionWriter),
+            "proxy-election" | "election-proxy" => Ok(Partition::ProxyElection),
+            "writer-isolated" => Ok(Partition::WriterIsolated),
+            "proxy-writer" | "writer-proxy" => Ok(Partition::ProxyWriter),
+            _ => bail!(
+                "{spec:?}: expected election-writer, proxy-election, writer-isolated, proxy-writer, \
+                 one-way:FROM->TO, loss:HOST=P% or delay:writer=D"
+            ),
+        }
+    }
+}
+
+impl std::fmt::Display for Partition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Partition::ElectionWriter => write!(f, "election-writer"),
+            Partition::ProxyElection => write!(f, "proxy-election"),
+            Partition::WriterIsolated => write!(f, "writer-isolated"),
+            Partition::ProxyWriter => write!(f, "proxy-writer"),
+            Partition::OneWay { from, to } => {
+                write!(f, "one-way:{}->{}", from.as_str(), to.as_str())
+            }
+            Partition::Loss { host, percent } => write!(f, "loss:{}={percent}%", host.as_str()),
+            Partition::Delay { host, ms } => write!(f, "delay:{}={ms}ms", host.as_str()),
+        }
+    }
+}
+
+/// What the fault must lead to, by docs/network-faults.md.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Expect {
+    /// Exactly one failover (epoch + 1, another writer), the proxy follows it.
+    OneFailover,
+    /// No failover: same writer and epoch throughout; the proxy stays ready.
+    NoFailover,
+    /// Only the safety rules: whether a failover happens depends on timing, and is reported.
+    SafetyOnly,
+}
+
+impl Partition {
+    pub fn expect(self) -> Expect {
+        match self {
+            Partition::ElectionWriter | Partition::WriterIsolated => Expect::OneFailover,
+            // The election's probes of the writer get no answer either way round.
+            Partition::OneWay {
+                from: Role::Writer,
+                to: Role::Election,
+            }
+            | Partition::OneWay {
+                from: Role::Election,
+                to: Role::Writer,
+            } => Expect::OneFailover,
+            Partition::ProxyElection | Partition::ProxyWriter | Partition::OneWay { .. } => {
+                Expect::NoFailover
+            }
+            Partition::Loss { .. } | Partition::Delay { .. } => Expect::SafetyOnly,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ProxyDuringFault {
+    /// /health/ready samples taken every 100 ms while the fault was on.
+    pub ready_samples: u64,
+    pub not_ready_samples: u64,
+    /// Lowest rw_proxy_election_reachable seen while the fault was on (0 = it noticed).
+    pub election_reachable_min: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PartitionReport {
+    pub partition: String,
+    pub expect: Expect,
+    pub passed: bool,
+    pub failures: Vec<String>,
+    pub old_writer: WriterRef,
+    pub new_writer: Option<WriterRef>,
+    /// Epoch at the end of the run (after the heal).
+    pub final_epoch: u64,
+    /// Distinct writers published after the fault (0 = no failover).
+    pub writer_changes: u64,
+    pub fault_at_ms: f64,
+    pub healed_at_ms: f64,
+    /// Fault -> a topology with another writer seen on /v1/topology.
+    pub election_publish_ms: Option<f64>,
+    /// Heal -> the election has a writer, the proxy follows it at its epoch and reaches the
+    /// election again, and a write through the proxy is acknowledged.
+    pub recovery_ms: Option<f64>,
+    /// Failed writes sent more than a second after the new writer was published (a failover
+    /// must have ended their window by then).
+    pub failed_after_publish: u64,
+    pub proxy_during_fault: ProxyDuringFault,
+    pub analysis: Analysis,
+    pub read_back: ReadBack,
+    pub read_errors: std::collections::BTreeMap<String, u64>,
+    pub load: RunReport,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kept_dir: Option<String>,
+}
+
+pub async fn main(
+    args: super::FailoverArgs,
+    partition: Partition,
+    log_format: LogFormat,
+) -> anyhow::Result<u8> {
+    if args.fault_after + args.fault_for >= args.duration {
+        bail!(
+            "--fault-after {:?} + --fault-for {:?} must end before --duration {:?}",
+            args.fault_after,
+            args.fault_for,
+            args.duration
+        );
+    }
+    if args.nodes < 2 {
+        bail!("--nodes {}: a failover needs at least 2 nodes", args.nodes);
+    }
+    if let Err(why) = crate::netns::available() {
+        bail!("--partition needs network namespaces: {why}");
+    }
+    let mut names: Vec<String> = (1..=args.nodes).map(|i| format!("node-{i}")).collect();
+    names.extend([ELECTION, PROXY, CLIENT].map(String::from));
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let lab = Lab::new(&refs)?;
+    let client_ns = NsHandle::open(&lab.host(CLIENT)?.ns)?;
+    let (cancel_tx, cancel_rx) = tokio::sync::watch::channel(false);
+    eprintln!(
+        "failover --partition {partition}: starting a {}-node cluster on network namespaces ...",
+        args.nodes
+    );
+    let a = args.clone();
+    let work = tokio::task::spawn_blocking(move || {
+        run_in_client(client_ns, move || {
+            Box::pin(async move {
+                let opts = ClusterOptions {
+                    nodes: a.nodes,
+                    api: a.api,
+                    bin_dir: a.bin_dir.clone(),
+                    node_args: if a.lag.is_zero() {
+                        vec![]
+                    } else {
+                        vec![
+                            "--lag".into(),
+                            humantime::format_duration(a.lag).to_string(),
+                        ]
+                    },
+                    log_format,
+                    ..ClusterOptions::default()
+                };
+                let mut cluster = NetCluster::start(lab, &opts).await?;
+                let mut cancel = cancel_rx;
+                let result = tokio::select! {
+                    r = scenario(&a, partition, &mut cluster) => r,
+                    _ = cancel.changed() => Err(anyhow::anyhow!("interrupted")),
+                };
+                let _ = cluster.lab.heal_all();
+                cluster.stop(Duration::from_secs(10));
+                let kept = a.keep_dir.then(|| {
+                    // The directory outlives the cluster; the namespaces do not.
+                    let dir = std::mem::replace(
+                        &mut cluster.dir,
+                        match tempfile::tempdir() {
+                            Ok(d) => d,
+                            Err(_) => return String::new(),
+                        },
+                    );
+                    dir.keep().display().to_string()
+                });
+                let mut report = result?;
+                report.kept_dir = kept.filter(|k| !k.is_empty());
+                Ok(report)
+            })
+        })
+    });
+    tokio::pin!(work);
+    let joined = tokio::select! {
+        j = &mut work => j,
+        _ = tokio::signal::ctrl_c() => {
+            eprintln!("interrupted: healing, stopping the cluster and deleting its namespaces");
+            let _ = cancel_tx.send(true);
+            work.await
+        }
+    };
+    let report = joined.context("the scenario thread failed")??;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", render_text(&report));
+    }
+    Ok(if report.passed { 0 } else { 1 })
+}
+
+async fn inject(p: Partition, c: &NetCluster, writer: &str) -> anyhow::Result<()> {
+    let host = |r: Role| match r {
+        Role::Writer => writer,
+        Role::Election => ELECTION,
+        Role::Proxy => PROXY,
+    };
+    let lab = &c.lab;
+    match p {
+        Partition::ElectionWriter => lab.cut(ELECTION, writer),
+        Partition::ProxyElection => lab.cut(PROXY, ELECTION),
+        Partition::WriterIsolated => lab.isolate(writer),
+        Partition::ProxyWriter => lab.cut(PROXY, writer),
+        Partition::OneWay { from, to } => lab.cut_one_way(host(from), host(to)),
+        Partition::Loss { host: h, percent } => lab.loss(host(h), percent),
+        Partition::Delay { host: h, ms } => {
+            c.relay(host(h))?.set_delay(Duration::from_millis(ms));
+            Ok(())
+        }
+    }
+}
+
+fn heal(c: &NetCluster) -> anyhow::Result<()> {
+    for (_, r) in &c.relays {
+        r.set_delay(Duration::ZERO);
+    }
+    c.lab.heal_all()
+}
+
+async fn scenario(
+    args: &super::FailoverArgs,
+    p: Partition,
+    c: &mut NetCluster,
+) -> anyhow::Result<PartitionReport> {
+    let first = c.topology().await?;
+    let Some(old) = first.writer.clone() else {
+        bail!("writer-election has no writer before the fault");
+    };
+    let old_writer = WriterRef {
+        name: old.name.clone(),
+        epoch: first.epoch,
+    };
+    let timeline: Arc<Mutex<Vec<(Instant, Topology)>>> = Arc::default();
+    let follower = {
+        let timeline = timeline.clone();
+        tokio::spawn(crate::topo::follow(c.election_url.clone(), move |_, t| {
+            if let Ok(mut v) = timeline.lock() {
+                v.push((Instant::now(), t.clone()));
+            }
+        }))
+    };
+    let cfg = LoadConfig {
+        target: run::parse_target(&c.proxy_url).await?,
+        mode: Mode::Open {
+            rate: args.rate,
+            connections: 64,
+        },
+        duration: args.duration,
+        read_ratio: args.read_ratio,
+        keys: 1000,
+        value_size: 64,
+        timeout: args.timeout,
+        headers: vec![],
+        unique_write_keys: true,
+        record_history: true,
+        progress: false,
+    };
+    let start = Instant::now();
+    let load = tokio::spawn(run::execute_at(cfg, c.proxy_url.clone(), start));
+
+    tokio::time::sleep_until(start + args.fault_after).await;
+    let fault_at = Instant::now();
+    if let Err(e) = inject(p, c, &old.name).await {
+        load.abort();
+        follower.abort();
+        return Err(e.context("injecting the fault"));
+    }
+    tracing::info!(partition = %p, writer = %old.name, "fault injected");
+
+    // The proxy's view while the fault is on.
+    let mut during = ProxyDuringFault::default();
+    let heal_at = start + args.fault_after + args.fault_for;
+    let ready_url = format!("{}/health/ready", c.admin_url);
+    while Instant::now() < heal_at {
+        let ready = c
+            .client
+            .get(&ready_url)
+            .await
+            .is_ok_and(|r| r.status == 200);
+        during.ready_samples += 1;
+        if !ready {
+            during.not_ready_samples += 1;
+        }
+        if let Some(v) = c.proxy_metric("rw_proxy_election_reachable").await {
+            during.election_reachable_min =
+                Some(during.election_reachable_min.map_or(v, |m: f64| m.min(v)));
+        }
+        tokio::time::sleep_until((Instant::now() + Duration::from_millis(100)).min(heal_at)).await;
+    }
+    let healed_at = Instant::now();
+    heal(c).context("healing the fault")?;
+    tracing::info!(partition = %p, "healed");
+    let recovered_at = wait_recovered(c, Duration::from_secs(30)).await;
+
+    let outcome = load.await.context("the load task failed")?;
+    follower.abort();
+
+    let timeline = timeline.lock().map(|v| v.clone()).unwrap_or_default();
+    let publish = timeline
+        .iter()
+        .find(|(t, topo)| {
+            *t >= fault_at && topo.writer.as_ref().is_some_and(|w| w.name != old.name)
+        })
+        .map(|(t, _)| *t);
+    let mut writers_after: Vec<(String, u64)> = Vec::new();
+    for (t, topo) in &timeline {
+        if *t < fault_at {
+            continue;
+        }
+        if let Some(w) = &topo.writer {
+            let key = (w.name.clone(), topo.epoch);
+            if key != (old.name.clone(), first.epoch) && !writers_after.contains(&key) {
+                writers_after.push(key);
+            }
+        }
+    }
+    let current = c.topology().await.ok();
+    let final_epoch = current.as_ref().map_or(first.epoch, |t| t.epoch);
+    let new_writer = current
+        .as_ref()
+        .and_then(|t| t.writer.as_ref().map(|w| (w.name.clone(), t.epoch)))
+        .filter(|(n, e)| *n != old.name || *e != first.epoch)
+        .map(|(name, epoch)| WriterRef { name, epoch });
+
+    let lines = read_all(&c.stream_log).context("reading the shared log")?;
+    for n in &c.nodes {
+        super::wait_caught_up(&c.client, &n.url, lines.len() as u64).await?;
+    }
+    let fault_us = (fault_at - start).as_micros() as u64;
+    let analysis = check::analyze(&outcome.history, &lines, fault_us, fault_us, &old.name);
+    let read_back = super::read_back(&c.client, &c.proxy_url, &c.nodes, &outcome.history).await;
+    let failed_after_publish = publish.map_or(0, |t| {
+        let limit = (t - start + Duration::from_secs(1)).as_micros() as u64;
+        outcome
+            .history
+            .iter()
+            .filter(|h| !h.acked() && h.sent_us > limit)
+            .count() as u64
+    });
+
+    let mut r = PartitionReport {
+        partition: p.to_string(),
+        expect: p.expect(),
+        passed: false,
+        failures: Vec::new(),
+        old_writer,
+        new_writer,
+        final_epoch,
+        writer_changes: writers_after.len() as u64,
+        fault_at_ms: ms_between(start, fault_at),
+        healed_at_ms: ms_between(start, healed_at),
+        election_publish_ms: publish.map(|t| ms_between(fault_at, t)),
+        recovery_ms: recovered_at.map(|t| ms_between(healed_at, t)),
+        failed_after_publish,
+        proxy_during_fault: during,
+        read_errors: super::read_errors(&outcome.report, &analysis),
+        analysis,
+        read_back,
+        load: outcome.report,
+        kept_dir: None,
+    };
+    r.failures = promises(&r);
+    if let (Some(max), Some(got)) = (args.max_failover_time, r.analysis.client_failover_ms) {
+        if got > max.as_secs_f64() * 1000.0 {
+            r.failures.push(format!(
+                "client-seen failover took {got} ms, over --max-failover-time {max:?}"
+            ));
+        }
+    }
+    r.passed = r.failures.is_empty();
+    if let Some(path) = &args.history {
+        run::history::write_jsonl(path, &outcome.history)?;
+    }
+    Ok(r)
+}
+
+/// Heal -> election has a writer, the proxy is at its epoch and reaches the election, and a
+/// write through the proxy is acknowledged. None if that did not happen within `within`.
+async fn wait_recovered(c: &NetCluster, within: Duration) -> Option<Instant> {
+    let deadline = Instant::now() + within;
+    let mut i = 0u64;
+    while Instant::now() < deadline {
+        i += 1;
+        let ok = async {
+            let t = c.topology().await.ok()?;
+            t.writer.as_ref()?;
+            let epoch = c.proxy_metric("rw_proxy_writer_epoch").await?;
+            let reachable = c.proxy_metric("rw_proxy_election_reachable").await?;
+            if epoch as u64 != t.epoch || reachable < 1.0 {
+                return None;
+            }
+            let r = c
+                .client
+                .send(
+                    http::Method::PUT,
+                    &format!("{}/kv/recovery-probe-{i}", c.proxy_url),
+                    &[],
+                    "probe",
+                )
+                .await
+                .ok()?;
+            (r.status == 200).then_some(())
+        }
+        .await;
+        if ok.is_some() {
+            return Some(Instant::now());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    None
+}
+
+/// The promises of docs/network-faults.md, one sentence per broken one.
+pub fn promises(r: &PartitionReport) -> Vec<String> {
+    let a = &r.analysis;
+    let mut f = check::safety_failures(a);
+    for (node, missing) in &r.read_back.missing_on_node {
+        if *missing > 0 {
+            f.push(format!(
+                "{missing} acknowledged writes missing or different on {node} after catch-up"
+            ));
+        }
+    }
+    if r.read_back.missing_via_proxy > 0 {
+        f.push(format!(
+            "{} acknowledged writes not returned through rw-proxy",
+            r.read_back.missing_via_proxy
+        ));
+    }
+    if r.recovery_ms.is_none() {
+        f.push("the system did not recover within 30 s of the heal".into());
+    }
+    match r.expect {
+        Expect::OneFailover => {
+            if r.final_epoch != r.old_writer.epoch + 1 || r.writer_changes != 1 {
+                f.push(format!(
+                    "expected exactly one failover (epoch {} -> {}), got epoch {} after {} writer changes",
+                    r.old_writer.epoch,
+                    r.old_writer.epoch + 1,
+                    r.final_epoch,
+                    r.writer_changes
+                ));
+            }
+            if r.new_writer
+                .as_ref()
+                .is_some_and(|w| w.name == r.old_writer.name)
+            {
+                f.push("the writer after the failover is the cut-off one".into());
+            }
+            if a.first_new_ack_ms.is_none() {
+                f.push(
+                    "no write was acknowledged by the new writer: the proxy did not follow".into(),
+                );
+            }
+            if r.failed_after_publish > 0 {
+                f.push(format!(
+                    "{} writes sent more than 1 s after the new writer was published failed",
+                    r.failed_after_publish
+                ));
+            }
+        }
+        Expect::NoFailover => {
+            if r.final_epoch != r.old_writer.epoch || r.writer_changes != 0 {
+                f.push(format!(
+                    "no failover expected, but the epoch went {} -> {} ({} writer changes)",
+                    r.old_writer.epoch, r.final_epoch, r.writer_changes
+                ));
+            }
+            if r.proxy_during_fault.not_ready_samples > 0 {
+                f.push(format!(
+                    "rw-proxy was not ready in {} of {} samples during the fault",
+                    r.proxy_during_fault.not_ready_samples, r.proxy_during_fault.ready_samples
+                ));
+            }
+        }
+        Expect::SafetyOnly => {}
+    }
+    f
+}
+
+pub fn render_text(r: &PartitionReport) -> String {
+    use std::fmt::Write;
+    let a = &r.analysis;
+    let w = &a.writes;
+    let opt = |v: Option<f64>| v.map(|x| format!("{x} ms")).unwrap_or_else(|| "-".into());
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "failover --partition {} (expect: {:?})",
+        r.partition, r.expect
+    );
+    let mut row = |k: &str, v: String| {
+        let _ = writeln!(s, "  {k:<34} {v}");
+    };
+    row(
+        "writer before -> after",
+        format!(
+            "{} (epoch {}) -> {}",
+            r.old_writer.name,
+            r.old_writer.epoch,
+            r.new_writer
+                .as_ref()
+                .map(|n| format!("{} (epoch {})", n.name, n.epoch))
+                .unwrap_or_else(|| "unchanged".into())
+        ),
+    );
+    row(
+        "writer changes after the fault",
+        r.writer_changes.to_string(),
+    );
+    row(
+        "fault on / healed",
+        format!("{} ms / {} ms into the load", r.fault_at_ms, r.healed_at_ms),
+    );
+    row("election published new writer", opt(r.election_publish_ms));
+    row("client-seen failover time", opt(a.client_failover_ms));
+    row("recovery after the heal", opt(r.recovery_ms));
+    row(
+        "proxy not ready during the fault",
+        format!(
+            "{} of {} samples, election_reachable min {:?}",
+            r.proxy_during_fault.not_ready_samples,
+            r.proxy_during_fault.ready_samples,
+            r.proxy_during_fault.election_reachable_min
+        ),
+    );
+    row(
+        "writes sent / acked / failed",
+        format!("{} / {} / {}", w.sent, w.acked, w.failed),
+    );
+    row("failed writes by kind", format!("{:?}", w.failed_by_kind));
+    row(
+        "failed 1 s after the publication",
+        r.failed_after_publish.to_string(),
+    );
+    row(
+        "held writes (max hold)",
+        format!("{} ({} ms)", w.held, w.max_held_ms),
+    );
+    row("read errors by kind", format!("{:?}", r.read_errors));
+    row(
+        "acked writes lost (must be 0)",
+        a.lost_acked_writes.to_string(),
+    );
+    row(
+        "epochs on two nodes (must be 0)",
+        a.log.epochs_on_two_nodes.len().to_string(),
+    );
+    row(
+        "epoch regressions in log",
+        a.log.epoch_regressions.to_string(),
+    );
+    row("epochs by node", format!("{:?}", a.log.epochs_by_node));
+    if let Some(k) = &r.kept_dir {
+        row("cluster files", k.clone());
+    }
+    if r.passed {
+        let _ = writeln!(s, "PASS");
+    } else {
+        let _ = writeln!(s, "FAIL");
+        for f in &r.failures {
+            let _ = writeln!(s, "  - {f}");
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_documented_spec_parses_and_prints_back() {
+        for s in [
+            "election-writer",
+            "proxy-election",
+            "writer-isolated",
+            "proxy-writer",
+            "one-way:writer->election",
+            "loss:writer=30%",
+            "delay:writer=300ms",
+        ] {
+            let p: Partition = s.parse().unwrap();
+            assert_eq!(p.to_string(), s);
+        }
+        assert_eq!(
+            "one-way:writer->election"
+                .parse::<Partition>()
+                .unwrap()
+                .expect(),
+            Expect::OneFailover
+        );
+        assert_eq!(
+            "proxy-election".parse::<Partition>().unwrap().expect(),
+            Expect::NoFailover
+        );
+    }
+
+    #[test]
+    fn bad_specs_are_refused() {
+        for s in [
+            "",
+            "writer",
+            "loss:writer=130%",
+            "one-way:writer",
+            "delay:proxy=1s",
+            "one-way:proxy->proxy",
+            "loss:moon=3%",
+        ] {
+            assert!(s.parse::<Partition>().is_err(), "{s}");
+        }
+    }
+}
