@@ -295,6 +295,62 @@ fn a_proxy_cut_from_the_election_keeps_serving_with_its_last_topology() {
 }
 
 #[test]
+fn a_one_way_cut_from_the_writer_to_the_election_is_a_failover_like_a_full_cut() {
+    let Some((code, r)) = partition("one-way:writer->election") else {
+        return;
+    };
+    assert_eq!(r["expect"], "one_failover");
+    assert_one_failover(code, &r);
+}
+
+#[test]
+fn a_proxy_cut_from_the_writer_holds_writes_through_the_cut_without_a_failover() {
+    let Some((code, r)) = partition("proxy-writer") else {
+        return;
+    };
+    assert_safe(&r);
+    assert_eq!(r["final_epoch"], r["old_writer"]["epoch"], "{r:#}");
+    assert_eq!(r["writer_changes"], 0, "{r:#}");
+    // The cut (3 s) is shorter than failover.hold_writes (5 s): held, then through.
+    assert_eq!(r["analysis"]["writes"]["failed"], 0, "{r:#}");
+    let max = r["load"]["latency"]["write"]["max_us"].as_u64().unwrap();
+    assert!(
+        max >= 1_500_000,
+        "no write waited through the cut (max {max} us): {r:#}"
+    );
+    assert_eq!(r["proxy_during_fault"]["not_ready_samples"], 0, "{r:#}");
+    assert_eq!(r["passed"], true, "{r:#}");
+    assert_eq!(code, 0);
+}
+
+#[test]
+fn loss_on_the_writers_link_breaks_no_safety_rule() {
+    let Some((code, r)) = partition("loss:writer=30%") else {
+        return;
+    };
+    assert_eq!(r["expect"], "safety_only");
+    assert_safe(&r);
+    // At most one failover: the old writer, once replaced, is not elected back mid-run.
+    assert!(r["writer_changes"].as_u64().unwrap() <= 1, "{r:#}");
+    assert_eq!(r["passed"], true, "{r:#}");
+    assert_eq!(code, 0);
+}
+
+#[test]
+fn delay_on_the_writers_link_breaks_no_safety_rule() {
+    let Some((code, r)) = partition("delay:writer=300ms") else {
+        return;
+    };
+    assert_safe(&r);
+    // The relay really delayed: some write took at least one delayed round trip.
+    let max = r["load"]["latency"]["write"]["max_us"].as_u64().unwrap();
+    assert!(max >= 600_000, "no write was slowed (max {max} us): {r:#}");
+    assert!(r["writer_changes"].as_u64().unwrap() <= 1, "{r:#}");
+    assert_eq!(r["passed"], true, "{r:#}");
+    assert_eq!(code, 0);
+}
+
+#[test]
 fn partition_specs_that_make_no_sense_are_refused_before_anything_starts() {
     for spec in [
         "writer",
