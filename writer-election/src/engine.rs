@@ -191,6 +191,8 @@ pub struct Engine {
     /// When this process first saw the published writer lost (for the history's time without a
     /// writer); cleared once a writer is recorded again.
     lost_at: Option<Instant>,
+    /// The node `writer_election_writer` has a series for.
+    writer_gauge: Option<String>,
 }
 
 /// How long a node whose promotion failed is skipped by automatic elections.
@@ -245,6 +247,7 @@ impl Engine {
             drain: d.drain,
             draining: None,
             lost_at: None,
+            writer_gauge: None,
         }
     }
 
@@ -993,6 +996,16 @@ impl Engine {
         self.metrics
             .has_writer
             .set(i64::from(rec.writer().is_some()));
+        let writer_name = rec.writer().map(|h| h.name.as_str());
+        if self.writer_gauge.as_deref() != writer_name {
+            if let Some(old) = self.writer_gauge.take() {
+                let _ = self.metrics.writer.remove_label_values(&[old.as_str()]);
+            }
+            if let Some(name) = writer_name {
+                self.metrics.writer.with_label_values(&[name]).set(1);
+            }
+            self.writer_gauge = writer_name.map(str::to_string);
+        }
         let mut present = HashSet::new();
         for v in &views {
             self.metrics

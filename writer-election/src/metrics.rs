@@ -21,6 +21,9 @@ pub struct Metrics {
     pub kubernetes_api_up: IntGauge,
     /// 1 while a writer is published.
     pub has_writer: IntGauge,
+    /// 1 for the published writer, by node name (no series while there is none): dashboards
+    /// show who was the writer when, which the epoch alone does not.
+    pub writer: IntGaugeVec,
     /// Elections that were due but not carried out, by reason (api_unreachable, promotion_failed,
     /// record_failed, fencing_failed, conflict, not_leader).
     pub failovers_blocked: IntCounterVec,
@@ -66,6 +69,14 @@ impl Metrics {
             Opts::new(
                 "writer_election_node_ready",
                 "1 if the node is ready in this replica's view",
+            ),
+            &["node"],
+        )
+        .unwrap();
+        let writer = IntGaugeVec::new(
+            Opts::new(
+                "writer_election_writer",
+                "1 for the published writer (label node); absent while there is none",
             ),
             &["node"],
         )
@@ -197,6 +208,7 @@ impl Metrics {
             Box::new(is_leader.clone()),
             Box::new(kubernetes_api_up.clone()),
             Box::new(has_writer.clone()),
+            Box::new(writer.clone()),
             Box::new(failovers_blocked.clone()),
             Box::new(switchovers.clone()),
             Box::new(topology_revision.clone()),
@@ -233,6 +245,7 @@ impl Metrics {
             is_leader,
             kubernetes_api_up,
             has_writer,
+            writer,
             failovers_blocked,
             switchovers,
             topology_revision,

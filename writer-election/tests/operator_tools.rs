@@ -222,6 +222,18 @@ async fn status_switchover_and_history_across_a_restart() {
     let _ = watch.kill();
     let _ = watch.wait();
 
+    let (_, text) = e.get("/metrics").await;
+    let m = parse_metrics(&text);
+    let writers: Vec<_> = m
+        .iter()
+        .filter(|(k, _)| k.starts_with("writer_election_writer{"))
+        .collect();
+    assert_eq!(
+        writers,
+        vec![(&"writer_election_writer{node=\"node-2\"}".to_string(), &1.0)],
+        "one series, for the new writer only"
+    );
+
     let h = history(&e).await;
     assert_eq!(h.len(), 2, "{h:#?}");
     assert_eq!(
