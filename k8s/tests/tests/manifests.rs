@@ -218,6 +218,9 @@ fn check_typed(doc: &Doc) -> Result<(), String> {
         ("monitoring.coreos.com/v1", "PodMonitor") => {
             strict_typed::<PodMonitor>(v, &what).map(drop)
         }
+        ("monitoring.coreos.com/v1", "PrometheusRule") => {
+            strict_typed::<PrometheusRule>(v, &what).map(drop)
+        }
         (api, kind) => Err(format!("{what}: no typed check for {api} {kind}; add one")),
     }
 }

@@ -95,23 +95,63 @@ pub struct MonitorEndpoint {
     pub interval: String,
 }
 
-impl k8s_openapi::Resource for ServiceMonitor {
-    const API_VERSION: &'static str = "monitoring.coreos.com/v1";
-    const GROUP: &'static str = "monitoring.coreos.com";
-    const KIND: &'static str = "ServiceMonitor";
-    const VERSION: &'static str = "v1";
-    const URL_PATH_SEGMENT: &'static str = "servicemonitors";
-    type Scope = k8s_openapi::NamespaceResourceScope;
+/// The Prometheus Operator's PrometheusRule: `spec` is a Prometheus rule file (`groups:`).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PrometheusRule {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: ObjectMeta,
+    pub spec: RuleFile,
 }
 
-impl k8s_openapi::Resource for PodMonitor {
-    const API_VERSION: &'static str = "monitoring.coreos.com/v1";
-    const GROUP: &'static str = "monitoring.coreos.com";
-    const KIND: &'static str = "PodMonitor";
-    const VERSION: &'static str = "v1";
-    const URL_PATH_SEGMENT: &'static str = "podmonitors";
-    type Scope = k8s_openapi::NamespaceResourceScope;
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleFile {
+    pub groups: Vec<RuleGroup>,
 }
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleGroup {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<String>,
+    pub rules: Vec<AlertRule>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertRule {
+    pub alert: String,
+    pub expr: String,
+    #[serde(default, rename = "for", skip_serializing_if = "Option::is_none")]
+    pub for_: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// The Prometheus Operator kinds (monitoring.coreos.com/v1) as k8s-openapi resources.
+macro_rules! monitoring_resource {
+    ($($ty:ident => $plural:literal),* $(,)?) => {$(
+        impl k8s_openapi::Resource for $ty {
+            const API_VERSION: &'static str = "monitoring.coreos.com/v1";
+            const GROUP: &'static str = "monitoring.coreos.com";
+            const KIND: &'static str = stringify!($ty);
+            const VERSION: &'static str = "v1";
+            const URL_PATH_SEGMENT: &'static str = $plural;
+            type Scope = k8s_openapi::NamespaceResourceScope;
+        }
+    )*};
+}
+
+monitoring_resource!(
+    ServiceMonitor => "servicemonitors",
+    PodMonitor => "podmonitors",
+    PrometheusRule => "prometheusrules",
+);
 
 /// One YAML document of a manifest file.
 #[derive(Debug, Clone)]
@@ -218,7 +258,10 @@ pub struct Manifests {
 }
 
 /// Manifests under k8s/ that are deliberately not in kustomization.yaml.
-pub const OPTIONAL_FILES: &[&str] = &["monitoring/servicemonitor.yaml"];
+pub const OPTIONAL_FILES: &[&str] = &[
+    "monitoring/servicemonitor.yaml",
+    "monitoring/prometheusrule.yaml",
+];
 
 impl Manifests {
     pub fn load() -> Self {
