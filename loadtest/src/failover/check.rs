@@ -222,7 +222,6 @@ pub fn analyze(
     a
 }
 
-/// The pass/fail rules. Returns one sentence per failed check.
 /// The rules every fault must keep, whatever it does to availability: nothing acknowledged is
 /// lost, no epoch is accepted by two nodes, the log's epochs never go back, nothing is applied
 /// twice.
@@ -262,6 +261,7 @@ pub fn safety_failures(a: &Analysis) -> Vec<String> {
     f
 }
 
+/// The pass/fail rules of a process fault. Returns one sentence per failed check.
 pub fn failures(fault: Fault, a: &Analysis, old_writer: &str) -> Vec<String> {
     let mut f = safety_failures(a);
     if fault == Fault::Demote {

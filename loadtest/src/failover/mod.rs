@@ -579,40 +579,26 @@ async fn proxy_metrics(cluster: &Cluster) -> Vec<String> {
         .collect()
 }
 
-pub fn render_text(r: &FailoverReport) -> String {
-    use std::fmt::Write;
-    let a = &r.analysis;
+/// `old (epoch N) -> new (epoch M)`, or `-> unchanged`.
+pub(crate) fn writer_change(old: &WriterRef, new: Option<&WriterRef>) -> String {
+    format!(
+        "{} (epoch {}) -> {}",
+        old.name,
+        old.epoch,
+        new.map(|n| format!("{} (epoch {})", n.name, n.epoch))
+            .unwrap_or_else(|| "unchanged".into())
+    )
+}
+
+/// The rows every failover report shares: the write history, the log and the read-back.
+pub(crate) fn history_rows(
+    a: &Analysis,
+    read_errors: &std::collections::BTreeMap<String, u64>,
+    read_back: &ReadBack,
+    load: &RunReport,
+    row: &mut dyn FnMut(&str, String),
+) {
     let w = &a.writes;
-    let opt = |v: Option<f64>| v.map(|x| format!("{x} ms")).unwrap_or_else(|| "-".into());
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "failover scenario: {} writer ({}), topology: {}",
-        r.scenario.as_str(),
-        r.old_writer.name,
-        r.topology_mode
-    );
-    let mut row = |k: &str, v: String| {
-        let _ = writeln!(s, "  {k:<34} {v}");
-    };
-    row(
-        "writer before -> after",
-        format!(
-            "{} (epoch {}) -> {}",
-            r.old_writer.name,
-            r.old_writer.epoch,
-            r.new_writer
-                .as_ref()
-                .map(|n| format!("{} (epoch {})", n.name, n.epoch))
-                .unwrap_or_else(|| "unchanged".into())
-        ),
-    );
-    row("fault at", format!("{} ms into the load", r.fault_at_ms));
-    if let Some(resp) = &r.fault_response {
-        row("fault call answered", resp.clone());
-    }
-    row("election published new writer", opt(r.election_publish_ms));
-    row("client-seen failover time", opt(a.client_failover_ms));
     row(
         "writes sent / acked / failed",
         format!("{} / {} / {}", w.sent, w.acked, w.failed),
@@ -626,7 +612,7 @@ pub fn render_text(r: &FailoverReport) -> String {
         "held writes (max hold)",
         format!("{} ({} ms)", w.held, w.max_held_ms),
     );
-    row("read errors by kind", format!("{:?}", r.read_errors));
+    row("read errors by kind", format!("{read_errors:?}"));
     row(
         "acked writes lost (must be 0)",
         a.lost_acked_writes.to_string(),
@@ -644,28 +630,63 @@ pub fn render_text(r: &FailoverReport) -> String {
         "read-back missing (nodes, proxy)",
         format!(
             "{:?}, {}",
-            r.read_back.missing_on_node, r.read_back.missing_via_proxy
+            read_back.missing_on_node, read_back.missing_via_proxy
         ),
     );
     row(
         "load",
         format!(
-            "{} requests, {:.0} req/s, write p99 {}",
-            r.load.requests,
-            r.load.requests_per_s,
-            crate::run::stats::fmt_us(r.load.latency.write.p99_us)
+            "{} requests, {:.0} req/s, write p99 {}, max {}",
+            load.requests,
+            load.requests_per_s,
+            crate::run::stats::fmt_us(load.latency.write.p99_us),
+            crate::run::stats::fmt_us(load.latency.write.max_us)
         ),
     );
-    if let Some(k) = &r.kept_dir {
-        row("cluster files", k.clone());
-    }
-    if r.passed {
+}
+
+/// PASS, or FAIL and one line per broken rule.
+pub(crate) fn verdict(s: &mut String, passed: bool, failures: &[String]) {
+    use std::fmt::Write;
+    if passed {
         let _ = writeln!(s, "PASS");
     } else {
         let _ = writeln!(s, "FAIL");
-        for f in &r.failures {
+        for f in failures {
             let _ = writeln!(s, "  - {f}");
         }
     }
+}
+
+pub fn render_text(r: &FailoverReport) -> String {
+    use std::fmt::Write;
+    let a = &r.analysis;
+    let opt = |v: Option<f64>| v.map(|x| format!("{x} ms")).unwrap_or_else(|| "-".into());
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "failover scenario: {} writer ({}), topology: {}",
+        r.scenario.as_str(),
+        r.old_writer.name,
+        r.topology_mode
+    );
+    let mut row = |k: &str, v: String| {
+        let _ = writeln!(s, "  {k:<34} {v}");
+    };
+    row(
+        "writer before -> after",
+        writer_change(&r.old_writer, r.new_writer.as_ref()),
+    );
+    row("fault at", format!("{} ms into the load", r.fault_at_ms));
+    if let Some(resp) = &r.fault_response {
+        row("fault call answered", resp.clone());
+    }
+    row("election published new writer", opt(r.election_publish_ms));
+    row("client-seen failover time", opt(a.client_failover_ms));
+    history_rows(a, &r.read_errors, &r.read_back, &r.load, &mut row);
+    if let Some(k) = &r.kept_dir {
+        row("cluster files", k.clone());
+    }
+    verdict(&mut s, r.passed, &r.failures);
     s
 }

@@ -596,7 +596,6 @@ pub fn promises(r: &PartitionReport) -> Vec<String> {
 pub fn render_text(r: &PartitionReport) -> String {
     use std::fmt::Write;
     let a = &r.analysis;
-    let w = &a.writes;
     let opt = |v: Option<f64>| v.map(|x| format!("{x} ms")).unwrap_or_else(|| "-".into());
     let mut s = String::new();
     let _ = writeln!(
@@ -609,15 +608,7 @@ pub fn render_text(r: &PartitionReport) -> String {
     };
     row(
         "writer before -> after",
-        format!(
-            "{} (epoch {}) -> {}",
-            r.old_writer.name,
-            r.old_writer.epoch,
-            r.new_writer
-                .as_ref()
-                .map(|n| format!("{} (epoch {})", n.name, n.epoch))
-                .unwrap_or_else(|| "unchanged".into())
-        ),
+        super::writer_change(&r.old_writer, r.new_writer.as_ref()),
     );
     row(
         "writer changes after the fault",
@@ -640,43 +631,14 @@ pub fn render_text(r: &PartitionReport) -> String {
         ),
     );
     row(
-        "writes sent / acked / failed",
-        format!("{} / {} / {}", w.sent, w.acked, w.failed),
-    );
-    row("failed writes by kind", format!("{:?}", w.failed_by_kind));
-    row(
         "failed 1 s after the publication",
         r.failed_after_publish.to_string(),
     );
-    row(
-        "held writes (max hold)",
-        format!("{} ({} ms)", w.held, w.max_held_ms),
-    );
-    row("read errors by kind", format!("{:?}", r.read_errors));
-    row(
-        "acked writes lost (must be 0)",
-        a.lost_acked_writes.to_string(),
-    );
-    row(
-        "epochs on two nodes (must be 0)",
-        a.log.epochs_on_two_nodes.len().to_string(),
-    );
-    row(
-        "epoch regressions in log",
-        a.log.epoch_regressions.to_string(),
-    );
-    row("epochs by node", format!("{:?}", a.log.epochs_by_node));
+    super::history_rows(a, &r.read_errors, &r.read_back, &r.load, &mut row);
     if let Some(k) = &r.kept_dir {
         row("cluster files", k.clone());
     }
-    if r.passed {
-        let _ = writeln!(s, "PASS");
-    } else {
-        let _ = writeln!(s, "FAIL");
-        for f in &r.failures {
-            let _ = writeln!(s, "  - {f}");
-        }
-    }
+    super::verdict(&mut s, r.passed, &r.failures);
     s
 }
 
