@@ -132,6 +132,10 @@ fn refused_cases() -> Vec<(&'static str, Vec<u8>)> {
             "target neither origin- nor absolute-form",
             b"GET ! HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
         ),
+        (
+            "CONNECT (no tunnels)",
+            b"CONNECT x:443 HTTP/1.1\r\nHost: x:443\r\n\r\n".to_vec(),
+        ),
         ("NUL in the target", b"GET /kv/a\0b HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()),
         (
             "header over limits.max_header_bytes",
