@@ -24,8 +24,9 @@ enum Command {
     Run(loadtest::run::RunArgs),
     /// Start 3 nodes + writer-election + rw-proxy on 127.0.0.1 until Ctrl-C.
     Demo(loadtest::demo::DemoArgs),
-    /// Run a cluster under load, inject a fault on the writer, check that no acknowledged
-    /// write was lost and no epoch was accepted by two nodes.
+    /// Run a cluster under load, inject a fault on the writer (or, with --partition, a network
+    /// fault between hosts of their own), check that no acknowledged write was lost and no
+    /// epoch was accepted by two nodes.
     Failover(loadtest::failover::FailoverArgs),
     /// nginx vs rw-proxy (vs a direct connection) in front of the same nodes, in alternation.
     Compare(loadtest::compare::CompareArgs),
