@@ -58,6 +58,7 @@ pub struct AppState {
     pub forward: Arc<Forwarder>,
     /// This replica's name, for `/v1/status`.
     pub identity: String,
+    pub probes: Arc<crate::probe::HealthTable>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -249,6 +250,7 @@ async fn status(State(st): State<AppState>) -> Response {
             .into_iter()
             .collect(),
         drain,
+        probes: st.probes.last_probes(),
     };
     let mut resp = Json(body).into_response();
     resp.headers_mut()

@@ -134,6 +134,8 @@ pub struct EngineDeps {
     pub clients: Arc<ClientRegistry>,
     /// Acknowledgements of the running switchover (recorded by the API).
     pub drain: Arc<DrainBarrier>,
+    /// The probe verdicts (also read by `/v1/status`).
+    pub table: Arc<HealthTable>,
 }
 
 /// A node that refused promotion, kept out of candidacy (see [`refusal_span`]).
@@ -202,7 +204,7 @@ fn penalty(cfg: &ElectionConfig) -> Duration {
 
 impl Engine {
     pub fn new(d: EngineDeps) -> Self {
-        let table = Arc::new(HealthTable::default());
+        let table = d.table.clone();
         let prober = Prober::new(
             d.cfg.probe.clone(),
             d.client.clone(),

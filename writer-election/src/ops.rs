@@ -333,13 +333,30 @@ pub fn render(r: &StatusReport, colour: bool) -> String {
         }
     }
     out.push('\n');
+    // Only the leader probes: its view of the last probes.
+    let probes = r
+        .replicas
+        .iter()
+        .filter_map(|v| v.status.as_ref())
+        .find(|s| s.leading)
+        .map(|s| s.probes.as_slice())
+        .unwrap_or_default();
     let mut rows = vec![vec![
         "NODE".to_string(),
         "ADDRESS".into(),
         "ROLE".into(),
         "READY".into(),
+        "LAST PROBE".into(),
     ]];
     for n in &t.nodes {
+        let probe = probes
+            .iter()
+            .find(|p| p.node == n.name)
+            .map(|p| {
+                let age = humantime::format_duration(Duration::from_millis(p.age_ms / 100 * 100));
+                format!("{} ({age} ago)", p.result)
+            })
+            .unwrap_or_else(|| "-".into());
         rows.push(vec![
             n.name.clone(),
             n.address.clone(),
@@ -348,6 +365,7 @@ pub fn render(r: &StatusReport, colour: bool) -> String {
                 Role::Reader => "reader".into(),
             },
             if n.ready { "yes".into() } else { "no".into() },
+            probe,
         ]);
     }
     let ready: Vec<bool> = t.nodes.iter().map(|n| n.ready).collect();
@@ -716,6 +734,12 @@ mod tests {
                         acknowledged: vec!["p-1".into()],
                         pending: vec!["p-2".into()],
                     }),
+                    probes: vec![crate::topology::ProbeReport {
+                        node: "node-0".into(),
+                        ok: false,
+                        result: "connection refused".into(),
+                        age_ms: 1234,
+                    }],
                 }),
                 error: None,
             }],
@@ -737,6 +761,11 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("HA leader:   we-0"), "{text}");
+        let row0 = text
+            .lines()
+            .find(|l| l.starts_with("node-0 "))
+            .unwrap_or_default();
+        assert!(row0.contains("connection refused (1s 200ms ago)"), "{text}");
         assert!(text.contains("2 proxies following: p-1, p-2"), "{text}");
         let history_row = text
             .lines()

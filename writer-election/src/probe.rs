@@ -97,6 +97,9 @@ pub struct NodeKey {
 #[derive(Default)]
 pub struct HealthTable {
     inner: Mutex<HashMap<String, (NodeKey, Health)>>,
+    /// The last probe of each node, for `/v1/status` (the verdict alone hides a node that
+    /// flaps under its thresholds).
+    last: Mutex<HashMap<String, (Instant, bool, String)>>,
     pub changed: Notify,
 }
 
@@ -120,8 +123,35 @@ impl HealthTable {
         if let Ok(mut m) = self.inner.lock() {
             if m.get(&key.name).is_some_and(|(k, _)| k == key) {
                 m.remove(&key.name);
+                if let Ok(mut l) = self.last.lock() {
+                    l.remove(&key.name);
+                }
             }
         }
+    }
+
+    fn note(&self, key: &NodeKey, ok: bool, detail: String) {
+        if let Ok(mut l) = self.last.lock() {
+            l.insert(key.name.clone(), (Instant::now(), ok, detail));
+        }
+    }
+
+    /// The last probe of every probed node, by name.
+    pub fn last_probes(&self) -> Vec<crate::topology::ProbeReport> {
+        let Ok(l) = self.last.lock() else {
+            return Vec::new();
+        };
+        let mut out: Vec<_> = l
+            .iter()
+            .map(|(name, (at, ok, detail))| crate::topology::ProbeReport {
+                node: name.clone(),
+                ok: *ok,
+                result: detail.clone(),
+                age_ms: u64::try_from(at.elapsed().as_millis()).unwrap_or(u64::MAX),
+            })
+            .collect();
+        out.sort_by(|a, b| crate::decision::natural_cmp(&a.node, &b.node));
+        out
     }
 }
 
@@ -307,6 +337,7 @@ async fn probe_loop(
                 detail = format!("refused, then {d}");
             }
         }
+        table.note(&key, outcome == Outcome::Success, detail.clone());
         if let Some(h) = state.record(outcome) {
             info!(node = %key.name, address = %key.address, health = ?h, detail = %detail, "node verdict changed");
             table.set(&key, h);

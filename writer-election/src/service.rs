@@ -327,6 +327,7 @@ pub async fn start(
     let hub = Arc::new(TopologyHub::new());
     let clients = Arc::new(ClientRegistry::default());
     let drain = Arc::new(DrainBarrier::new());
+    let table = Arc::new(crate::probe::HealthTable::default());
     let engine = Engine::new(EngineDeps {
         cfg: cfg.clone(),
         store,
@@ -343,6 +344,7 @@ pub async fn start(
         client,
         clients: clients.clone(),
         drain: drain.clone(),
+        table: table.clone(),
     });
     // Keep the leader sender alive as long as the engine runs (non-HA: nobody else holds it).
     let engine_task = tokio::spawn(async move {
@@ -364,6 +366,7 @@ pub async fn start(
         drain_timeout: cfg.switchover.drain_timeout,
         forward: Arc::new(Forwarder::new(&identity)),
         identity: identity.clone(),
+        probes: table,
     };
     let mut stop_srv = stop_rx.clone();
     let app = router(state);

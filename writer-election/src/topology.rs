@@ -115,6 +115,19 @@ pub struct ReplicaStatus {
     /// The drain of the running switchover, if this replica runs one.
     #[serde(default)]
     pub drain: Option<DrainStatus>,
+    /// The last probe of each node (only the leader probes).
+    #[serde(default)]
+    pub probes: Vec<ProbeReport>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbeReport {
+    pub node: String,
+    pub ok: bool,
+    /// The HTTP status, or what went wrong (`connection refused`, `timed out`).
+    pub result: String,
+    /// Milliseconds since that probe.
+    pub age_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -104,6 +104,11 @@ async fn status_switchover_and_history_across_a_restart() {
             "reader"
         };
         assert!(row.contains(role), "{row}");
+        assert!(
+            row.contains("200 OK ("),
+            "the last probe of {}: {row}",
+            n.name
+        );
     }
     assert!(
         stdout
@@ -123,6 +128,17 @@ async fn status_switchover_and_history_across_a_restart() {
     assert_eq!(v["replicas"][0]["leading"], true);
     assert_eq!(v["replicas"][0]["url"], e.url.as_str());
     assert!(v["replicas"][0]["clients"].is_array());
+    let probes = v["replicas"][0]["probes"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(probes.len(), 3, "{probes:?}");
+    assert!(
+        probes
+            .iter()
+            .all(|p| p["ok"] == true && p["age_ms"].as_u64().is_some()),
+        "{probes:?}"
+    );
 
     // Nothing answers at the URL: exit 3, and nothing on stdout.
     let out = ops(&["status", "--url", "http://127.0.0.1:1"], &[]).await;
