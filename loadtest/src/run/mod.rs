@@ -7,12 +7,16 @@
 //! ([`intended_offset`]). Workers claim the next index from a shared counter; a worker that is
 //! late sends at once, and latency is measured from the intended time, so a stall shows up in
 //! the percentiles instead of silently lowering the rate (no coordinated omission). The rate is
-//! served by `--connections` connections (default 64). Tokio's timer has 1 ms resolution, so
-//! open-loop latency includes up to ~1 ms of timer slack; use closed loop for sub-millisecond
-//! comparisons. The `service` histogram (from the actual send) is reported next to it.
+//! served by `--connections` connections (default 64). Workers wait for their due time on the
+//! [`pacer`] (tens of µs late), not on tokio's 1 ms timer, whose lateness would otherwise be
+//! counted in every request's latency. Three things are reported apart: the total from the
+//! scheduled time (`latency.all/read/write`), the service time from the actual send
+//! (`latency.service`), and the generator's own lateness against the schedule
+//! (`schedule_lateness`), so a late generator is seen as such and not taken for a slow server.
 
 pub mod conn;
 pub mod history;
+pub mod pacer;
 pub mod stats;
 
 use std::collections::BTreeMap;
@@ -125,8 +129,20 @@ pub struct LoadConfig {
     pub progress: bool,
 }
 
+/// Where `all`, `read` and `write` are measured from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LatencyFrom {
+    /// Open loop: the scheduled send time, so the generator's lateness and any stall are in
+    /// (the coordinated-omission-correct total).
+    Schedule,
+    /// Closed loop: the moment the worker started the request (connect included).
+    Send,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Latencies {
+    pub from: LatencyFrom,
     pub all: LatencySummary,
     pub read: LatencySummary,
     pub write: LatencySummary,
@@ -152,6 +168,11 @@ pub struct RunReport {
     pub write_errors: u64,
     pub errors: BTreeMap<String, u64>,
     pub latency: Latencies,
+    /// Open loop only: start of each request minus its scheduled time, every scheduled request
+    /// (failed ones too). The generator's own delay, not the server's: timer wake-up, CPU, or
+    /// every connection busy (then more `--connections` help).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schedule_lateness: Option<LatencySummary>,
 }
 
 pub struct RunOutcome {
@@ -289,6 +310,9 @@ fn total_errors(r: &RunReport) -> u64 {
 struct Shared {
     cfg: LoadConfig,
     start: Instant,
+    /// Open loop: precise wake-ups. None in closed loop, or when its thread could not be
+    /// started (then tokio's timer, with its ~1 ms lateness showing in `schedule_lateness`).
+    pacer: Option<pacer::Pacer>,
     next: AtomicU64,
     done: AtomicU64,
     failed: AtomicU64,
@@ -312,9 +336,20 @@ pub async fn execute_at(cfg: LoadConfig, url: String, start: Instant) -> RunOutc
     let connections = cfg.mode.connections();
     let progress = cfg.progress;
     let duration = cfg.duration;
+    let pacer = match cfg.mode {
+        Mode::Open { .. } => match pacer::Pacer::start() {
+            Ok(p) => Some(p),
+            Err(e) => {
+                tracing::warn!(error = %e, "no pacer thread: open-loop sends will be up to ~1 ms late");
+                None
+            }
+        },
+        Mode::Closed { .. } => None,
+    };
     let shared = Arc::new(Shared {
         cfg,
         start,
+        pacer,
         next: AtomicU64::new(0),
         done: AtomicU64::new(0),
         failed: AtomicU64::new(0),
@@ -356,11 +391,17 @@ pub async fn execute_at(cfg: LoadConfig, url: String, start: Instant) -> RunOutc
         write_errors: stats.write_errors,
         errors: stats.errors.iter().map(|(k, v)| (k.label(), *v)).collect(),
         latency: Latencies {
+            from: match shared.cfg.mode {
+                Mode::Open { .. } => LatencyFrom::Schedule,
+                Mode::Closed { .. } => LatencyFrom::Send,
+            },
             all: summarize(&stats.latency),
             read: summarize(&stats.latency_read),
             write: summarize(&stats.latency_write),
             service: summarize(&stats.service),
         },
+        schedule_lateness: matches!(shared.cfg.mode, Mode::Open { .. })
+            .then(|| summarize(&stats.schedule_lateness)),
     };
     RunOutcome {
         report,
@@ -419,7 +460,10 @@ async fn worker(id: usize, shared: Arc<Shared>) -> WorkerOut {
                     break;
                 }
                 let t = shared.start + off;
-                tokio::time::sleep_until(t).await;
+                match &shared.pacer {
+                    Some(p) => p.sleep_until(t.into_std()).await,
+                    None => tokio::time::sleep_until(t).await,
+                }
                 t
             }
             Mode::Closed { .. } => {
@@ -447,6 +491,10 @@ async fn worker(id: usize, shared: Arc<Shared>) -> WorkerOut {
         let body = value.clone().map(Bytes::from).unwrap_or_default();
         let req = build_request(&cfg.target, &cfg.headers, method, &key, body);
 
+        if matches!(cfg.mode, Mode::Open { .. }) {
+            // Taken before any connect: a (re)connect is the target's time, not the generator's.
+            stats.record_lateness(micros(Instant::now().saturating_duration_since(intended)));
+        }
         let result = send_one(&mut conn, cfg, req).await;
         let acked_at = Instant::now();
         let sent = result.sent_at;
@@ -681,21 +729,23 @@ pub fn render_text(r: &RunReport) -> String {
     }
     let _ = writeln!(
         s,
-        "latency    {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "latency      {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
         "count", "p50", "p90", "p99", "p99.9", "max"
     );
+    let lateness = r.schedule_lateness.unwrap_or_default();
     for (name, l) in [
-        ("all", &r.latency.all),
+        ("total", &r.latency.all),
         ("read", &r.latency.read),
         ("write", &r.latency.write),
         ("service", &r.latency.service),
+        ("lateness", &lateness),
     ] {
         if l.count == 0 {
             continue;
         }
         let _ = writeln!(
             s,
-            "  {name:<8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            "  {name:<10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
             l.count,
             fmt_us(l.p50_us),
             fmt_us(l.p90_us),
@@ -704,6 +754,19 @@ pub fn render_text(r: &RunReport) -> String {
             fmt_us(l.max_us)
         );
     }
+    // Says what each row measures, as the numbers mean different things per mode.
+    let legend = match r.latency.from {
+        LatencyFrom::Schedule => {
+            "  total/read/write: scheduled time -> response (lateness included: no coordinated \
+             omission)\n  service: actual send -> response (the target)\n  lateness: start of \
+             the send - scheduled time (the generator's own)\n"
+        }
+        LatencyFrom::Send => {
+            "  total/read/write: start of the request -> response (connect included)\n  service: \
+             actual send -> response\n"
+        }
+    };
+    s.push_str(legend);
     s
 }
 

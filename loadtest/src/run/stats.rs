@@ -34,6 +34,10 @@ pub struct Stats {
     pub latency_write: Histogram<u64>,
     /// From the moment the request actually went out: what the server (+ proxy) took.
     pub service: Histogram<u64>,
+    /// Open loop only: how late the generator started each request against its scheduled
+    /// time (timer wake-up, waiting for a free connection). Every scheduled request counts,
+    /// failed ones too: the lateness is the generator's, whatever the answer.
+    pub schedule_lateness: Histogram<u64>,
     pub ok_reads: u64,
     pub ok_writes: u64,
     /// GETs of a key nobody wrote yet: a normal answer, not an error.
@@ -50,6 +54,7 @@ impl Default for Stats {
             latency_read: hist(),
             latency_write: hist(),
             service: hist(),
+            schedule_lateness: hist(),
             ok_reads: 0,
             ok_writes: 0,
             not_found: 0,
@@ -86,6 +91,12 @@ impl Stats {
         self.not_found += 1;
     }
 
+    /// 0 is a real value here (on time), so it is recorded as is.
+    pub fn record_lateness(&mut self, lateness_us: u64) {
+        self.schedule_lateness
+            .saturating_record(lateness_us.min(MAX_US));
+    }
+
     pub fn error(&mut self, class: OpClass, kind: ErrorKind) {
         *self.errors.entry(kind).or_default() += 1;
         match class {
@@ -100,6 +111,7 @@ impl Stats {
         let _ = self.latency_read.add(&other.latency_read);
         let _ = self.latency_write.add(&other.latency_write);
         let _ = self.service.add(&other.service);
+        let _ = self.schedule_lateness.add(&other.schedule_lateness);
         self.ok_reads += other.ok_reads;
         self.ok_writes += other.ok_writes;
         self.not_found += other.not_found;
@@ -182,6 +194,20 @@ mod tests {
         assert_eq!(s.errors[&ErrorKind::Status(503)], 2);
         assert!(summarize(&s.latency).max_us >= 4_990_000);
         assert_eq!(s.completed(), 1003);
+    }
+
+    #[test]
+    fn lateness_keeps_zero_and_merges() {
+        let mut s = Stats::default();
+        for _ in 0..9 {
+            s.record_lateness(0);
+        }
+        let mut t = Stats::default();
+        t.record_lateness(40);
+        s.merge(&t);
+        let l = summarize(&s.schedule_lateness);
+        assert_eq!((l.count, l.p50_us, l.max_us), (10, 0, 40));
+        assert_eq!(s.completed(), 0, "lateness is not an outcome");
     }
 
     #[test]
