@@ -217,6 +217,18 @@ where
                             next = Some(first.split_off(request_end));
                         }
                     }
+                    Ok(RawBody::Chunked) => match request_rules::chunked_end(&first[end..]) {
+                        Err(refusal) => {
+                            tracing::debug!(reason = refusal.as_str(), "request refused as sent");
+                            refuse(&mut conn.tcp, &errors::ERR_BAD_REQUEST).await;
+                            return;
+                        }
+                        Ok(Some(body_end)) if first.len() > end + body_end => {
+                            next = Some(first.split_off(end + body_end));
+                        }
+                        // The rest of the body is still to come: Pingora's parser frames it.
+                        Ok(_) => {}
+                    },
                     Ok(RawBody::Unknown) => {}
                 },
                 HeaderRead::Closed => return,

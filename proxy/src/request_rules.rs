@@ -20,6 +20,8 @@ pub enum Refusal {
     BadHost,
     /// A line of the header ends in a bare LF: nodes split such headers differently.
     BareLineFeed,
+    /// A chunked body whose framing is malformed (size, extension or line ends).
+    BadChunk,
     /// The target is not origin-form (`/path`), absolute-form (`http://host/path`) or `*` for
     /// OPTIONS, or holds bytes a URI cannot.
     BadTarget,
@@ -34,6 +36,7 @@ impl Refusal {
             Refusal::BadHost => "bad_host",
             Refusal::BareLineFeed => "bare_line_feed",
             Refusal::BadTarget => "bad_target",
+            Refusal::BadChunk => "bad_chunk",
         }
     }
 }
@@ -90,7 +93,8 @@ pub fn check_raw(header: &[u8]) -> Result<RawBody, Refusal> {
     }
     match (length, encoding) {
         (Some(_), true) => Err(Refusal::ContentLengthAndChunked),
-        (None, true) => Ok(RawBody::Unknown),
+        // Which encoding is check()'s to judge; only `chunked` alone passes it.
+        (None, true) => Ok(RawBody::Chunked),
         (None, false) => Ok(RawBody::Length(0)),
         (Some(Some(n)), false) => Ok(RawBody::Length(n)),
         (Some(None), false) => Ok(RawBody::Unknown),
@@ -103,9 +107,82 @@ pub fn check_raw(header: &[u8]) -> Result<RawBody, Refusal> {
 pub enum RawBody {
     /// Exactly this many bytes follow the header (0 without a length or an encoding).
     Length(u64),
-    /// Chunked, or a length the field rules refuse: only the parser can tell.
+    /// A Transfer-Encoding: see [`chunked_end`].
+    Chunked,
+    /// A length the field rules refuse.
     Unknown,
 }
+
+/// Where a chunked body that starts at `body[0]` ends (just past its last CRLF), if all of it
+/// is in `body`; `Ok(None)` when more is to come. Strict where parsers are known to differ
+/// (RFC 9112 7.1): a chunk size is 1 to 16 hex digits, an extension holds no control byte,
+/// every line ends in CRLF, chunk data is followed by CRLF. The connection loop uses it on the
+/// bytes it already has, so a malformed body that arrived with its header never reaches a
+/// node, and a request pipelined behind a chunked one is kept for the next turn.
+pub fn chunked_end(body: &[u8]) -> Result<Option<usize>, Refusal> {
+    let mut at = 0;
+    loop {
+        // The chunk-size line.
+        let Some(lf) = memchr::memchr(b'\n', &body[at..]).map(|i| at + i) else {
+            return if body.len() - at > MAX_CHUNK_LINE {
+                Err(Refusal::BadChunk)
+            } else {
+                Ok(None)
+            };
+        };
+        if lf == at || body[lf - 1] != b'\r' || lf - at > MAX_CHUNK_LINE {
+            return Err(Refusal::BadChunk);
+        }
+        let line = &body[at..lf - 1];
+        let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+        if digits == 0 || digits > 16 {
+            return Err(Refusal::BadChunk);
+        }
+        let ext = &line[digits..];
+        if !ext.is_empty()
+            && (ext[0] != b';' || ext.iter().any(|b| b.is_ascii_control() && *b != b'\t'))
+        {
+            return Err(Refusal::BadChunk);
+        }
+        let size = std::str::from_utf8(&line[..digits])
+            .ok()
+            .and_then(|h| u64::from_str_radix(h, 16).ok())
+            .ok_or(Refusal::BadChunk)?;
+        at = lf + 1;
+        if size == 0 {
+            // Trailer fields, then the empty line.
+            loop {
+                let Some(lf) = memchr::memchr(b'\n', &body[at..]).map(|i| at + i) else {
+                    return Ok(None);
+                };
+                if lf == at || body[lf - 1] != b'\r' {
+                    return Err(Refusal::BadChunk);
+                }
+                let empty = lf == at + 1;
+                at = lf + 1;
+                if empty {
+                    return Ok(Some(at));
+                }
+            }
+        }
+        let Some(data_end) = usize::try_from(size).ok().and_then(|n| at.checked_add(n)) else {
+            return Err(Refusal::BadChunk);
+        };
+        let Some(after) = data_end.checked_add(2) else {
+            return Err(Refusal::BadChunk);
+        };
+        if body.len() < after {
+            return Ok(None);
+        }
+        if &body[data_end..after] != b"\r\n" {
+            return Err(Refusal::BadChunk);
+        }
+        at = after;
+    }
+}
+
+/// Longest chunk-size line (size and extensions) accepted.
+const MAX_CHUNK_LINE: usize = 4096;
 
 /// The rules on the parsed header fields.
 pub fn check(req: &Request) -> Result<(), Refusal> {
@@ -346,8 +423,45 @@ mod tests {
         );
         assert_eq!(
             body(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"),
-            RawBody::Unknown
+            RawBody::Chunked
         );
+    }
+
+    #[test]
+    fn chunked_bodies_are_framed_strictly() {
+        let end = |b: &[u8]| chunked_end(b);
+        assert_eq!(end(b"0\r\n\r\n"), Ok(Some(5)));
+        assert_eq!(end(b"3\r\nabc\r\n0\r\n\r\nGET /next"), Ok(Some(13)));
+        assert_eq!(
+            end(b"3;name=value\r\nabc\r\nA\r\n0123456789\r\n0\r\n\r\n"),
+            Ok(Some(39))
+        );
+        assert_eq!(end(b"3\r\nabc\r\n0\r\nX-Trailer: 1\r\n\r\n"), Ok(Some(27)));
+        // Not all there yet.
+        for partial in [
+            &b""[..],
+            b"3",
+            b"3\r\nab",
+            b"3\r\nabc\r",
+            b"3\r\nabc\r\n0\r\n",
+            b"0\r\nX: 1\r\n",
+        ] {
+            assert_eq!(end(partial), Ok(None), "{}", partial.escape_ascii());
+        }
+        for bad in [
+            &b"\r\n3\r\nabc\r\n0\r\n\r\n"[..], // an empty chunk-size line
+            b"-1\r\nab\r\n0\r\n\r\n",
+            b"zz\r\nab\r\n0\r\n\r\n",
+            b"fffffffffffffffff\r\nab\r\n",  // over 16 hex digits
+            b"ffffffffffffffff\r\nab\r\n",   // fits u64, not memory
+            b"3 \r\nabc\r\n0\r\n\r\n",       // a space after the size
+            b"3;a\x01b\r\nabc\r\n0\r\n\r\n", // a control byte in an extension
+            b"3\nabc\r\n0\r\n\r\n",          // bare LF
+            b"3\r\nabcd\r\n0\r\n\r\n",       // data longer than its size
+            b"0\r\n\n",
+        ] {
+            assert_eq!(end(bad), Err(Refusal::BadChunk), "{}", bad.escape_ascii());
+        }
     }
 
     #[test]

@@ -102,6 +102,14 @@ fn refused_cases() -> Vec<(&'static str, Vec<u8>)> {
             b"POST /kv/a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nab\r\n0\r\n\r\n".to_vec(),
         ),
         (
+            "empty chunk-size line",
+            b"POST /kv/a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n\r\n3\r\nabc\r\n0\r\n\r\n".to_vec(),
+        ),
+        (
+            "chunk data longer than its size, smuggling a request",
+            b"POST /kv/a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcGET /kv/smuggled HTTP/1.1\r\nHost: x\r\n\r\n\r\n0\r\n\r\n".to_vec(),
+        ),
+        (
             "bare LF in the header",
             b"GET /kv/a HTTP/1.1\nHost: x\n\n".to_vec(),
         ),
@@ -245,7 +253,8 @@ async fn pipelined_requests_in_one_write_are_all_answered_in_order() {
     s.write_all(
         b"GET /kv/p1 HTTP/1.1\r\nHost: x\r\n\r\n\
           PUT /kv/p2 HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc\
-          GET /kv/p3 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+          POST /kv/p3 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nxy\r\n0\r\n\r\n\
+          GET /kv/p4 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
     )
     .await
     .unwrap();
@@ -259,13 +268,17 @@ async fn pipelined_requests_in_one_write_are_all_answered_in_order() {
         .match_indices("HTTP/1.1 ")
         .map(|(i, _)| &text[i + 9..i + 12])
         .collect();
-    assert_eq!(statuses, ["200", "200", "200"], "{text}");
+    assert_eq!(statuses, ["200", "200", "200", "200"], "{text}");
     // In request order: each backend answers with its name.
     let backends: Vec<&str> = text
         .lines()
         .filter_map(|l| l.strip_prefix("x-backend: "))
         .collect();
-    assert_eq!(backends, ["reader-0", "writer", "reader-0"], "{text}");
+    assert_eq!(
+        backends,
+        ["reader-0", "writer", "writer", "reader-0"],
+        "{text}"
+    );
     let put = writer
         .seen()
         .into_iter()
@@ -273,5 +286,11 @@ async fn pipelined_requests_in_one_write_are_all_answered_in_order() {
         .unwrap();
     assert_eq!(&put.body[..], b"abc");
     assert_eq!(reader.count_path("/kv/p1"), 1);
-    assert_eq!(reader.count_path("/kv/p3"), 1);
+    let chunked = writer
+        .seen()
+        .into_iter()
+        .find(|r| r.path == "/kv/p3")
+        .unwrap();
+    assert_eq!(&chunked.body[..], b"xy");
+    assert_eq!(reader.count_path("/kv/p4"), 1);
 }
