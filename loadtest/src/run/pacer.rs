@@ -6,6 +6,11 @@
 //! (high-resolution timers, with this thread's timer slack lowered) until shortly before the
 //! earliest deadline, then yields the CPU in a loop until the deadline passes and wakes the task.
 //!
+//! Handing the wake-up to a tokio worker thread takes tens of µs more (unpark, reschedule).
+//! The thread fires that much early ([`Inner::lead_us`], tracking the median hand-off as the
+//! woken tasks measure it) and the task yields until its deadline, so the median send is on
+//! time instead of one hand-off late. A task never proceeds before its deadline.
+//!
 //! How far ahead of a deadline the kernel sleep ends (the margin) adapts to how late the kernel
 //! actually woke the thread, within [`MIN_MARGIN`]..[`MAX_MARGIN`]. The yield loop therefore
 //! costs about one margin of CPU per wake-up (a few % of a core at a few hundred req/s), not a
@@ -14,6 +19,7 @@
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -30,12 +36,16 @@ const MAX_MARGIN: Duration = Duration::from_millis(1);
 const INITIAL_MARGIN: Duration = Duration::from_micros(200);
 /// Added to the worst recent oversleep, for the next one being a little worse.
 const SAFETY: Duration = Duration::from_micros(20);
+/// Cap on firing early: a task yields at most this long for its deadline, whatever the
+/// measured hand-off (a machine that slow needs CPU, not spinning tasks).
+const MAX_LEAD_US: u64 = 100;
 
 struct Entry {
     due: Instant,
     /// Ties on `due` fire in registration order.
     seq: u64,
-    tx: oneshot::Sender<()>,
+    /// Carries the moment the thread fired, for the hand-off measurement.
+    tx: oneshot::Sender<Instant>,
 }
 
 impl PartialEq for Entry {
@@ -66,6 +76,8 @@ struct State {
 struct Inner {
     state: Mutex<State>,
     cv: Condvar,
+    /// How early (µs) the thread fires: the median time from firing to the task running.
+    lead_us: AtomicU64,
 }
 
 impl Inner {
@@ -116,7 +128,25 @@ impl Pacer {
             }
         }
         // Err: the pacer is shutting down; the caller goes ahead, which is all it can do.
-        let _ = rx.await;
+        if let Ok(fired) = rx.await {
+            let handoff = micros_since(fired);
+            // One µs step towards each sample: converges on the median hand-off, and one slow
+            // hand-off (a descheduled thread) moves it by 1 µs only.
+            let _ = self.inner.lead_us.fetch_update(
+                AtomicOrdering::Relaxed,
+                AtomicOrdering::Relaxed,
+                |l| {
+                    Some(if handoff > l {
+                        (l + 1).min(MAX_LEAD_US)
+                    } else {
+                        l.saturating_sub(1)
+                    })
+                },
+            );
+        }
+        while Instant::now() < due {
+            tokio::task::yield_now().await;
+        }
     }
 }
 
@@ -138,6 +168,10 @@ fn adapt(margin: Duration, oversleep: Duration) -> Duration {
     decayed
         .max(oversleep + SAFETY)
         .clamp(MIN_MARGIN, MAX_MARGIN)
+}
+
+fn micros_since(t: Instant) -> u64 {
+    Instant::now().saturating_duration_since(t).as_micros() as u64
 }
 
 fn lower_timer_slack() {
@@ -165,7 +199,8 @@ fn run(inner: &Inner) {
             st = inner.cv.wait(st).unwrap_or_else(|e| e.into_inner());
             continue;
         };
-        let due = first.due;
+        let lead = Duration::from_micros(inner.lead_us.load(AtomicOrdering::Relaxed));
+        let due = first.due.checked_sub(lead).unwrap_or(first.due);
         let now = Instant::now();
         if due > now + margin {
             let target = due - margin;
@@ -186,11 +221,12 @@ fn run(inner: &Inner) {
             continue;
         };
         drop(st);
-        while Instant::now() < entry.due {
+        let fire_at = entry.due.checked_sub(lead).unwrap_or(entry.due);
+        while Instant::now() < fire_at {
             std::thread::yield_now();
         }
         // Err: the worker gave up waiting (its task was dropped); nothing to wake.
-        let _ = entry.tx.send(());
+        let _ = entry.tx.send(Instant::now());
         st = inner.lock();
     }
 }
