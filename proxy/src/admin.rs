@@ -22,7 +22,7 @@ impl Admin {
         Admin { shared, listening }
     }
 
-    /// Ready = listening and holding a topology (SPEC.md).
+    /// Ready = listening and holding a topology (proxy/README.md, "Admin endpoints").
     pub fn readiness(&self) -> (bool, serde_json::Value) {
         let listening = self.listening.load(Ordering::Acquire);
         let topo = self.shared.current();

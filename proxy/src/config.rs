@@ -1,4 +1,4 @@
-//! The proxy's YAML configuration (SPEC.md, "Proxy config"), parsed strictly.
+//! The proxy's YAML configuration (the reference table in README.md), parsed strictly.
 //!
 //! Parsing is two steps: serde into `Raw*` structs (unknown keys and malformed values are
 //! rejected there, and `serde_path_to_error` tells us which key), then [`validate`] turns the raw
@@ -89,7 +89,7 @@ impl std::error::Error for ConfigError {
     }
 }
 
-/// Where a request is sent: the `routing` targets of SPEC.md.
+/// Where a request is sent: the `routing` targets (README.md, configuration reference).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Target {
     /// The elected writer only.

@@ -1,5 +1,5 @@
 //! The responses the proxy makes itself: JSON `{"error": "<code>", "message": "..."}` with a
-//! status that says whose fault it was (SPEC.md, "Proxy behaviour").
+//! status that says whose fault it was (the table in proxy/README.md, "Errors the proxy makes").
 
 use pingora_error::{Error, ErrorSource, ErrorType};
 

@@ -1,4 +1,4 @@
-//! The write hold (issue 4): a write that cannot go to a writer right now waits for one instead
+//! The write hold: a write that cannot go to a writer right now waits for one instead
 //! of failing, so a failover or a planned switchover shows up to clients as a slow request.
 //!
 //! Everything about it is here:

@@ -1,5 +1,5 @@
 //! rw-proxy: a Pingora proxy that sends writes to the elected writer and spreads reads over
-//! the ready readers of a single-writer storage cluster (see SPEC.md and README.md).
+//! the ready readers of a single-writer storage cluster (see README.md and proxy/README.md).
 
 pub mod admin;
 pub mod attempt;

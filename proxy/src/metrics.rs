@@ -1,4 +1,4 @@
-//! Prometheus metrics (names of SPEC.md), in a private registry.
+//! Prometheus metrics (the names listed in proxy/README.md, "Metrics"), in a private registry.
 //!
 //! Pingora registers nothing of its own. The per-request counters are kept per worker (each
 //! worker counts in its own [`RequestMetrics`], so no cache line moves between cores on a

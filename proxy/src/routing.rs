@@ -1,6 +1,6 @@
 //! The routing decision: request + topology -> where it goes. One pure function, [`route`].
 //!
-//! Order (SPEC.md, "Proxy behaviour"): the first matching rule, else the method map, else
+//! Order (proxy/README.md, "Behaviour"): the first matching rule, else the method map, else
 //! `default`. Then the read refinements: `X-Consistency: strong` sends a read to the writer;
 //! with no reader to serve it a read goes to the writer if `reads_fall_back_to_writer`.
 //! Methods are matched exactly as they arrive (`get` is not `GET`), so unknown and extension

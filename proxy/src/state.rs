@@ -109,7 +109,7 @@ impl Active {
     }
 }
 
-/// Epoch and revision of the topology in use; issue 4's write hold waits on changes of it.
+/// Epoch and revision of the topology in use; the write hold (hold.rs) waits on changes of it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct TopologyVersion {
     pub epoch: u64,

@@ -1,4 +1,4 @@
-//! Live failover (issue 4): rw-proxy following a real writer-election (static mode) in front of
+//! Live failover: rw-proxy following a real writer-election (static mode) in front of
 //! real backends, and a fake election for what the real one must never do (an older epoch) or
 //! for stepping through the switchover drain handshake.
 
