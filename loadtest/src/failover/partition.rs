@@ -204,6 +204,9 @@ pub struct PartitionReport {
     /// Failed writes sent more than a second after the new writer was published (a failover
     /// must have ended their window by then).
     pub failed_after_publish: u64,
+    /// Writes acknowledged at the old epoch after the new writer was published: the window a
+    /// deposed writer still accepts in, until the new epoch reaches the stream.
+    pub old_epoch_acks_after_publish: u64,
     pub proxy_during_fault: ProxyDuringFault,
     pub analysis: Analysis,
     pub read_back: ReadBack,
@@ -453,6 +456,14 @@ async fn scenario(
             .count() as u64
     });
 
+    let old_epoch_acks_after_publish = publish.map_or(0, |t| {
+        let at = (t - start).as_micros() as u64;
+        outcome
+            .history
+            .iter()
+            .filter(|h| h.acked() && h.epoch == Some(first.epoch) && h.ack_us > at)
+            .count() as u64
+    });
     let mut r = PartitionReport {
         partition: p.to_string(),
         expect: p.expect(),
@@ -467,6 +478,7 @@ async fn scenario(
         election_publish_ms: publish.map(|t| ms_between(fault_at, t)),
         recovery_ms: recovered_at.map(|t| ms_between(healed_at, t)),
         failed_after_publish,
+        old_epoch_acks_after_publish,
         proxy_during_fault: during,
         read_errors: super::read_errors(&outcome.report, &analysis),
         analysis,
@@ -633,6 +645,10 @@ pub fn render_text(r: &PartitionReport) -> String {
     row(
         "failed 1 s after the publication",
         r.failed_after_publish.to_string(),
+    );
+    row(
+        "old-epoch acks after the publication",
+        r.old_epoch_acks_after_publish.to_string(),
     );
     super::history_rows(a, &r.read_errors, &r.read_back, &r.load, &mut row);
     if let Some(k) = &r.kept_dir {
