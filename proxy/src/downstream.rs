@@ -82,8 +82,17 @@ pub struct ClientRules {
     pub max_header_bytes: u64,
 }
 
-/// Where [`serve`] gets the current [`ClientRules`].
-pub type RulesSource = Arc<dyn Fn() -> ClientRules + Send + Sync>;
+/// What the connection loop needs from the rest of the proxy: the current [`ClientRules`], and
+/// somewhere to count what it refused.
+pub trait ClientEdge: Send + Sync {
+    fn rules(&self) -> ClientRules;
+    /// A request refused before Pingora saw it (`reason` as in `request_rules::Refusal::as_str`,
+    /// or `header_timeout`, `headers_too_large`).
+    fn refused(&self, reason: &'static str);
+}
+
+/// Where [`serve`] gets its [`ClientEdge`].
+pub type RulesSource = Arc<dyn ClientEdge>;
 
 /// One worker's client listener: a Pingora background service, run on a single-threaded
 /// runtime of its own (see `workers.rs`), that accepts connections on the worker's socket and
@@ -197,11 +206,12 @@ where
                     Wait::Closed | Wait::IdleTimeout | Wait::ShuttingDown => return,
                 },
             };
-            let rules = rules();
-            match read_header_end(&mut conn.tcp, &mut first, &rules).await {
+            let limits = rules.rules();
+            match read_header_end(&mut conn.tcp, &mut first, &limits).await {
                 HeaderRead::Complete(end) => match request_rules::check_raw(&first[..end]) {
                     Err(refusal) => {
                         tracing::debug!(reason = refusal.as_str(), "request refused as sent");
+                        rules.refused(refusal.as_str());
                         refuse(&mut conn.tcp, &errors::ERR_BAD_REQUEST).await;
                         return;
                     }
@@ -220,6 +230,7 @@ where
                     Ok(RawBody::Chunked) => match request_rules::chunked_end(&first[end..]) {
                         Err(refusal) => {
                             tracing::debug!(reason = refusal.as_str(), "request refused as sent");
+                            rules.refused(refusal.as_str());
                             refuse(&mut conn.tcp, &errors::ERR_BAD_REQUEST).await;
                             return;
                         }
@@ -233,13 +244,18 @@ where
                 },
                 HeaderRead::Closed => return,
                 HeaderRead::Refused(err) => {
+                    rules.refused(if err.status == 408 {
+                        "header_timeout"
+                    } else {
+                        "headers_too_large"
+                    });
                     refuse(&mut conn.tcp, err).await;
                     return;
                 }
             }
             conn.begin_request();
             let mut session = new_session(&*app, conn, first, served);
-            session.set_read_timeout(Some(rules.body_timeout));
+            session.set_read_timeout(Some(limits.body_timeout));
             let Some(reused) = app.process_new_http(session, &shutdown).await else {
                 return;
             };
@@ -596,12 +612,21 @@ mod tests {
         (ClientStream::new(server, peer), client)
     }
 
+    struct Fixed(ClientRules);
+
+    impl ClientEdge for Fixed {
+        fn rules(&self) -> ClientRules {
+            self.0
+        }
+        fn refused(&self, _reason: &'static str) {}
+    }
+
     fn rules(header_timeout: Duration, max_header_bytes: u64) -> RulesSource {
-        Arc::new(move || ClientRules {
+        Arc::new(Fixed(ClientRules {
             header_timeout,
             body_timeout: Duration::from_secs(60),
             max_header_bytes,
-        })
+        }))
     }
 
     fn test_rules() -> RulesSource {
@@ -831,7 +856,7 @@ mod tests {
             panic!("no request");
         };
         let started = tokio::time::Instant::now();
-        let rules = rules(Duration::from_secs(60), 65536)();
+        let rules = rules(Duration::from_secs(60), 65536).rules();
         let got = read_header_end(&mut server.tcp, &mut first, &rules).await;
         assert_eq!(got, HeaderRead::Refused(&errors::ERR_REQUEST_TIMEOUT));
         assert_eq!(started.elapsed(), Duration::from_secs(60));
@@ -868,7 +893,7 @@ mod tests {
             }
             client
         });
-        let rules = test_rules()();
+        let rules = test_rules().rules();
         assert_eq!(
             read_header_end(&mut server.tcp, &mut first, &rules).await,
             HeaderRead::Complete(47)
@@ -891,7 +916,7 @@ mod tests {
             .write_all(format!("X-Big: {}\r\n", "x".repeat(3000)).as_bytes())
             .await
             .unwrap();
-        let rules = rules(Duration::from_secs(60), 2048)();
+        let rules = rules(Duration::from_secs(60), 2048).rules();
         assert_eq!(
             read_header_end(&mut server.tcp, &mut first, &rules).await,
             HeaderRead::Refused(&errors::ERR_HEADERS_TOO_LARGE)

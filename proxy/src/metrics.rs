@@ -214,6 +214,7 @@ pub struct Metrics {
     pub writer_suspect: IntGauge,
     writer_refused_held: IntCounter,
     writer_refused_not_resendable: IntCounter,
+    client_refusals: IntCounterVec,
     pub writer_epoch: IntGauge,
     pub topology_updates: IntCounter,
     /// `rw_proxy_topology_rejected_total{reason="stale_epoch"}`.
@@ -283,6 +284,17 @@ impl Metrics {
                  reaches the client), not_resendable (body larger than the retry buffer: 503)",
             ),
             &["outcome"],
+        )
+        .expect("static metric definition");
+        let client_refusals = IntCounterVec::new(
+            Opts::new(
+                "rw_proxy_client_refusals_total",
+                "Requests the client connection loop refused before routing, and closed the \
+                 connection: reason header_timeout (408, timeouts.client_header), \
+                 headers_too_large (431), or a framing rule broken (bad_target, \
+                 bare_line_feed, content_length_and_chunked, bad_chunk)",
+            ),
+            &["reason"],
         )
         .expect("static metric definition");
         let election_errors = IntCounter::new(
@@ -360,6 +372,7 @@ impl Metrics {
             Box::new(write_holds.clone()),
             Box::new(writer_suspect.clone()),
             Box::new(writer_refusals.clone()),
+            Box::new(client_refusals.clone()),
             Box::new(election_errors.clone()),
             Box::new(election_reachable.clone()),
             Box::new(switchover_drained.clone()),
@@ -396,6 +409,7 @@ impl Metrics {
             writer_suspect,
             writer_refused_held: writer_refusals.with_label_values(&["held"]),
             writer_refused_not_resendable: writer_refusals.with_label_values(&["not_resendable"]),
+            client_refusals,
             writer_epoch,
             topology_updates,
             topology_rejected: topology_rejected.with_label_values(&["stale_epoch"]),
@@ -434,6 +448,11 @@ impl Metrics {
         } else {
             self.writer_refused_not_resendable.inc();
         }
+    }
+
+    /// Counts a request the client connection loop refused (rare: the lookup is fine here).
+    pub fn client_refused(&self, reason: &str) {
+        self.client_refusals.with_label_values(&[reason]).inc();
     }
 
     /// Counts an upstream failure (rare: the label lookup is fine here).

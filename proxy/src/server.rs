@@ -16,7 +16,7 @@ use pingora_proxy::http_proxy;
 use crate::admin::Admin;
 use crate::config::ProxyConfig;
 use crate::control::Control;
-use crate::downstream::{self, ClientRules, Downstream, RulesSource};
+use crate::downstream::{self, ClientEdge, ClientRules, Downstream, RulesSource};
 use crate::metrics::Metrics;
 use crate::proxy::RwProxy;
 use crate::state::Shared;
@@ -108,6 +108,24 @@ impl<S: ServiceWithDependents + 'static> ServiceWithDependents for ExitOnPanic<S
     }
 }
 
+/// The connection loop's view of the proxy: the current config's client rules, the metrics.
+struct Edge(Arc<Shared>);
+
+impl ClientEdge for Edge {
+    fn rules(&self) -> ClientRules {
+        let config = &self.0.load().settings.config;
+        ClientRules {
+            header_timeout: config.timeouts.client_header,
+            body_timeout: config.timeouts.client_body,
+            max_header_bytes: config.limits.max_header_bytes,
+        }
+    }
+
+    fn refused(&self, reason: &'static str) {
+        self.0.metrics.client_refused(reason);
+    }
+}
+
 /// Runs the proxy until SIGTERM (graceful) or SIGINT (immediate).
 pub fn run(
     config_path: PathBuf,
@@ -150,15 +168,7 @@ pub fn run(
         .enumerate()
         .map(|(i, listener)| {
             let app = http_proxy(&server.configuration, RwProxy::new(shared.clone(), i));
-            let from = shared.clone();
-            let rules: RulesSource = Arc::new(move || {
-                let config = &from.load().settings.config;
-                ClientRules {
-                    header_timeout: config.timeouts.client_header,
-                    body_timeout: config.timeouts.client_body,
-                    max_header_bytes: config.limits.max_header_bytes,
-                }
-            });
+            let rules: RulesSource = Arc::new(Edge(shared.clone()));
             let mut worker = background_service(
                 &format!("rw-proxy worker {i}"),
                 Downstream::new(i, app, rules, listener),

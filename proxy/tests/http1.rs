@@ -189,6 +189,17 @@ async fn malformed_and_ambiguous_requests_are_refused_and_never_reach_a_backend(
         .filter(|p| p != "/kv/after")
         .collect();
     assert!(wrong.is_empty(), "not refused: {wrong:#?}");
+    // The ones refused on the bytes as sent are counted by reason.
+    let m = proxy.metrics().await;
+    for reason in [
+        "bad_target",
+        "bare_line_feed",
+        "content_length_and_chunked",
+        "bad_chunk",
+    ] {
+        let series = format!("rw_proxy_client_refusals_total{{reason=\"{reason}\"}}");
+        assert!(support::metric_value(&m, &series) >= 1.0, "{series} in {m}");
+    }
     assert!(reached.is_empty(), "reached a backend: {reached:?}");
 }
 

@@ -242,6 +242,12 @@ async fn a_client_trickling_its_header_gets_408_at_the_header_deadline() {
     assert!(took >= Duration::from_millis(900), "closed after {took:?}");
     assert!(took < Duration::from_secs(6), "closed only after {took:?}");
     assert_eq!(reader.count(), 0, "no part of the request went upstream");
+    assert_eq!(
+        proxy
+            .metric(r#"rw_proxy_client_refusals_total{reason="header_timeout"}"#)
+            .await,
+        1.0
+    );
     // The proxy goes on serving.
     assert_eq!(support::get(proxy.addr, "/kv/a").await.status, 200);
 }
