@@ -61,6 +61,12 @@ const WRITE_GATHER: usize = 1460;
 /// How long a refusal made by the connection loop may take to write.
 const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// After a refusal, how long (and how many bytes) the client's further bytes are read and
+/// dropped before the socket closes (nginx's `lingering_time` is 30 s; a refused client gets
+/// less).
+const LINGER_TIME: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 1 << 20;
+
 /// Same as Pingora's listeners: bursts of new connections wait in the kernel, not refused.
 const LISTEN_BACKLOG: i32 = 65535;
 
@@ -346,9 +352,26 @@ async fn refuse(tcp: &mut TcpStream, err: &ProxyError) {
     .into_bytes();
     response.extend_from_slice(&body);
     // Bounded: a client that does not read its 408 must not hold the socket either.
-    let _ = tokio::time::timeout(REFUSAL_WRITE_TIMEOUT, async {
+    let sent = tokio::time::timeout(REFUSAL_WRITE_TIMEOUT, async {
         tcp.write_all(&response).await?;
         tcp.shutdown().await
+    })
+    .await;
+    if !matches!(sent, Ok(Ok(()))) {
+        return;
+    }
+    // Lingering close, as nginx does: closing with unread bytes from the client (the rest of
+    // an oversized header, a body) sends a reset, which can destroy the answer before the
+    // client has read it. Read and drop what still comes, within bounds, then close.
+    let _ = tokio::time::timeout(LINGER_TIME, async {
+        let mut sink = [0u8; 4096];
+        let mut drained = 0usize;
+        while drained < LINGER_BYTES {
+            match tcp.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => drained += n,
+            }
+        }
     })
     .await;
 }

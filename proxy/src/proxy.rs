@@ -335,9 +335,11 @@ impl ProxyHttp for RwProxy {
         };
         match refusal {
             Some(err) => {
-                // Refused on its header: the client may be sending a body it was told not
-                // to, so the connection ends here.
-                session.set_keepalive(None);
+                if err.status != 503 {
+                    // Refused on its header (431, 413): what follows it on the connection is
+                    // not read as a request.
+                    session.set_keepalive(None);
+                }
                 respond(session, err, ctx.request_id.as_ref()).await?;
                 Ok(true)
             }

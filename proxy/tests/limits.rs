@@ -294,3 +294,32 @@ async fn a_client_stalling_its_body_gets_408_and_the_node_is_not_blamed() {
     // The upstream's answer timer runs out first: still the client's stall.
     stalled_body("{ client_body: 30s, read: 1s }").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_client_still_sending_is_read_out_before_the_close() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_writer, reader, proxy) = setup().await;
+    // A refused request whose client goes on sending (its body). Closing a socket with unread
+    // bytes makes the kernel send a reset, which on a real network can overtake the answer
+    // still in flight and destroy it; so the proxy reads and drops what comes for a while
+    // (a lingering close, as nginx does). Seen from the client: the answer, then its further
+    // writes are still taken instead of being reset.
+    let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(b"PUT ! HTTP/1.1\r\nHost: x\r\nContent-Length: 200000\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out);
+    assert!(matches!(read, Ok(Ok(_))), "{read:?}: {text}");
+    assert!(text.starts_with("HTTP/1.1 400 "), "{text}");
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let sent = s.write_all(&[b'z'; 16384]).await;
+        assert!(
+            sent.is_ok(),
+            "the proxy reset the connection at once: {sent:?}"
+        );
+    }
+    assert_eq!(reader.count(), 0);
+}
