@@ -63,8 +63,23 @@ impl LeaderState {
         }
     }
 
+    /// Leading, and safe to decide until `valid_until` (the renew deadline).
+    fn leading(identity: &str, url: Option<String>, valid_until: Instant) -> Self {
+        LeaderState {
+            is_leader: true,
+            valid_until: Some(valid_until),
+            leader: Some(identity.to_string()),
+            leader_url: url,
+        }
+    }
+
     pub fn leading_now(&self) -> bool {
-        self.is_leader && self.valid_until.is_none_or(|t| Instant::now() < t)
+        self.leading_at(Instant::now())
+    }
+
+    /// Deciding is safe at `now`: leading, and the renew deadline has not passed.
+    pub fn leading_at(&self, now: Instant) -> bool {
+        self.is_leader && self.valid_until.is_none_or(|t| now < t)
     }
 }
 
@@ -87,6 +102,72 @@ struct Record {
     acquire: Option<String>,
     renew: Option<String>,
     transitions: i32,
+}
+
+/// What a replica does with the leader Lease it just read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TakeOver {
+    /// Somebody else holds it and may still be renewing it: leave it alone.
+    Follow,
+    /// It is ours: write it again, same acquire time, same transitions.
+    Renew,
+    /// Free, released, or its holder stopped renewing: take it, one more transition.
+    Acquire,
+}
+
+/// **The take-over rule.** `seen_since`: when this replica first saw `rec` as it is now, on its
+/// own monotonic clock. A holder is presumed alive until its record stayed unchanged for the
+/// whole duration it asked for (ours when it asked for none); the timestamps inside the record
+/// are never compared with our clock, so clock skew between replicas cannot hand the Lease over
+/// early or keep it late.
+fn take_over(
+    rec: &Record,
+    seen_since: Instant,
+    now: Instant,
+    identity: &str,
+    default_duration: Duration,
+) -> TakeOver {
+    if rec.holder == identity {
+        return TakeOver::Renew;
+    }
+    // An empty holder is what a released Lease leaves: nobody to wait for.
+    if rec.holder.is_empty() {
+        return TakeOver::Acquire;
+    }
+    let duration = u64::try_from(rec.duration_secs)
+        .ok()
+        .filter(|s| *s > 0)
+        .map(Duration::from_secs)
+        .unwrap_or(default_duration);
+    if seen_since + duration > now {
+        TakeOver::Follow
+    } else {
+        TakeOver::Acquire
+    }
+}
+
+/// When `rec` was first seen as it is: kept while the record is unchanged, `now` on any change
+/// (a renewal by the holder restarts the wait).
+fn seen_since(observed: Option<&(Record, Instant)>, rec: &Record, now: Instant) -> Instant {
+    match observed {
+        Some((seen, at)) if seen == rec => *at,
+        _ => now,
+    }
+}
+
+/// The acquire time and transitions count to write: a renewal keeps them, a take-over starts a
+/// new term (`leaseTransitions` counts leader changes).
+fn term(
+    renewing: bool,
+    acquired: Option<MicroTime>,
+    transitions: i32,
+    now: MicroTime,
+) -> (MicroTime, i32) {
+    if renewing {
+        (acquired.unwrap_or(now), transitions)
+    } else {
+        (now, transitions.saturating_add(1))
+    }
 }
 
 fn record_of(lease: &Lease) -> Record {
@@ -182,34 +263,22 @@ impl LeaderElector {
             return Ok(Attempt::Leader);
         };
         let old = record_of(&lease);
-        if self.observed.as_ref().map(|(r, _)| r) != Some(&old) {
-            self.observed = Some((old.clone(), Instant::now()));
-        }
-        let seen_at = self
-            .observed
-            .as_ref()
-            .map(|(_, t)| *t)
-            .unwrap_or_else(Instant::now);
-        let am_holder = old.holder == self.cfg.identity;
-        let duration = if old.duration_secs > 0 {
-            Duration::from_secs(old.duration_secs as u64)
-        } else {
-            self.cfg.lease_duration
-        };
-        if !old.holder.is_empty() && !am_holder && seen_at + duration > Instant::now() {
+        let read_at = Instant::now();
+        let since = seen_since(self.observed.as_ref(), &old, read_at);
+        self.observed = Some((old.clone(), since));
+        let rule = take_over(
+            &old,
+            since,
+            read_at,
+            &self.cfg.identity,
+            self.cfg.lease_duration,
+        );
+        if rule == TakeOver::Follow {
             return Ok(Attempt::Follower(Some(old.holder), url_of(&lease)));
         }
-        let spec = if am_holder {
-            let acquire = lease
-                .spec
-                .as_ref()
-                .and_then(|s| s.acquire_time.clone())
-                .unwrap_or(now);
-            self.spec(acquire, old.transitions)
-        } else {
-            self.spec(now, old.transitions.saturating_add(1))
-        };
-        lease.spec = Some(spec);
+        let acquired = lease.spec.as_ref().and_then(|s| s.acquire_time.clone());
+        let (acquire, transitions) = term(rule == TakeOver::Renew, acquired, old.transitions, now);
+        lease.spec = Some(self.spec(acquire, transitions));
         set_url(&mut lease.metadata, self.cfg.url.as_deref());
         // `lease.metadata.resourceVersion` is the one just read: a concurrent writer gets 409.
         let written = self
@@ -218,7 +287,7 @@ impl LeaderElector {
             .await
             .map_err(|e| format!("update leader Lease {name}: {e}"))?;
         self.observed = Some((record_of(&written), Instant::now()));
-        if !am_holder {
+        if rule == TakeOver::Acquire {
             info!(identity = %self.cfg.identity, previous = %old.holder, "acquired the leader Lease");
         }
         Ok(Attempt::Leader)
@@ -249,6 +318,17 @@ impl LeaderElector {
             Ok(_) => info!(identity = %self.cfg.identity, "released the leader Lease"),
             Err(e) => warn!(error = %e, "could not release the leader Lease"),
         }
+    }
+
+    /// The renew deadline counts from the start of the renewal that succeeded: the write may
+    /// have landed at any moment of the call, and no other replica can have seen it earlier, so
+    /// we stop leading before any of them may take over.
+    fn leading_since(&self, renewed_at: Instant) -> LeaderState {
+        LeaderState::leading(
+            &self.cfg.identity,
+            self.cfg.url.clone(),
+            renewed_at + self.cfg.renew_deadline,
+        )
     }
 
     fn jittered(&self) -> Duration {
@@ -305,12 +385,7 @@ impl LeaderElector {
                 }
             }
             info!(identity = %self.cfg.identity, "leading");
-            tx.send_replace(LeaderState {
-                is_leader: true,
-                valid_until: Some(renewed_at + self.cfg.renew_deadline),
-                leader: Some(self.cfg.identity.clone()),
-                leader_url: self.cfg.url.clone(),
-            });
+            tx.send_replace(self.leading_since(renewed_at));
             // Leader: renew every retry_period; give up once renew_deadline passed without one.
             loop {
                 tokio::select! {
@@ -326,12 +401,7 @@ impl LeaderElector {
                 match tokio::time::timeout_at(deadline.into(), self.try_acquire_or_renew()).await {
                     Ok(Ok(Attempt::Leader)) => {
                         renewed_at = started;
-                        tx.send_replace(LeaderState {
-                            is_leader: true,
-                            valid_until: Some(renewed_at + self.cfg.renew_deadline),
-                            leader: Some(self.cfg.identity.clone()),
-                            leader_url: self.cfg.url.clone(),
-                        });
+                        tx.send_replace(self.leading_since(renewed_at));
                     }
                     Ok(Ok(Attempt::Follower(leader, url))) => {
                         warn!(new_leader = ?leader, "leader Lease taken by another replica");
@@ -354,5 +424,117 @@ impl LeaderElector {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DURATION: Duration = Duration::from_secs(15);
+
+    fn held_by(holder: &str, duration_secs: i32) -> Record {
+        Record {
+            holder: holder.into(),
+            duration_secs,
+            acquire: Some("2026-01-01T00:00:00Z".into()),
+            renew: Some("2026-01-01T00:00:05Z".into()),
+            transitions: 3,
+        }
+    }
+
+    fn rule(rec: &Record, unchanged_for: Duration) -> TakeOver {
+        let now = Instant::now() + Duration::from_secs(3600);
+        take_over(rec, now - unchanged_for, now, "me", DURATION)
+    }
+
+    #[test]
+    fn another_holders_lease_is_taken_once_seen_unchanged_for_its_duration() {
+        let rec = held_by("other", 15);
+        for (unchanged_ms, expected) in [
+            (0, TakeOver::Follow),
+            (14_999, TakeOver::Follow),
+            (15_000, TakeOver::Acquire),
+            (600_000, TakeOver::Acquire),
+        ] {
+            let got = rule(&rec, Duration::from_millis(unchanged_ms));
+            assert_eq!(got, expected, "unchanged for {unchanged_ms} ms");
+        }
+    }
+
+    #[test]
+    fn the_holders_own_duration_counts_and_ours_when_it_has_none() {
+        let short = held_by("other", 2);
+        assert_eq!(rule(&short, Duration::from_secs(2)), TakeOver::Acquire);
+        for unset in [0, -5] {
+            let rec = held_by("other", unset);
+            assert_eq!(rule(&rec, Duration::from_secs(14)), TakeOver::Follow);
+            assert_eq!(rule(&rec, DURATION), TakeOver::Acquire);
+        }
+    }
+
+    #[test]
+    fn our_own_lease_is_renewed_however_old() {
+        for unchanged_for in [Duration::ZERO, Duration::from_secs(600)] {
+            assert_eq!(rule(&held_by("me", 15), unchanged_for), TakeOver::Renew);
+        }
+    }
+
+    #[test]
+    fn a_released_lease_is_taken_at_once() {
+        let rec = held_by("", 1);
+        assert_eq!(rule(&rec, Duration::ZERO), TakeOver::Acquire);
+    }
+
+    #[test]
+    fn the_holders_timestamps_are_not_compared_with_our_clock() {
+        // A holder whose clock runs far behind (renewTime years ago) but that renews is alive...
+        let mut behind = held_by("other", 15);
+        behind.renew = Some("2001-01-01T00:00:00Z".into());
+        assert_eq!(rule(&behind, Duration::from_secs(1)), TakeOver::Follow);
+        // ...and one whose clock runs ahead (renewTime in the future) but stopped is not.
+        let mut ahead = held_by("other", 15);
+        ahead.renew = Some("2099-01-01T00:00:00Z".into());
+        assert_eq!(rule(&ahead, Duration::from_secs(15)), TakeOver::Acquire);
+    }
+
+    #[test]
+    fn the_wait_restarts_on_every_change_of_the_record() {
+        let t0 = Instant::now();
+        let later = t0 + Duration::from_secs(10);
+        let rec = held_by("other", 15);
+        assert_eq!(seen_since(None, &rec, t0), t0);
+        let observed = (rec.clone(), t0);
+        assert_eq!(seen_since(Some(&observed), &rec, later), t0, "unchanged");
+        let mut renewed = rec.clone();
+        renewed.renew = Some("2026-01-01T00:00:07Z".into());
+        assert_eq!(seen_since(Some(&observed), &renewed, later), later);
+        let mut transferred = rec;
+        transferred.transitions += 1;
+        assert_eq!(seen_since(Some(&observed), &transferred, later), later);
+    }
+
+    #[test]
+    fn a_renewal_keeps_the_term_and_a_take_over_starts_one() {
+        let then = MicroTime(k8s_openapi::jiff::Timestamp::UNIX_EPOCH);
+        let now = MicroTime(k8s_openapi::jiff::Timestamp::now());
+        assert_eq!(
+            term(true, Some(then.clone()), 4, now.clone()),
+            (then.clone(), 4)
+        );
+        assert_eq!(term(true, None, 4, now.clone()), (now.clone(), 4));
+        assert_eq!(term(false, Some(then), 4, now.clone()), (now.clone(), 5));
+        assert_eq!(term(false, None, i32::MAX, now.clone()), (now, i32::MAX));
+    }
+
+    #[test]
+    fn leading_ends_at_the_renew_deadline() {
+        let t0 = Instant::now();
+        let leader = LeaderState::leading("me", None, t0 + Duration::from_secs(10));
+        assert!(leader.leading_at(t0));
+        assert!(leader.leading_at(t0 + Duration::from_millis(9_999)));
+        assert!(!leader.leading_at(t0 + Duration::from_secs(10)));
+        assert!(LeaderState::always("me").leading_at(t0 + Duration::from_secs(3600)));
+        assert!(!LeaderState::follower(Some("other".into()), None).leading_at(t0));
     }
 }
