@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::{ProxyConfig, TopologyConfig};
 use crate::election::{client_id, ElectionSource};
-use crate::proxy::IN_FLIGHT;
+use crate::forward::IN_FLIGHT;
 use crate::state::Shared;
 use crate::topology::{StaticSource, TopologySink, TopologySource};
 

@@ -1,22 +1,6 @@
 //! The responses the proxy makes itself: JSON `{"error": "<code>", "message": "..."}` with a
 //! status that says whose fault it was (the table in proxy/README.md, "Errors the proxy makes").
 
-use pingora_error::{Error, ErrorSource, ErrorType};
-
-/// A write found no writer to go to within `failover.hold_writes`.
-pub const NO_WRITER: ErrorType = ErrorType::Custom("no_writer");
-/// A write found no writer and `failover.max_held_writes` writes were already waiting.
-pub const HOLD_FULL: ErrorType = ErrorType::Custom("hold_full");
-/// A pooled upstream connection was found closed by the peer before anything was sent on it.
-pub const STALE_POOLED: ErrorType = ErrorType::Custom("stale_pooled_connection");
-/// The writer answered a write `400` + `StorageNode-NAD: true` (`Microstream-NAD` in older node libraries): not the distributor, nothing
-/// applied.
-pub const WRITER_REFUSED: ErrorType = ErrorType::Custom("writer_refused");
-/// The client paused its request body for longer than the upstream waits for an answer.
-pub const CLIENT_BODY_TIMEOUT: ErrorType = ErrorType::Custom("client_body_timeout");
-/// A read arrived and no node can serve it.
-pub const NO_UPSTREAM: ErrorType = ErrorType::Custom("no_upstream");
-
 /// What to answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ProxyError {
@@ -106,112 +90,144 @@ pub const ERR_REQUEST_TIMEOUT: ProxyError = ProxyError::new(
 pub const ERR_INTERNAL: ProxyError =
     ProxyError::new(500, "internal", "the proxy failed to handle the request");
 
-/// Maps a failed request's error to the answer; `None` when the client is gone and nothing
-/// can be sent.
-pub fn classify(e: &Error) -> Option<ProxyError> {
-    use ErrorType::*;
-    match e.etype() {
-        Custom("no_writer") => return Some(ERR_NO_WRITER),
-        Custom("hold_full") => return Some(ERR_HOLD_FULL),
-        Custom("no_upstream") => return Some(ERR_NO_UPSTREAM),
-        Custom("writer_refused") => return Some(ERR_WRITER_REFUSED),
-        Custom("client_body_timeout") => return Some(ERR_REQUEST_TIMEOUT),
-        HTTPStatus(413) => return Some(ERR_BODY_TOO_LARGE),
-        HTTPStatus(431) => return Some(ERR_HEADERS_TOO_LARGE),
-        _ => {}
-    }
-    match e.esource() {
-        ErrorSource::Upstream => Some(match e.etype() {
-            ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout => {
-                ERR_UPSTREAM_TIMEOUT
-            }
-            ConnectRefused | ConnectNoRoute | ConnectError | BindError | SocketError
-            | TLSHandshakeFailure | HandshakeError => ERR_UPSTREAM_UNREACHABLE,
-            _ => ERR_UPSTREAM_FAILED,
-        }),
-        ErrorSource::Downstream => match e.etype() {
-            ReadError | WriteError | ConnectionClosed => None,
-            ReadTimedout => Some(ERR_REQUEST_TIMEOUT),
-            _ => Some(ERR_BAD_REQUEST),
-        },
-        ErrorSource::Internal | ErrorSource::Unset => Some(match e.etype() {
-            HTTPStatus(code) if (400..600).contains(code) => {
-                ProxyError::new(*code, "error", "the request failed")
-            }
-            _ => ERR_INTERNAL,
-        }),
-    }
+/// How an attempt on a node failed: the `kind` label of `rw_proxy_upstream_errors_total`, and
+/// the answer when the request goes nowhere else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamError {
+    ConnectRefused,
+    ConnectTimeout,
+    ConnectNoRoute,
+    ConnectError,
+    ReadTimeout,
+    WriteTimeout,
+    /// The node closed or reset the connection (a pooled one found closed included).
+    Closed,
+    /// `400` + `StorageNode-NAD: true`: the writer is not the distributor.
+    NotDistributor,
+    IoError,
+    /// The node's answer is not HTTP/1 this proxy can pass on.
+    ProtocolError,
 }
 
-/// The `kind` label of `rw_proxy_upstream_errors_total`.
-pub fn upstream_error_kind(e: &Error) -> &'static str {
-    use ErrorType::*;
-    match e.etype() {
-        ConnectRefused => "connect_refused",
-        ConnectTimedout => "connect_timeout",
-        ConnectNoRoute => "connect_no_route",
-        ConnectError | BindError | SocketError => "connect_error",
-        ReadTimedout => "read_timeout",
-        WriteTimedout => "write_timeout",
-        ConnectionClosed | Custom("stale_pooled_connection") => "closed",
-        Custom("writer_refused") => "not_distributor",
-        ReadError | WriteError => "io_error",
-        InvalidHTTPHeader | H1Error | H2Error | InvalidH2 | H2Downgrade => "protocol_error",
-        _ => "other",
+impl UpstreamError {
+    pub fn kind(self) -> &'static str {
+        use UpstreamError::*;
+        match self {
+            ConnectRefused => "connect_refused",
+            ConnectTimeout => "connect_timeout",
+            ConnectNoRoute => "connect_no_route",
+            ConnectError => "connect_error",
+            ReadTimeout => "read_timeout",
+            WriteTimeout => "write_timeout",
+            Closed => "closed",
+            NotDistributor => "not_distributor",
+            IoError => "io_error",
+            ProtocolError => "protocol_error",
+        }
+    }
+
+    pub fn answer(self) -> ProxyError {
+        use UpstreamError::*;
+        match self {
+            ConnectTimeout | ReadTimeout | WriteTimeout => ERR_UPSTREAM_TIMEOUT,
+            ConnectRefused | ConnectNoRoute | ConnectError => ERR_UPSTREAM_UNREACHABLE,
+            NotDistributor => ERR_WRITER_REFUSED,
+            Closed | IoError | ProtocolError => ERR_UPSTREAM_FAILED,
+        }
+    }
+
+    /// A failed TCP connect.
+    pub fn of_connect(e: &std::io::Error) -> Self {
+        use std::io::ErrorKind;
+        match e.kind() {
+            ErrorKind::ConnectionRefused => UpstreamError::ConnectRefused,
+            ErrorKind::TimedOut => UpstreamError::ConnectTimeout,
+            ErrorKind::HostUnreachable | ErrorKind::NetworkUnreachable => {
+                UpstreamError::ConnectNoRoute
+            }
+            _ => UpstreamError::ConnectError,
+        }
+    }
+
+    /// A failed read or write on an open connection.
+    pub fn of_io(e: &std::io::Error) -> Self {
+        use std::io::ErrorKind;
+        match e.kind() {
+            ErrorKind::ConnectionReset
+            | ErrorKind::ConnectionAborted
+            | ErrorKind::BrokenPipe
+            | ErrorKind::UnexpectedEof => UpstreamError::Closed,
+            _ => UpstreamError::IoError,
+        }
+    }
+
+    /// The node closed or broke the connection (not a timeout, not a malformed answer): what
+    /// the attempt rules call `broke`.
+    pub fn broke(self) -> bool {
+        matches!(self, UpstreamError::Closed | UpstreamError::IoError)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{Error, ErrorKind};
 
-    fn up(t: ErrorType) -> Error {
-        *Error::new_up(t)
+    #[test]
+    fn each_upstream_failure_has_its_kind_and_answer() {
+        use UpstreamError::*;
+        let cases = [
+            (
+                ConnectRefused,
+                "connect_refused",
+                502,
+                "upstream_unreachable",
+            ),
+            (
+                ConnectNoRoute,
+                "connect_no_route",
+                502,
+                "upstream_unreachable",
+            ),
+            (ConnectError, "connect_error", 502, "upstream_unreachable"),
+            (ConnectTimeout, "connect_timeout", 504, "upstream_timeout"),
+            (ReadTimeout, "read_timeout", 504, "upstream_timeout"),
+            (WriteTimeout, "write_timeout", 504, "upstream_timeout"),
+            (Closed, "closed", 502, "upstream_error"),
+            (IoError, "io_error", 502, "upstream_error"),
+            (ProtocolError, "protocol_error", 502, "upstream_error"),
+            (NotDistributor, "not_distributor", 503, "no_writer"),
+        ];
+        for (e, kind, status, code) in cases {
+            assert_eq!(e.kind(), kind);
+            assert_eq!(
+                (e.answer().status, e.answer().code),
+                (status, code),
+                "{e:?}"
+            );
+        }
     }
 
     #[test]
-    fn statuses() {
-        use ErrorType::*;
-        let cases: Vec<(Error, Option<u16>, &str)> = vec![
-            (*Error::new(NO_WRITER), Some(503), "no_writer"),
-            (*Error::new(HOLD_FULL), Some(503), "no_writer"),
-            (*Error::new(NO_UPSTREAM), Some(503), "no_upstream"),
-            (up(WRITER_REFUSED), Some(503), "no_writer"),
-            (*Error::new(HTTPStatus(413)), Some(413), "body_too_large"),
-            (
-                *Error::new_down(HTTPStatus(413)),
-                Some(413),
-                "body_too_large",
-            ),
-            (up(ConnectRefused), Some(502), "upstream_unreachable"),
-            (up(ConnectNoRoute), Some(502), "upstream_unreachable"),
-            (up(ConnectTimedout), Some(504), "upstream_timeout"),
-            (up(ReadTimedout), Some(504), "upstream_timeout"),
-            (up(WriteTimedout), Some(504), "upstream_timeout"),
-            (up(ConnectionClosed), Some(502), "upstream_error"),
-            (up(InvalidHTTPHeader), Some(502), "upstream_error"),
-            (*Error::new_down(ConnectionClosed), None, ""),
-            (*Error::new_down(ReadError), None, ""),
-            (
-                *Error::new_down(InvalidHTTPHeader),
-                Some(400),
-                "bad_request",
-            ),
-            (*Error::new_down(ReadTimedout), Some(408), "request_timeout"),
-            (
-                *Error::new_down(CLIENT_BODY_TIMEOUT),
-                Some(408),
-                "request_timeout",
-            ),
-            (*Error::new_in(InternalError), Some(500), "internal"),
-        ];
-        for (e, status, code) in cases {
-            let got = classify(&e);
-            assert_eq!(got.map(|p| p.status), status, "{e}");
-            if let Some(p) = got {
-                assert_eq!(p.code, code, "{e}");
-            }
-        }
+    fn socket_errors_are_named() {
+        let of = |k| UpstreamError::of_connect(&Error::from(k));
+        assert_eq!(
+            of(ErrorKind::ConnectionRefused),
+            UpstreamError::ConnectRefused
+        );
+        assert_eq!(of(ErrorKind::TimedOut), UpstreamError::ConnectTimeout);
+        assert_eq!(
+            of(ErrorKind::HostUnreachable),
+            UpstreamError::ConnectNoRoute
+        );
+        assert_eq!(of(ErrorKind::PermissionDenied), UpstreamError::ConnectError);
+        let io = |k| UpstreamError::of_io(&Error::from(k));
+        assert_eq!(io(ErrorKind::ConnectionReset), UpstreamError::Closed);
+        assert_eq!(io(ErrorKind::BrokenPipe), UpstreamError::Closed);
+        assert_eq!(io(ErrorKind::Other), UpstreamError::IoError);
+        assert!(UpstreamError::Closed.broke());
+        assert!(!UpstreamError::ReadTimeout.broke());
+        assert!(!UpstreamError::ProtocolError.broke());
     }
 
     #[test]
@@ -222,18 +238,5 @@ mod tests {
         let body: serde_json::Value = serde_json::from_slice(&ERR_NO_WRITER.body()).unwrap();
         assert_eq!(body["error"], "no_writer");
         assert!(body["message"].as_str().unwrap().contains("writer"));
-    }
-
-    #[test]
-    fn kinds() {
-        assert_eq!(
-            upstream_error_kind(&up(ErrorType::ConnectRefused)),
-            "connect_refused"
-        );
-        assert_eq!(
-            upstream_error_kind(&up(ErrorType::ReadTimedout)),
-            "read_timeout"
-        );
-        assert_eq!(upstream_error_kind(&up(ErrorType::UnknownError)), "other");
     }
 }

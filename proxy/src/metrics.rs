@@ -466,7 +466,7 @@ impl Metrics {
     pub fn render(&self, topology_age: Option<Duration>) -> Vec<u8> {
         self.topology_age
             .set(topology_age.map(|d| d.as_secs_f64()).unwrap_or(0.0));
-        self.in_flight.set(crate::proxy::IN_FLIGHT.sum());
+        self.in_flight.set(crate::forward::IN_FLIGHT.sum());
         // The log writer counts on its own; the counter catches up at scrape time.
         if let Ok(_one_at_a_time) = self.log_lines_catch_up.lock() {
             let dropped = crate::logging::dropped_lines();

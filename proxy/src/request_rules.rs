@@ -4,8 +4,7 @@
 //! second, unseen request gets smuggled to the node. Such requests are refused here with 400
 //! and the connection closes; one pure function, its cases beside it.
 
-use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
-use http::{HeaderMap, Method, Version};
+use http::Method;
 
 /// Why a request was refused (the log's `reason`; the client gets `400 bad_request`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,14 +42,23 @@ impl Refusal {
 
 /// The request as parsed.
 pub struct Request<'a> {
-    pub method: &'a Method,
-    pub version: Version,
-    pub headers: &'a HeaderMap,
+    /// The minor version: 0 for HTTP/1.0, 1 for HTTP/1.1.
+    pub minor: u8,
+    pub headers: &'a [httparse::Header<'a>],
 }
 
-/// The rules that need the bytes as the client sent them, before Pingora's parser sees them
-/// (it rewrites a target with illegal bytes into an escaped one, and drops Content-Length when
-/// Transfer-Encoding is present). `header` is the request line and fields up to and including
+fn fields<'a>(
+    headers: &'a [httparse::Header<'a>],
+    name: &'static str,
+) -> impl Iterator<Item = &'a [u8]> + 'a {
+    headers
+        .iter()
+        .filter(move |h| h.name.eq_ignore_ascii_case(name))
+        .map(|h| h.value)
+}
+
+/// The rules that need the bytes as the client sent them, line by line, before the fields are
+/// parsed. `header` is the request line and fields up to and including
 /// the empty line.
 pub fn check_raw(header: &[u8]) -> Result<RawBody, Refusal> {
     if has_bare_line_feed(header) {
@@ -114,70 +122,175 @@ pub enum RawBody {
 }
 
 /// Where a chunked body that starts at `body[0]` ends (just past its last CRLF), if all of it
-/// is in `body`; `Ok(None)` when more is to come. Strict where parsers are known to differ
-/// (RFC 9112 7.1): a chunk size is 1 to 16 hex digits, an extension holds no control byte,
-/// every line ends in CRLF, chunk data is followed by CRLF. The connection loop uses it on the
-/// bytes it already has, so a malformed body that arrived with its header never reaches a
-/// node, and a request pipelined behind a chunked one is kept for the next turn.
+/// is in `body`; `Ok(None)` when more is to come. The rules are [`Chunked`]'s. The connection
+/// loop uses it on the bytes it already has, so a request pipelined behind a chunked one is
+/// kept for the next turn.
 pub fn chunked_end(body: &[u8]) -> Result<Option<usize>, Refusal> {
-    let mut at = 0;
-    loop {
-        // The chunk-size line.
-        let Some(lf) = memchr::memchr(b'\n', &body[at..]).map(|i| at + i) else {
-            return if body.len() - at > MAX_CHUNK_LINE {
-                Err(Refusal::BadChunk)
-            } else {
-                Ok(None)
+    Chunked::default().feed(body)
+}
+
+/// Follows a chunked body as its bytes pass, in any pieces, to find where it ends. Strict where
+/// parsers are known to differ (RFC 9112 7.1): a chunk size is 1 to 16 hex digits and below
+/// 2^63, an extension starts with `;` and holds no control byte but tab, every line ends in
+/// CRLF, chunk data is followed by CRLF. Used on request bodies (a malformed one is refused,
+/// and never reaches a node whole) and on answers (where one ends decides whether the upstream
+/// connection can be reused).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Chunked {
+    state: ChunkState,
+    /// Bytes of the current size or trailer line so far.
+    line: usize,
+    /// Chunk data bytes so far (what `limits.max_body` limits).
+    data: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum ChunkState {
+    /// In the hex digits of a chunk size (`digits` so far).
+    #[default]
+    SizeStart,
+    Size {
+        digits: u8,
+        size: u64,
+    },
+    Extension {
+        size: u64,
+    },
+    /// The size line's CR is seen; its LF must follow.
+    SizeLf {
+        size: u64,
+    },
+    Data {
+        left: u64,
+    },
+    DataCr,
+    DataLf,
+    /// In a trailer line (`line` bytes so far; 0: at its start).
+    Trailer,
+    /// A trailer line's CR is seen; `empty`: it was the final empty line.
+    TrailerLf {
+        empty: bool,
+    },
+    Done,
+}
+
+impl Chunked {
+    /// Takes the next bytes of the body. `Ok(Some(n))`: the body ended `n` bytes into `bytes`
+    /// (what follows is not part of it); `Ok(None)`: more is to come.
+    pub fn feed(&mut self, bytes: &[u8]) -> Result<Option<usize>, Refusal> {
+        use ChunkState::*;
+        let mut i = 0;
+        while i < bytes.len() {
+            let b = bytes[i];
+            self.state = match self.state {
+                SizeStart | Size { .. } => {
+                    let (digits, size) = match self.state {
+                        Size { digits, size } => (digits, size),
+                        _ => (0, 0),
+                    };
+                    self.line += 1;
+                    match b {
+                        _ if b.is_ascii_hexdigit() => {
+                            if digits == 16 {
+                                return Err(Refusal::BadChunk);
+                            }
+                            let d = (b as char).to_digit(16).unwrap_or(0);
+                            Size {
+                                digits: digits + 1,
+                                size: size << 4 | u64::from(d),
+                            }
+                        }
+                        _ if digits == 0 => return Err(Refusal::BadChunk),
+                        _ if size >= 1 << 63 => return Err(Refusal::BadChunk),
+                        b';' => Extension { size },
+                        b'\r' => SizeLf { size },
+                        _ => return Err(Refusal::BadChunk),
+                    }
+                }
+                Extension { size } => {
+                    self.line += 1;
+                    if self.line > MAX_CHUNK_LINE {
+                        return Err(Refusal::BadChunk);
+                    }
+                    match b {
+                        b'\r' => SizeLf { size },
+                        b'\t' => Extension { size },
+                        _ if b.is_ascii_control() => return Err(Refusal::BadChunk),
+                        _ => Extension { size },
+                    }
+                }
+                SizeLf { size } => {
+                    if b != b'\n' {
+                        return Err(Refusal::BadChunk);
+                    }
+                    self.line = 0;
+                    if size == 0 {
+                        Trailer
+                    } else {
+                        Data { left: size }
+                    }
+                }
+                Data { left } => {
+                    let avail = (bytes.len() - i) as u64;
+                    let take = left.min(avail);
+                    // `take` <= what is left of `bytes`, so it fits a usize.
+                    i += take as usize;
+                    self.data += take;
+                    self.state = if take == left {
+                        DataCr
+                    } else {
+                        Data { left: left - take }
+                    };
+                    continue;
+                }
+                DataCr if b == b'\r' => DataLf,
+                DataLf if b == b'\n' => SizeStart,
+                DataCr | DataLf => return Err(Refusal::BadChunk),
+                Trailer => match b {
+                    b'\r' => TrailerLf {
+                        empty: self.line == 0,
+                    },
+                    b'\n' => return Err(Refusal::BadChunk),
+                    _ => {
+                        self.line += 1;
+                        if self.line > MAX_CHUNK_LINE {
+                            return Err(Refusal::BadChunk);
+                        }
+                        Trailer
+                    }
+                },
+                TrailerLf { empty } => {
+                    if b != b'\n' {
+                        return Err(Refusal::BadChunk);
+                    }
+                    self.line = 0;
+                    if empty {
+                        self.state = Done;
+                        return Ok(Some(i + 1));
+                    }
+                    Trailer
+                }
+                Done => return Ok(Some(i)),
             };
-        };
-        if lf == at || body[lf - 1] != b'\r' || lf - at > MAX_CHUNK_LINE {
-            return Err(Refusal::BadChunk);
-        }
-        let line = &body[at..lf - 1];
-        let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
-        if digits == 0 || digits > 16 {
-            return Err(Refusal::BadChunk);
-        }
-        let ext = &line[digits..];
-        if !ext.is_empty()
-            && (ext[0] != b';' || ext.iter().any(|b| b.is_ascii_control() && *b != b'\t'))
-        {
-            return Err(Refusal::BadChunk);
-        }
-        let size = std::str::from_utf8(&line[..digits])
-            .ok()
-            .and_then(|h| u64::from_str_radix(h, 16).ok())
-            .ok_or(Refusal::BadChunk)?;
-        at = lf + 1;
-        if size == 0 {
-            // Trailer fields, then the empty line.
-            loop {
-                let Some(lf) = memchr::memchr(b'\n', &body[at..]).map(|i| at + i) else {
-                    return Ok(None);
-                };
-                if lf == at || body[lf - 1] != b'\r' {
-                    return Err(Refusal::BadChunk);
-                }
-                let empty = lf == at + 1;
-                at = lf + 1;
-                if empty {
-                    return Ok(Some(at));
-                }
+            if matches!(self.state, Size { .. }) && self.line > MAX_CHUNK_LINE {
+                return Err(Refusal::BadChunk);
             }
+            i += 1;
         }
-        let Some(data_end) = usize::try_from(size).ok().and_then(|n| at.checked_add(n)) else {
-            return Err(Refusal::BadChunk);
-        };
-        let Some(after) = data_end.checked_add(2) else {
-            return Err(Refusal::BadChunk);
-        };
-        if body.len() < after {
-            return Ok(None);
-        }
-        if &body[data_end..after] != b"\r\n" {
-            return Err(Refusal::BadChunk);
-        }
-        at = after;
+        Ok(match self.state {
+            Done => Some(i),
+            _ => None,
+        })
+    }
+
+    /// Chunk data bytes seen so far, without the framing.
+    pub fn data_len(&self) -> u64 {
+        self.data
+    }
+
+    /// Whether the whole body has passed.
+    pub fn is_done(&self) -> bool {
+        self.state == ChunkState::Done
     }
 }
 
@@ -186,23 +299,17 @@ const MAX_CHUNK_LINE: usize = 4096;
 
 /// The rules on the parsed header fields.
 pub fn check(req: &Request) -> Result<(), Refusal> {
-    if req.version == Version::HTTP_11 && req.headers.get_all(HOST).iter().count() != 1 {
+    let hosts = fields(req.headers, "host").count();
+    if hosts > 1 || (req.minor == 1 && hosts != 1) {
         return Err(Refusal::BadHost);
     }
-    if req.headers.get_all(HOST).iter().count() > 1 {
-        return Err(Refusal::BadHost);
-    }
-    let te_count = req.headers.get_all(TRANSFER_ENCODING).iter().count();
-    if te_count > 0 {
-        if req.headers.contains_key(CONTENT_LENGTH) {
+    let mut encodings = fields(req.headers, "transfer-encoding");
+    if let Some(first) = encodings.next() {
+        if fields(req.headers, "content-length").next().is_some() {
             return Err(Refusal::ContentLengthAndChunked);
         }
-        let chunked_once = te_count == 1
-            && req
-                .headers
-                .get(TRANSFER_ENCODING)
-                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"chunked"));
-        if !chunked_once || req.version != Version::HTTP_11 {
+        let chunked_once = encodings.next().is_none() && first.eq_ignore_ascii_case(b"chunked");
+        if !chunked_once || req.minor != 1 {
             return Err(Refusal::BadTransferEncoding);
         }
     }
@@ -211,10 +318,9 @@ pub fn check(req: &Request) -> Result<(), Refusal> {
 
 /// The request's body length from Content-Length: `None` without one; identical repeats count
 /// once (RFC 9110 8.6), anything else is refused.
-pub fn content_length(headers: &HeaderMap) -> Result<Option<u64>, Refusal> {
+pub fn content_length(headers: &[httparse::Header]) -> Result<Option<u64>, Refusal> {
     let mut length = None;
-    for value in headers.get_all(CONTENT_LENGTH) {
-        let bytes = value.as_bytes();
+    for bytes in fields(headers, "content-length") {
         if bytes.is_empty() || bytes.len() > 19 || !bytes.iter().all(u8::is_ascii_digit) {
             return Err(Refusal::BadContentLength);
         }
@@ -255,29 +361,17 @@ fn target_is_valid(method: &Method, target: &[u8]) -> bool {
 mod tests {
     use super::*;
 
-    fn headers(fields: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in fields {
-            h.append(
-                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                http::HeaderValue::from_str(v).unwrap(),
-            );
-        }
-        h
-    }
+    use crate::h1::test_fields as headers;
 
-    fn run(method: &str, version: Version, fields: &[(&str, &str)]) -> Result<(), Refusal> {
-        let method = Method::from_bytes(method.as_bytes()).unwrap();
-        let h = headers(fields);
+    fn run(_method: &str, minor: u8, fields: &[(&str, &str)]) -> Result<(), Refusal> {
         check(&Request {
-            method: &method,
-            version,
-            headers: &h,
+            minor,
+            headers: &headers(fields),
         })
     }
 
-    const V11: Version = Version::HTTP_11;
-    const V10: Version = Version::HTTP_10;
+    const V11: u8 = 1;
+    const V10: u8 = 0;
 
     #[test]
     fn rules_on_the_fields() {
@@ -285,12 +379,7 @@ mod tests {
         let host = ("Host", "x");
         let cl = |n| ("Content-Length", n);
         let te = |v| ("Transfer-Encoding", v);
-        type Case<'a> = (
-            &'a str,
-            Version,
-            &'a [(&'a str, &'a str)],
-            Result<(), Refusal>,
-        );
+        type Case<'a> = (&'a str, u8, &'a [(&'a str, &'a str)], Result<(), Refusal>);
         let cases: &[Case] = &[
             ("GET", V11, &[host], Ok(())),
             ("GET", V10, &[], Ok(())),
@@ -468,6 +557,44 @@ mod tests {
     fn identical_lengths_are_one_length() {
         let h = headers(&[("Content-Length", "10"), ("Content-Length", "10")]);
         assert_eq!(content_length(&h), Ok(Some(10)));
-        assert_eq!(content_length(&HeaderMap::new()), Ok(None));
+        assert_eq!(content_length(&[]), Ok(None));
+    }
+
+    #[test]
+    fn a_chunked_body_is_followed_in_any_pieces() {
+        let body = b"3;x=1\r\nabc\r\n10\r\n0123456789abcdef\r\n0\r\nX-T: 1\r\n\r\nNEXT";
+        let end = body.len() - 4;
+        assert_eq!(chunked_end(body), Ok(Some(end)));
+        for split in 0..=body.len() {
+            let mut c = Chunked::default();
+            let (a, b) = body.split_at(split);
+            let got = match c.feed(a) {
+                Ok(Some(n)) => Some(n),
+                Ok(None) => c.feed(b).unwrap().map(|n| n + split),
+                Err(e) => panic!("{split}: {e:?}"),
+            };
+            assert_eq!(got, Some(end), "split at {split}");
+        }
+        // One byte at a time.
+        let mut c = Chunked::default();
+        let mut ended = None;
+        for (i, b) in body.iter().enumerate() {
+            if let Some(n) = c.feed(std::slice::from_ref(b)).unwrap() {
+                ended = Some(i + n);
+                break;
+            }
+        }
+        assert_eq!(ended, Some(end));
+        assert!(c.is_done());
+        assert_eq!(c.data_len(), 3 + 16);
+    }
+
+    #[test]
+    fn a_chunk_size_line_without_its_end_is_refused_past_its_limit() {
+        let mut line = b"1;".to_vec();
+        line.extend(std::iter::repeat_n(b'x', MAX_CHUNK_LINE));
+        assert_eq!(chunked_end(&line), Err(Refusal::BadChunk));
+        let long_size = vec![b'0'; 40];
+        assert_eq!(chunked_end(&long_size), Err(Refusal::BadChunk));
     }
 }

@@ -7,7 +7,7 @@
 //! methods fall to `default`.
 
 use http::header::HeaderName;
-use http::{HeaderMap, Method};
+use http::Method;
 
 use crate::config::{RoutingConfig, Target};
 use crate::topology::TopologySnapshot;
@@ -164,7 +164,7 @@ impl RoutingTable {
 pub fn route(
     method: &Method,
     path: &str,
-    headers: &HeaderMap,
+    headers: &[httparse::Header],
     table: &RoutingTable,
     topology: &TopologySnapshot,
 ) -> RouteTarget {
@@ -172,9 +172,8 @@ pub fn route(
     if target == Target::Writer {
         return RouteTarget::Writer;
     }
-    let strong = headers
-        .get(&table.consistency_header)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"strong"));
+    let strong = crate::h1::field(headers, table.consistency_header.as_str())
+        .is_some_and(|v| v.eq_ignore_ascii_case(b"strong"));
     if strong {
         return RouteTarget::WriterRead(WriterReadReason::Strong);
     }
@@ -240,16 +239,7 @@ mod tests {
         Method::from_bytes(s.as_bytes()).unwrap()
     }
 
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.insert(
-                HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                v.parse().unwrap(),
-            );
-        }
-        h
-    }
+    use crate::h1::test_fields as headers;
 
     use RouteTarget::*;
     use WriterReadReason::*;
@@ -258,7 +248,7 @@ mod tests {
     fn default_method_map() {
         let t = table("");
         let tp = topo(true, 2);
-        let none = HeaderMap::new();
+        let none: Vec<httparse::Header> = Vec::new();
         let cases: &[(&str, RouteTarget)] = &[
             ("PUT", Writer),
             ("POST", Writer),
@@ -285,7 +275,7 @@ mod tests {
             "routing: { methods: { get: writer, propfind: readers, Put: any }, default: any }",
         );
         let tp = topo(true, 1);
-        let none = HeaderMap::new();
+        let none: Vec<httparse::Header> = Vec::new();
         let cases: &[(&str, RouteTarget)] = &[
             ("GET", Writer),
             ("PROPFIND", Readers),
@@ -313,7 +303,7 @@ routing:
 "#,
         );
         let tp = topo(true, 2);
-        let none = HeaderMap::new();
+        let none: Vec<httparse::Header> = Vec::new();
         let cases: &[(&str, &str, RouteTarget)] = &[
             ("POST", "/api/search", Readers),
             ("POST", "/api/search/deep?q=1", Readers),
@@ -387,7 +377,7 @@ routing:
 
     #[test]
     fn reads_fall_back_to_the_writer_without_readers() {
-        let none = HeaderMap::new();
+        let none: Vec<httparse::Header> = Vec::new();
         let get = m("GET");
         let on = table("");
         assert_eq!(
@@ -410,7 +400,7 @@ routing:
 
     #[test]
     fn writer_serves_reads_makes_the_writer_a_reader() {
-        let none = HeaderMap::new();
+        let none: Vec<httparse::Header> = Vec::new();
         let get = m("GET");
         let t = table("routing: { writer_serves_reads: true, reads_fall_back_to_writer: false }");
         assert_eq!(route(&get, "/", &none, &t, &topo(true, 0)), Readers);
@@ -423,7 +413,7 @@ routing:
 
     #[test]
     fn any_uses_every_node() {
-        let none = HeaderMap::new();
+        let none: Vec<httparse::Header> = Vec::new();
         let t = table("routing: { default: any, reads_fall_back_to_writer: false }");
         assert_eq!(route(&m("GET"), "/", &none, &t, &topo(true, 0)), Any);
         assert_eq!(route(&m("GET"), "/", &none, &t, &topo(false, 1)), Any);
@@ -435,7 +425,7 @@ routing:
 
     #[test]
     fn no_topology_yet() {
-        let none = HeaderMap::new();
+        let none: Vec<httparse::Header> = Vec::new();
         let t = table("");
         let tp = TopologySnapshot::none();
         assert_eq!(route(&m("PUT"), "/", &none, &t, &tp), Writer);

@@ -11,25 +11,14 @@ use pingora_core::server::{ListenFds, RunArgs, Server, ShutdownWatch};
 use pingora_core::services::background::background_service;
 use pingora_core::services::listening::Service;
 use pingora_core::services::{ServiceReadyNotifier, ServiceWithDependents};
-use pingora_proxy::http_proxy;
 
 use crate::admin::Admin;
 use crate::config::ProxyConfig;
 use crate::control::Control;
 use crate::downstream::{self, ClientEdge, ClientRules, Downstream, RulesSource};
+use crate::forward::Forwarder;
 use crate::metrics::Metrics;
-use crate::proxy::RwProxy;
 use crate::state::Shared;
-
-/// Attempts per request in Pingora's proxy loop. Each one is bounded by our own rules (reads by
-/// `failover.read_retries`, writes by the hold's `failover.hold_writes` deadline); this only has
-/// to be high enough that a write refused by a not-yet-promoted writer (sent again after each
-/// backoff of the hold) is not cut off before its hold deadline.
-const MAX_ATTEMPTS: usize = 64;
-
-/// Idle upstream connections kept for reuse by each worker, over all upstreams. Pingora's
-/// default (128) is short for a few hundred client connections spread over a handful of nodes.
-const UPSTREAM_POOL_SIZE: usize = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -116,7 +105,6 @@ impl ClientEdge for Edge {
         let config = &self.0.load().settings.config;
         ClientRules {
             header_timeout: config.timeouts.client_header,
-            body_timeout: config.timeouts.client_body,
             max_header_bytes: config.limits.max_header_bytes,
         }
     }
@@ -142,8 +130,6 @@ pub fn run(
 
     let conf = ServerConf {
         threads: config.threads,
-        upstream_keepalive_pool_size: UPSTREAM_POOL_SIZE,
-        max_retries: MAX_ATTEMPTS,
         // Every service gets single-threaded runtimes: one per worker (workers.rs), and one
         // each for admin and control.
         work_stealing: false,
@@ -160,14 +146,13 @@ pub fn run(
     let shared = Shared::new(config.clone(), metrics);
     let listening = Arc::new(AtomicBool::new(false));
 
-    // One service per worker, each with one thread, its own listener and its own Pingora
-    // request handling (and with it its own upstream connection pool); downstream.rs says
-    // why the listener is ours.
+    // One service per worker, each with one thread, its own listener, its own request handling
+    // and its own upstream connection pool (pool.rs).
     let workers: Vec<_> = client_listeners
         .into_iter()
         .enumerate()
         .map(|(i, listener)| {
-            let app = http_proxy(&server.configuration, RwProxy::new(shared.clone(), i));
+            let app = Forwarder::new(shared.clone(), i);
             let rules: RulesSource = Arc::new(Edge(shared.clone()));
             let mut worker = background_service(
                 &format!("rw-proxy worker {i}"),

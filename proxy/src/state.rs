@@ -9,7 +9,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use pingora_core::upstreams::peer::HttpPeer;
 use tokio::sync::watch;
 
 use crate::balance::{Balancer, HasStats};
@@ -33,12 +32,10 @@ impl Settings {
     }
 }
 
-/// An upstream with its Pingora peer prepared (timeouts, pool settings): per request the peer
-/// is only cloned.
+/// A node a request can go to, and whether it is the writer.
 #[derive(Debug, Clone)]
 pub struct Backend {
     pub upstream: Upstream,
-    pub peer: HttpPeer,
     pub is_writer: bool,
 }
 
@@ -49,19 +46,9 @@ impl HasStats for Backend {
 }
 
 impl Backend {
-    fn new(upstream: &Upstream, is_writer: bool, settings: &Settings) -> Backend {
-        let t = &settings.config.timeouts;
-        // Plain HTTP/1.1 to upstreams: pingora only retries non-idempotent requests on some
-        // HTTP/2 errors, and writes must never be replayed.
-        let mut peer = HttpPeer::new(upstream.socket, false, String::new());
-        peer.options.set_http_version(1, 1);
-        peer.options.connection_timeout = Some(t.connect);
-        peer.options.read_timeout = Some(t.read);
-        peer.options.write_timeout = Some(t.write);
-        peer.options.idle_timeout = Some(t.idle_upstream);
+    fn new(upstream: &Upstream, is_writer: bool) -> Backend {
         Backend {
             upstream: upstream.clone(),
-            peer,
             is_writer,
         }
     }
@@ -82,14 +69,8 @@ pub struct Active {
 
 impl Active {
     fn build(settings: Arc<Settings>, topology: Arc<TopologySnapshot>) -> Active {
-        let writer = topology
-            .writer
-            .as_ref()
-            .map(|w| Backend::new(w, true, &settings));
-        let readers = topology
-            .readers
-            .iter()
-            .map(|r| Backend::new(r, false, &settings));
+        let writer = topology.writer.as_ref().map(|w| Backend::new(w, true));
+        let readers = topology.readers.iter().map(|r| Backend::new(r, false));
         let read_pool: Box<[Backend]> = if settings.config.routing.writer_serves_reads {
             readers.clone().chain(writer.clone()).collect()
         } else {
@@ -310,8 +291,8 @@ mod tests {
         assert_eq!(a.any_pool.len(), 3);
         assert!(a.writer.as_ref().unwrap().is_writer);
         assert_eq!(
-            a.writer.as_ref().unwrap().peer.options.connection_timeout,
-            Some(std::time::Duration::from_secs(1))
+            a.settings.config.timeouts.connect,
+            std::time::Duration::from_secs(1)
         );
 
         let cfg = ProxyConfig::from_yaml_str(
@@ -323,8 +304,8 @@ mod tests {
         assert_eq!(b.read_pool.len(), 3);
         assert!(Arc::ptr_eq(&a.topology, &b.topology));
         assert_eq!(
-            b.writer.as_ref().unwrap().peer.options.connection_timeout,
-            Some(std::time::Duration::from_millis(250))
+            b.settings.config.timeouts.connect,
+            std::time::Duration::from_millis(250)
         );
         // The old view stays valid for requests that hold it.
         assert_eq!(a.read_pool.len(), 2);
