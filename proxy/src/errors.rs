@@ -80,6 +80,11 @@ pub const ERR_UPSTREAM_TIMEOUT: ProxyError = ProxyError::new(
     "upstream_timeout",
     "the upstream node did not answer in time",
 );
+pub const ERR_UPGRADE_REFUSED: ProxyError = ProxyError::new(
+    400,
+    "upgrade_refused",
+    "this proxy does not switch protocols (WebSocket and the like); send plain HTTP/1.1",
+);
 pub const ERR_BAD_REQUEST: ProxyError =
     ProxyError::new(400, "bad_request", "the request could not be read");
 pub const ERR_REQUEST_TIMEOUT: ProxyError = ProxyError::new(

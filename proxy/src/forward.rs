@@ -313,11 +313,18 @@ impl Forwarder {
         }
         let wants_keep = h1::client_keeps_alive(minor, headers);
         let body_complete_now = !chunked && declared.unwrap_or(0) as usize <= body.len();
-        if let RouteTarget::NoUpstream(_) = route {
-            let keep = wants_keep && body_complete_now;
-            self.answer(client, &errors::ERR_NO_UPSTREAM, Some(request_id), keep)
-                .await;
-            finish(&life, &active, 503);
+        let refusal = if h1::asks_upgrade(headers) {
+            Some(errors::ERR_UPGRADE_REFUSED)
+        } else if let RouteTarget::NoUpstream(_) = route {
+            Some(errors::ERR_NO_UPSTREAM)
+        } else {
+            None
+        };
+        if let Some(err) = refusal {
+            // A well-formed request: the connection goes on if nothing of it is left unread.
+            let keep = wants_keep && body_complete_now && !*shutdown.borrow();
+            self.answer(client, &err, Some(request_id), keep).await;
+            finish(&life, &active, err.status);
             return Served { keep, next: None };
         }
 

@@ -89,6 +89,19 @@ pub fn expects_continue(headers: &[httparse::Header]) -> bool {
     field(headers, "expect").is_some_and(|v| v.trim_ascii().eq_ignore_ascii_case(b"100-continue"))
 }
 
+/// Whether the request asks to switch to another protocol this proxy would have to tunnel (a
+/// WebSocket handshake). An `h2c` offer alone is not such a request: a server may ignore an
+/// upgrade it does not want (RFC 9110 7.8), and the request is served over HTTP/1.1.
+pub fn asks_upgrade(headers: &[httparse::Header]) -> bool {
+    has_token(headers, b"upgrade")
+        && headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("upgrade"))
+            .flat_map(|h| h.value.split(|b| *b == b','))
+            .map(<[u8]>::trim_ascii)
+            .any(|p| !p.is_empty() && !p.eq_ignore_ascii_case(b"h2c"))
+}
+
 /// The path of a request target (origin-form or absolute-form), without its query.
 pub fn path_of(target: &str) -> &str {
     let rest = match target.find("://") {
@@ -458,6 +471,23 @@ mod tests {
             1,
             &hs(&[("Connection", "keep-alive"), ("Connection", " close ")])
         ));
+    }
+
+    #[test]
+    fn an_upgrade_to_tunnel_is_told_from_an_h2c_offer() {
+        let ws = [("Connection", "Upgrade"), ("Upgrade", "websocket")];
+        assert!(asks_upgrade(&hs(&ws)));
+        assert!(asks_upgrade(&hs(&[
+            ("Connection", "keep-alive, upgrade"),
+            ("Upgrade", "h2c, websocket")
+        ])));
+        assert!(!asks_upgrade(&hs(&[
+            ("Connection", "Upgrade, HTTP2-Settings"),
+            ("Upgrade", "h2c")
+        ])));
+        // Without `Connection: upgrade` the field is not a request to switch.
+        assert!(!asks_upgrade(&hs(&[("Upgrade", "websocket")])));
+        assert!(!asks_upgrade(&hs(&[("Connection", "upgrade")])));
     }
 
     #[test]

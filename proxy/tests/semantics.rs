@@ -492,3 +492,36 @@ async fn an_upstream_that_answers_before_the_body_is_passed_on_and_not_reused() 
         "the connection with a request body still owed was reused"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_is_refused_and_an_h2c_offer_is_not_passed_on() {
+    let (backend, proxy) = setup().await;
+    let mut c = Client::open(proxy.addr).await;
+    c.send(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        .await;
+    let a = c.answer(false).await.expect("answered");
+    assert_eq!(a.status, 400, "{}", a.head);
+    assert!(
+        String::from_utf8_lossy(&a.body).contains("upgrade_refused"),
+        "{}",
+        String::from_utf8_lossy(&a.body)
+    );
+    assert!(
+        backend.request("/ws").is_none(),
+        "the handshake reached the node"
+    );
+    // The connection goes on, and an h2c offer is served as plain HTTP/1.1.
+    c.send(b"GET /after HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n")
+        .await;
+    let a = c.answer(false).await.expect("answered");
+    assert_eq!(
+        (a.status, a.body.as_slice()),
+        (200, &b"ok"[..]),
+        "{}",
+        a.head
+    );
+    let (head, _) = backend.request("/after").expect("arrived");
+    let head = head.to_ascii_lowercase();
+    assert!(!head.contains("upgrade"), "{head}");
+    assert!(!head.contains("http2-settings"), "{head}");
+}
