@@ -27,7 +27,7 @@
 //! HA followers run none of this: they publish the recorded writer (re-read every
 //! `ha.retry_period`) with their own pod watch's readiness.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -46,9 +46,9 @@ use crate::http::HttpClient;
 use crate::kube_actions::KubeActions;
 use crate::leader::LeaderState;
 use crate::metrics::Metrics;
-use crate::probe::{HealthTable, NodeKey, Prober};
+use crate::probe::{HealthTable, Prober};
 use crate::promotion::{fetch_progress, CheckResult, Promoter};
-use crate::publish::{build_topology, NodeView, TopologyHub};
+use crate::publish::{node_key, Publisher, TopologyHub};
 use crate::store::{RecordStore, StoreError};
 use crate::topology::{push_history, HistoryEntry, Switchover, Topology};
 
@@ -163,7 +163,7 @@ pub struct Engine {
     prober: Prober,
     promoter: Promoter,
     client: HttpClient,
-    hub: Arc<TopologyHub>,
+    publisher: Publisher,
     metrics: Arc<Metrics>,
     switch_rx: mpsc::Receiver<SwitchoverCmd>,
     leader: watch::Receiver<LeaderState>,
@@ -185,7 +185,6 @@ pub struct Engine {
     /// The reason the last due change was not carried out (logged once per episode).
     blocked: Option<String>,
     last_wait: Option<String>,
-    ready_gauges: HashSet<String>,
     clients: Arc<ClientRegistry>,
     drain: Arc<DrainBarrier>,
     drain_rx: watch::Receiver<Option<Barrier>>,
@@ -193,8 +192,6 @@ pub struct Engine {
     /// When this process first saw the published writer lost (for the history's time without a
     /// writer); cleared once a writer is recorded again.
     lost_at: Option<Instant>,
-    /// The node `writer_election_writer` has a series for.
-    writer_gauge: Option<String>,
 }
 
 /// How long a node whose promotion failed is skipped by automatic elections.
@@ -213,6 +210,12 @@ impl Engine {
         );
         let promoter = Promoter::new(d.cfg.promotion.clone(), d.client.clone());
         let (check_tx, check_rx) = mpsc::channel(1);
+        let publisher = Publisher::new(
+            d.hub,
+            d.metrics.clone(),
+            d.membership.clone(),
+            table.clone(),
+        );
         Engine {
             policy: d.cfg.policy(),
             need_reload: d.initial.is_none(),
@@ -225,7 +228,7 @@ impl Engine {
             prober,
             promoter,
             client: d.client,
-            hub: d.hub,
+            publisher,
             metrics: d.metrics,
             switch_rx: d.switch_rx,
             leader: d.leader,
@@ -243,13 +246,11 @@ impl Engine {
             retry_at: None,
             blocked: None,
             last_wait: None,
-            ready_gauges: HashSet::new(),
             drain_rx: d.drain.subscribe(),
             clients: d.clients,
             drain: d.drain,
             draining: None,
             lost_at: None,
-            writer_gauge: None,
         }
     }
 
@@ -386,11 +387,7 @@ impl Engine {
         m.nodes
             .iter()
             .map(|n| {
-                let key = NodeKey {
-                    name: n.name.clone(),
-                    address: n.address.clone(),
-                    uid: n.uid.clone(),
-                };
+                let key = node_key(n);
                 ObservedNode {
                     name: n.name.clone(),
                     address: n.address.clone(),
@@ -954,85 +951,24 @@ impl Engine {
         Ok(())
     }
 
-    /// Publishes the record with this replica's view of the nodes.
+    /// Publishes the record with this replica's view of the nodes. The leader also points the
+    /// writer watchdog at the writer and labels the pods: both follow what was published.
     fn publish(&mut self, leading: bool) {
         let Some(rec) = self.recorded.clone() else {
             return;
         };
-        let m: Arc<Membership> = self.membership.borrow().clone();
-        let views: Vec<NodeView> = m
-            .nodes
-            .iter()
-            .map(|n| {
-                let ready = n.running
-                    && if leading {
-                        self.table.get(&NodeKey {
-                            name: n.name.clone(),
-                            address: n.address.clone(),
-                            uid: n.uid.clone(),
-                        }) == Health::Ready
-                    } else {
-                        n.pod_ready.unwrap_or(false)
-                    };
-                NodeView {
-                    name: n.name.clone(),
-                    address: n.address.clone(),
-                    uid: n.uid.clone(),
-                    ready,
-                }
-            })
-            .collect();
-        self.hub.set_history(&rec.history);
-        let mut doc = build_topology(&rec, &views);
-        doc.switchover = self.draining.as_ref().map(|d| Switchover {
+        let switchover = self.draining.as_ref().map(|d| Switchover {
             id: d.id,
             state: "draining".into(),
             from: d.from.clone(),
             to: d.target.name.clone(),
         });
-        if let Some(t) = self.hub.publish(doc) {
-            debug!(revision = t.revision, epoch = t.epoch, writer = ?t.writer.as_ref().map(|w| &w.name), "published topology");
-            self.metrics.topology_revision.set(t.revision as i64);
-        }
-        self.metrics.epoch.set(rec.epoch as i64);
-        self.metrics
-            .has_writer
-            .set(i64::from(rec.writer().is_some()));
-        let writer_name = rec.writer().map(|h| h.name.as_str());
-        if self.writer_gauge.as_deref() != writer_name {
-            if let Some(old) = self.writer_gauge.take() {
-                let _ = self.metrics.writer.remove_label_values(&[old.as_str()]);
-            }
-            if let Some(name) = writer_name {
-                self.metrics.writer.with_label_values(&[name]).set(1);
-            }
-            self.writer_gauge = writer_name.map(str::to_string);
-        }
-        let mut present = HashSet::new();
-        for v in &views {
-            self.metrics
-                .node_ready
-                .with_label_values(&[v.name.as_str()])
-                .set(i64::from(v.ready));
-            present.insert(v.name.clone());
-        }
-        for gone in self.ready_gauges.difference(&present) {
-            let _ = self
-                .metrics
-                .node_ready
-                .remove_label_values(&[gone.as_str()]);
-        }
-        self.ready_gauges = present;
-
+        let m = self.publisher.publish(&rec, leading, switchover);
         if leading {
             let writer_key = rec.writer().and_then(|h| {
                 m.get(&h.name)
                     .filter(|n| n.running && (h.uid.is_none() || n.uid == h.uid))
-                    .map(|n| NodeKey {
-                        name: n.name.clone(),
-                        address: n.address.clone(),
-                        uid: n.uid.clone(),
-                    })
+                    .map(node_key)
             });
             self.prober.watch(writer_key.as_ref());
             if let Some(k) = &self.kube {
@@ -1137,8 +1073,8 @@ impl Engine {
         };
         self.publish(true);
         let outcome = match result {
-            Ok(true) => SwitchoverOutcome::Switched(self.hub.current()),
-            Ok(false) => SwitchoverOutcome::Unchanged(self.hub.current()),
+            Ok(true) => SwitchoverOutcome::Switched(self.publisher.hub().current()),
+            Ok(false) => SwitchoverOutcome::Unchanged(self.publisher.hub().current()),
             Err(e) => SwitchoverOutcome::Failed(e),
         };
         self.reply_switchover(cmd.reply, outcome);
@@ -1250,8 +1186,12 @@ impl Engine {
                 if let Some(d) = self.end_drain() {
                     self.publish(true);
                     let outcome = match result {
-                        SwitchResult::Switched => SwitchoverOutcome::Switched(self.hub.current()),
-                        SwitchResult::Unchanged => SwitchoverOutcome::Unchanged(self.hub.current()),
+                        SwitchResult::Switched => {
+                            SwitchoverOutcome::Switched(self.publisher.hub().current())
+                        }
+                        SwitchResult::Unchanged => {
+                            SwitchoverOutcome::Unchanged(self.publisher.hub().current())
+                        }
                         SwitchResult::Other(o) => o,
                     };
                     if let SwitchoverOutcome::Failed(e) | SwitchoverOutcome::Rejected(e) = &outcome

@@ -1,18 +1,24 @@
 //! The published topology: built from the record and the observed nodes, held as an immutable
-//! snapshot on a watch channel (blocking queries wait on it).
+//! snapshot on a watch channel (blocking queries wait on it), and the gauges that describe the
+//! published document ([`Publisher`]).
 //!
 //! `revision` is `max(previous + 1, unix milliseconds)`: it grows on every change, and it also
 //! grows across a restart of the service, so a proxy's `after=<rev>` from before the restart never
 //! hides a newer document. A query whose `after` is above the current revision (another replica's
 //! or an older process's numbering) is answered at once so the client resynchronises.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::sync::watch;
+use tracing::debug;
 
-use crate::decision::{natural_cmp, Recorded};
-use crate::topology::{HistoryEntry, NodeRef, NodeStatus, Role, Topology};
+use crate::decision::{natural_cmp, Health, Recorded};
+use crate::discovery::{DiscoveredNode, Membership, MembershipRx};
+use crate::metrics::Metrics;
+use crate::probe::{HealthTable, NodeKey};
+use crate::topology::{HistoryEntry, NodeRef, NodeStatus, Role, Switchover, Topology};
 
 /// A node as the topology shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,6 +27,44 @@ pub struct NodeView {
     pub address: String,
     pub uid: Option<String>,
     pub ready: bool,
+}
+
+/// What a node is probed as.
+pub fn node_key(n: &DiscoveredNode) -> NodeKey {
+    NodeKey {
+        name: n.name.clone(),
+        address: n.address.clone(),
+        uid: n.uid.clone(),
+    }
+}
+
+/// Where this replica's view of a node's readiness comes from.
+#[derive(Clone, Copy)]
+pub enum Readiness<'a> {
+    /// The leader's own probe verdicts.
+    Probes(&'a HealthTable),
+    /// The pods' Ready condition: a follower does not probe.
+    PodCondition,
+}
+
+/// The nodes as this replica shows them; a node that is not running is never ready.
+pub fn node_views(m: &Membership, readiness: Readiness<'_>) -> Vec<NodeView> {
+    m.nodes
+        .iter()
+        .map(|n| {
+            let ready = n.running
+                && match readiness {
+                    Readiness::Probes(table) => table.get(&node_key(n)) == Health::Ready,
+                    Readiness::PodCondition => n.pod_ready.unwrap_or(false),
+                };
+            NodeView {
+                name: n.name.clone(),
+                address: n.address.clone(),
+                uid: n.uid.clone(),
+                ready,
+            }
+        })
+        .collect()
 }
 
 /// The document for `rec` and `nodes` (revision and time are set by [`TopologyHub::publish`]).
@@ -155,6 +199,105 @@ impl TopologyHub {
     }
 }
 
+/// Publishes this replica's view on the hub and keeps the gauges in step with it. The labelled
+/// gauges have one series per writer and per node: a series is removed when its node or writer
+/// goes, so a dashboard never shows a gone node as ready or two writers.
+pub struct Publisher {
+    hub: Arc<TopologyHub>,
+    metrics: Arc<Metrics>,
+    membership: MembershipRx,
+    table: Arc<HealthTable>,
+    /// The node `writer_election_writer` has a series for.
+    writer_gauge: Option<String>,
+    /// The nodes `writer_election_node_ready` has a series for.
+    ready_gauges: HashSet<String>,
+}
+
+impl Publisher {
+    pub fn new(
+        hub: Arc<TopologyHub>,
+        metrics: Arc<Metrics>,
+        membership: MembershipRx,
+        table: Arc<HealthTable>,
+    ) -> Self {
+        Publisher {
+            hub,
+            metrics,
+            membership,
+            table,
+            writer_gauge: None,
+            ready_gauges: HashSet::new(),
+        }
+    }
+
+    pub fn hub(&self) -> &TopologyHub {
+        &self.hub
+    }
+
+    /// Publishes `rec` with the nodes as this replica sees them (`leading`: its probe verdicts,
+    /// else the pods' Ready condition) and the running switchover, if any. Returns the node list
+    /// it showed, for the leader's follow-ups.
+    pub fn publish(
+        &mut self,
+        rec: &Recorded,
+        leading: bool,
+        switchover: Option<Switchover>,
+    ) -> Arc<Membership> {
+        let m: Arc<Membership> = self.membership.borrow().clone();
+        let readiness = if leading {
+            Readiness::Probes(&self.table)
+        } else {
+            Readiness::PodCondition
+        };
+        let nodes = node_views(&m, readiness);
+        self.hub.set_history(&rec.history);
+        let mut doc = build_topology(rec, &nodes);
+        doc.switchover = switchover;
+        if let Some(t) = self.hub.publish(doc) {
+            debug!(revision = t.revision, epoch = t.epoch, writer = ?t.writer.as_ref().map(|w| &w.name), "published topology");
+            self.metrics.topology_revision.set(t.revision as i64);
+        }
+        self.metrics.epoch.set(rec.epoch as i64);
+        self.metrics
+            .has_writer
+            .set(i64::from(rec.writer().is_some()));
+        self.set_writer_gauge(rec.writer().map(|h| h.name.as_str()));
+        self.set_ready_gauges(&nodes);
+        m
+    }
+
+    fn set_writer_gauge(&mut self, writer: Option<&str>) {
+        if self.writer_gauge.as_deref() == writer {
+            return;
+        }
+        if let Some(old) = self.writer_gauge.take() {
+            let _ = self.metrics.writer.remove_label_values(&[old.as_str()]);
+        }
+        if let Some(name) = writer {
+            self.metrics.writer.with_label_values(&[name]).set(1);
+        }
+        self.writer_gauge = writer.map(str::to_string);
+    }
+
+    fn set_ready_gauges(&mut self, nodes: &[NodeView]) {
+        let mut present = HashSet::new();
+        for v in nodes {
+            self.metrics
+                .node_ready
+                .with_label_values(&[v.name.as_str()])
+                .set(i64::from(v.ready));
+            present.insert(v.name.clone());
+        }
+        for gone in self.ready_gauges.difference(&present) {
+            let _ = self
+                .metrics
+                .node_ready
+                .remove_label_values(&[gone.as_str()]);
+        }
+        self.ready_gauges = present;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -248,5 +391,147 @@ mod tests {
             .unwrap();
         assert!(b.revision > a.revision);
         assert_eq!(hub.current().revision, b.revision);
+    }
+
+    fn discovered(name: &str, running: bool, pod_ready: Option<bool>) -> DiscoveredNode {
+        DiscoveredNode {
+            name: name.into(),
+            address: format!("{name}:80"),
+            uid: None,
+            running,
+            created: None,
+            pod_ready,
+            role_label: None,
+        }
+    }
+
+    #[test]
+    fn views_show_the_pod_condition_on_a_follower_and_the_probes_on_the_leader() {
+        let m = Membership::new(vec![
+            discovered("n-1", true, Some(true)),
+            discovered("n-2", false, Some(true)),
+            discovered("n-3", true, None),
+        ]);
+        let ready = |views: Vec<NodeView>| -> Vec<(String, bool)> {
+            views.into_iter().map(|v| (v.name, v.ready)).collect()
+        };
+        assert_eq!(
+            ready(node_views(&m, Readiness::PodCondition)),
+            vec![
+                ("n-1".to_string(), true),
+                ("n-2".to_string(), false),
+                ("n-3".to_string(), false)
+            ]
+        );
+        // Nothing probed yet: the leader shows no node ready, whatever the pods say.
+        let table = HealthTable::default();
+        assert!(node_views(&m, Readiness::Probes(&table))
+            .iter()
+            .all(|v| !v.ready));
+    }
+
+    fn series(metrics: &Metrics, name: &str) -> Vec<String> {
+        metrics
+            .render()
+            .lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// A follower's publisher (readiness from the pods' condition), and its node list.
+    fn publisher(metrics: Arc<Metrics>) -> (Publisher, crate::discovery::MembershipTx) {
+        let (tx, rx) = crate::discovery::channel();
+        let p = Publisher::new(
+            Arc::new(TopologyHub::new()),
+            metrics,
+            rx,
+            Arc::new(HealthTable::default()),
+        );
+        (p, tx)
+    }
+
+    fn nodes(tx: &crate::discovery::MembershipTx, ready: &[(&str, bool)]) {
+        tx.send_replace(Arc::new(Membership::new(
+            ready
+                .iter()
+                .map(|(n, r)| discovered(n, true, Some(*r)))
+                .collect(),
+        )));
+    }
+
+    #[test]
+    fn gauges_follow_the_published_document() {
+        let metrics = Arc::new(Metrics::new());
+        let (mut p, tx) = publisher(metrics.clone());
+        nodes(&tx, &[("n-1", true), ("n-2", false)]);
+        p.publish(&rec("n-1", true), false, None);
+        assert_eq!(
+            metrics.topology_revision.get(),
+            p.hub().current().revision as i64
+        );
+        assert_eq!(metrics.epoch.get(), 3);
+        assert_eq!(metrics.has_writer.get(), 1);
+        assert_eq!(
+            series(&metrics, "writer_election_writer"),
+            vec![r#"writer_election_writer{node="n-1"} 1"#]
+        );
+        assert_eq!(
+            series(&metrics, "writer_election_node_ready"),
+            vec![
+                r#"writer_election_node_ready{node="n-1"} 1"#,
+                r#"writer_election_node_ready{node="n-2"} 0"#
+            ]
+        );
+
+        // The writer moves and n-1 goes: one writer series, no series for the gone node.
+        let mut moved = rec("n-2", true);
+        moved.epoch = 4;
+        nodes(&tx, &[("n-2", true)]);
+        p.publish(&moved, false, None);
+        assert_eq!(p.hub().current().epoch, 4);
+        assert_eq!(
+            series(&metrics, "writer_election_writer"),
+            vec![r#"writer_election_writer{node="n-2"} 1"#]
+        );
+        assert_eq!(
+            series(&metrics, "writer_election_node_ready"),
+            vec![r#"writer_election_node_ready{node="n-2"} 1"#]
+        );
+
+        // Suspended: no writer series at all.
+        moved.active = false;
+        p.publish(&moved, false, None);
+        assert_eq!(metrics.has_writer.get(), 0);
+        assert!(series(&metrics, "writer_election_writer").is_empty());
+    }
+
+    #[test]
+    fn the_running_switchover_is_part_of_the_content() {
+        let (mut p, tx) = publisher(Arc::new(Metrics::new()));
+        nodes(&tx, &[("n-1", true), ("n-2", true)]);
+        p.publish(&rec("n-1", true), false, None);
+        let plain = p.hub().current();
+        let draining = Switchover {
+            id: 9,
+            state: "draining".into(),
+            from: "n-1".into(),
+            to: "n-2".into(),
+        };
+        p.publish(&rec("n-1", true), false, Some(draining.clone()));
+        let d = p.hub().current();
+        assert!(d.revision > plain.revision);
+        assert_eq!(d.switchover, Some(draining));
+        p.publish(&rec("n-1", true), false, None);
+        assert_eq!(p.hub().current().switchover, None);
+    }
+
+    #[test]
+    fn the_leader_shows_its_probes_not_the_pod_condition() {
+        let (mut p, tx) = publisher(Arc::new(Metrics::new()));
+        nodes(&tx, &[("n-1", true), ("n-2", true)]);
+        p.publish(&rec("n-1", true), true, None);
+        assert!(p.hub().current().nodes.iter().all(|n| !n.ready));
+        assert!(p.hub().current().readers.is_empty());
     }
 }
