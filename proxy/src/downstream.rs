@@ -223,7 +223,9 @@ pub fn serve<A: Handler>(
                     } else {
                         "headers_too_large"
                     });
-                    refuse(&mut tcp, err).await;
+                    // Boxed, here and below: the refusal's buffers must not be part of
+                    // what every idle connection holds.
+                    Box::pin(refuse(&mut tcp, err)).await;
                     return;
                 }
             };
@@ -231,7 +233,7 @@ pub fn serve<A: Handler>(
                 Err(refusal) => {
                     tracing::debug!(reason = refusal.as_str(), "request refused as sent");
                     rules.refused(refusal.as_str());
-                    refuse(&mut tcp, &errors::ERR_BAD_REQUEST).await;
+                    Box::pin(refuse(&mut tcp, &errors::ERR_BAD_REQUEST)).await;
                     return;
                 }
                 // A pipelined request behind this one is kept for the next turn, so the
@@ -542,6 +544,23 @@ mod tests {
         assert_eq!(answered_on_one_connection(1, 5, false).await, 1);
         // Requests sent together are served one by one, in order.
         assert_eq!(answered_on_one_connection(usize::MAX, 4, true).await, 4);
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_holds_less_than_a_kilobyte() {
+        // What every idle keep-alive connection costs besides its socket is this future (and
+        // tokio's task header): a buffer or a request's state inlined into it by accident is
+        // paid ten thousand times over.
+        let (server, _client) = pair().await;
+        let peer = server.peer_addr().unwrap();
+        let (_tx, rx) = watch();
+        let app = Arc::new(Answer {
+            keep: 1,
+            served: Default::default(),
+        });
+        let conn = serve(app, test_rules(), server, peer, rx);
+        let size = std::mem::size_of_val(&conn);
+        assert!(size < 1024, "an idle connection's future is {size} bytes");
     }
 
     #[tokio::test]
