@@ -1,28 +1,21 @@
-//! The decision loop: observe -> [`decide`] -> act (fence, promote, record) -> publish.
+//! The decision loop: observe -> [`decide`] -> act -> publish.
 //!
 //! One task owns the record and makes every change, so decisions are serialised without locks.
 //! It wakes on whatever can change a decision: the pod list, a probe verdict, a switchover
-//! request, leadership, the API's reachability, or a retry timer. The order of the actions for a
-//! new writer is the safety argument of the whole service:
+//! request, leadership, the API's reachability, or a retry timer. Where to look:
 //!
-//! 1. refuse while the Kubernetes API is unreachable (no failover on API loss) or while not leader;
-//! 2. fence: with `fencing.delete_old_writer_pod`, delete the old writer pod and wait until it is
-//!    gone (it can never be demoted, so it must not live on next to the new writer);
-//! 3. re-read the record: a change by someone else (another leader) means decide again;
-//! 4. promote the new writer (its promotion calls must succeed);
-//! 5. record it (optimistic write: a conflict means decide again), then
-//! 6. publish it (the topology and its revision), then the Event and the pod labels.
+//! - the decision itself is [`decide`] (pure);
+//! - the order of the actions that carry a decision out (re-read the record, fence, promote,
+//!   record, publish) is [`crate::writer_change`]; here a step that failed becomes a retry, a
+//!   penalty or an exclusion of the node, a log line and a metric;
+//! - a planned switchover's states are [`crate::switchover`], its drain barrier
+//!   [`crate::drain`]; here the loop drives them;
+//! - the document and its gauges are [`crate::publish`].
 //!
 //! Every probe interval the published writer is asked `promotion.check` (one GET, off the loop).
 //! A writer that answers it is not the writer (restarted, lost its role) is promoted again at its
-//! own epoch; if that fails it is lost and the next candidate is elected as above. A check
+//! own epoch; if that fails it is lost and the next candidate is elected as usual. A check
 //! without an answer changes nothing: the readiness probes decide about a dead node.
-//!
-//! A planned switchover away from a published writer first drains the proxies (the barrier of
-//! docs/failover.md, state in [`crate::drain`]): it publishes the old writer with
-//! `switchover: draining`, keeps deciding meanwhile (a failing writer abandons the switchover
-//! and is replaced as usual), and once every proxy of the drain set acknowledged (or after
-//! `switchover.drain_timeout`: abort, or with `force` go on) runs steps 1-6 for the target.
 //!
 //! HA followers run none of this: they publish the recorded writer (re-read every
 //! `ha.retry_period`) with their own pod watch's readiness.
@@ -41,72 +34,23 @@ use crate::decision::{
     ObservedNode, Progress, Reason, Recorded, RefusalSpan, Request,
 };
 use crate::discovery::{Membership, MembershipRx};
-use crate::drain::{drain_verdict, Barrier, ClientRegistry, DrainBarrier, DrainVerdict};
+use crate::drain::{Barrier, ClientRegistry, DrainBarrier};
 use crate::http::HttpClient;
 use crate::kube_actions::KubeActions;
 use crate::leader::LeaderState;
 use crate::metrics::Metrics;
 use crate::probe::{HealthTable, Prober};
-use crate::promotion::{fetch_progress, CheckResult, Promoter};
+use crate::promotion::{fetch_progress, CheckResult, Promoter, PromotionError};
 use crate::publish::{node_key, Publisher, TopologyHub};
 use crate::store::{RecordStore, StoreError};
-use crate::topology::{push_history, HistoryEntry, Switchover, Topology};
+use crate::switchover::{
+    abandons_drain, plan_after_drain, plan_request, reply, AfterDrain, RequestPlan, Step,
+    Switchovers,
+};
+use crate::topology::{push_history, HistoryEntry};
+use crate::writer_change::{self, pod_to_fence, Failure, Fence, PodFencer, Steps};
 
-pub struct SwitchoverCmd {
-    pub to: Option<String>,
-    /// Promote even when some proxies did not acknowledge within `switchover.drain_timeout`.
-    pub force: bool,
-    pub reply: oneshot::Sender<SwitchoverOutcome>,
-}
-
-#[derive(Debug)]
-pub enum SwitchoverOutcome {
-    Switched(Arc<Topology>),
-    /// The target already is the writer.
-    Unchanged(Arc<Topology>),
-    /// Not a ready candidate (-> 409).
-    Rejected(String),
-    /// This replica does not decide; the leader's identity if known (-> 503).
-    NotLeader(Option<String>),
-    /// Could not be carried out now (API down, promotion or record failed) (-> 503).
-    Failed(String),
-    /// Some proxies did not acknowledge the drain in time: aborted, the old writer stays (-> 504).
-    DrainTimeout {
-        pending: Vec<String>,
-    },
-    /// Another switchover is draining (-> 409).
-    Busy {
-        running: u64,
-    },
-}
-
-impl SwitchoverOutcome {
-    fn label(&self) -> &'static str {
-        match self {
-            SwitchoverOutcome::Switched(_) => "switched",
-            SwitchoverOutcome::Unchanged(_) => "unchanged",
-            SwitchoverOutcome::Rejected(_) => "rejected",
-            SwitchoverOutcome::NotLeader(_) => "not_leader",
-            SwitchoverOutcome::Failed(_) => "failed",
-            SwitchoverOutcome::DrainTimeout { .. } => "drain_timeout",
-            SwitchoverOutcome::Busy { .. } => "busy",
-        }
-    }
-}
-
-/// A planned switchover waiting for the proxies to drain their writes to the old writer.
-struct Draining {
-    id: u64,
-    from: String,
-    /// Chosen when the switchover began (`to`, or the best candidate then).
-    target: Holder,
-    force: bool,
-    started: Instant,
-    /// How long the proxies took to acknowledge, once they all did (or the drain was forced).
-    drained_in: Option<Duration>,
-    deadline: Instant,
-    reply: oneshot::Sender<SwitchoverOutcome>,
-}
+pub use crate::switchover::{SwitchoverCmd, SwitchoverOutcome};
 
 /// How a switchover that got past its drain ended.
 enum SwitchResult {
@@ -185,10 +129,9 @@ pub struct Engine {
     /// The reason the last due change was not carried out (logged once per episode).
     blocked: Option<String>,
     last_wait: Option<String>,
-    clients: Arc<ClientRegistry>,
-    drain: Arc<DrainBarrier>,
+    /// Woken by the API on every acknowledgement of the running switchover's drain.
     drain_rx: watch::Receiver<Option<Barrier>>,
-    draining: Option<Draining>,
+    switchovers: Switchovers,
     /// When this process first saw the published writer lost (for the history's time without a
     /// writer); cleared once a writer is recorded again.
     lost_at: Option<Instant>,
@@ -197,6 +140,35 @@ pub struct Engine {
 /// How long a node whose promotion failed is skipped by automatic elections.
 fn penalty(cfg: &ElectionConfig) -> Duration {
     (cfg.probe.interval * 10).max(Duration::from_secs(10))
+}
+
+/// Since when the cluster has had no writer, as this process saw it, and how long a drain took.
+struct Outage {
+    since: Option<Instant>,
+    drained_in: Option<Duration>,
+}
+
+/// The history entry for `to` being recorded now.
+fn history_entry(
+    outage: &Outage,
+    from: Option<String>,
+    to: &Holder,
+    epoch: u64,
+    reason: Reason,
+) -> HistoryEntry {
+    let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    HistoryEntry {
+        at: k8s_openapi::jiff::Timestamp::now()
+            .round(k8s_openapi::jiff::Unit::Millisecond)
+            .map(|t| t.to_string())
+            .unwrap_or_default(),
+        from,
+        to: to.name.clone(),
+        epoch,
+        reason: reason.as_str().to_string(),
+        no_writer_ms: outage.since.map(|t| ms(t.elapsed())),
+        drain_ms: outage.drained_in.map(ms),
+    }
 }
 
 impl Engine {
@@ -215,6 +187,13 @@ impl Engine {
             d.metrics.clone(),
             d.membership.clone(),
             table.clone(),
+        );
+        let drain_rx = d.drain.subscribe();
+        let switchovers = Switchovers::new(
+            d.drain,
+            d.clients,
+            d.metrics.clone(),
+            d.cfg.switchover.drain_timeout,
         );
         Engine {
             policy: d.cfg.policy(),
@@ -246,10 +225,8 @@ impl Engine {
             retry_at: None,
             blocked: None,
             last_wait: None,
-            drain_rx: d.drain.subscribe(),
-            clients: d.clients,
-            drain: d.drain,
-            draining: None,
+            drain_rx,
+            switchovers,
             lost_at: None,
         }
     }
@@ -289,27 +266,21 @@ impl Engine {
                 self.lead_round().await;
                 self.advance_switchover().await;
             } else {
-                if self.draining.is_some() {
+                if self.switchovers.current().is_some() {
                     let leader = self.leader.borrow().leader.clone();
-                    self.abandon_switchover(
-                        "lost leadership",
-                        SwitchoverOutcome::NotLeader(leader),
-                    );
+                    self.switchovers
+                        .abandon("lost leadership", SwitchoverOutcome::NotLeader(leader));
                 }
                 self.follow_round().await;
             }
 
             let now = Instant::now();
             let next_penalty = self.penalties.values().filter(|t| **t > now).min().copied();
-            let wake = [
-                self.retry_at,
-                next_penalty,
-                self.draining.as_ref().map(|d| d.deadline),
-            ]
-            .into_iter()
-            .flatten()
-            .min();
-            let draining = self.draining.is_some();
+            let wake = [self.retry_at, next_penalty, self.switchovers.deadline()]
+                .into_iter()
+                .flatten()
+                .min();
+            let draining = self.switchovers.current().is_some();
             let valid_until = self.leader.borrow().valid_until;
             tokio::select! {
                 _ = self.stop.changed() => break,
@@ -524,8 +495,8 @@ impl Engine {
     /// A draining switchover ends when the writer it drains away from is lost: the failover takes
     /// over (the proxies see the new writer, or none, instead of the draining state).
     fn abandon_on_failover(&mut self, decision: &Decision) {
-        if self.draining.is_some() && !matches!(decision, Decision::Keep) {
-            self.abandon_switchover(
+        if self.switchovers.current().is_some() && abandons_drain(decision) {
+            self.switchovers.abandon(
                 "the writer failed during the drain",
                 SwitchoverOutcome::Failed(format!(
                     "the writer failed during the drain; the switchover was abandoned and the \
@@ -573,39 +544,96 @@ impl Engine {
         *self.api_up.borrow()
     }
 
-    /// Re-reads the record; Err (and a retry) if it cannot be read or changed since `old`.
-    async fn check_record(
+    /// The steps of a writer change, as this engine carries them out.
+    fn steps<'a>(&'a mut self, fencer: Option<&'a dyn Fence>) -> Steps<'a> {
+        Steps {
+            leader: &self.leader,
+            store: &*self.store,
+            fencer,
+            promoter: &self.promoter,
+            publisher: &mut self.publisher,
+        }
+    }
+
+    /// Fencing for a change to `writer`, when `fencing.delete_old_writer_pod` is on (Kubernetes).
+    fn pod_fencer(&self, writer: &Holder) -> Option<PodFencer> {
+        if !self.cfg.fencing.delete_old_writer_pod {
+            return None;
+        }
+        Some(PodFencer {
+            kube: self.kube.clone()?,
+            timeout: self.cfg.fencing.timeout,
+            for_writer: writer.name.clone(),
+        })
+    }
+
+    /// A record written (and published): the one to decide from.
+    fn written(&mut self, rec: Recorded) {
+        self.metrics.record_writes.with_label_values(&["ok"]).inc();
+        self.recorded = Some(rec);
+        self.blocked = None;
+    }
+
+    /// Turns a writer change that stopped into its retry, log and metrics; returns the reason
+    /// for the caller (a switchover's answer). A failed promotion means something else for each
+    /// change, so each change handles it first.
+    fn failed(
         &mut self,
+        f: Failure,
         old: &Recorded,
-        writer: &Holder,
+        to: Option<&Holder>,
         reason: Reason,
-    ) -> Result<(), String> {
-        match self.store.load().await {
-            Ok(fresh) if &fresh == old => Ok(()),
-            Ok(fresh) => {
+    ) -> String {
+        match f {
+            Failure::NotLeader => "not the leader".into(),
+            Failure::RecordChanged(fresh) => {
                 info!(
                     epoch = fresh.epoch,
                     "the record changed underneath; deciding again"
                 );
                 self.recorded = Some(fresh);
                 self.retry_at = Some(Instant::now());
-                Err("the record changed; decided again".into())
+                "the record changed; decided again".into()
             }
-            Err(e) => {
+            Failure::RecordUnreadable(e) => {
                 self.retry_at = Some(Instant::now() + Duration::from_secs(1));
                 let kind = if self.kube.is_some() {
                     "api_unreachable"
                 } else {
                     "record_failed"
                 };
-                Err(self.block(
+                self.block(
                     kind,
                     format!(
                         "cannot read the record ({e}): keeping {} as writer instead of electing {} ({reason})",
                         old.writer().map(|h| h.name.as_str()).unwrap_or("no writer"),
-                        writer.name
+                        to.map(|h| h.name.as_str()).unwrap_or("no writer")
                     ),
-                ))
+                )
+            }
+            Failure::Fencing(e) => {
+                self.retry_at = Some(Instant::now() + Duration::from_secs(1));
+                self.block("fencing_failed", e)
+            }
+            Failure::Promotion(e) => format!("promotion failed: {e}"),
+            Failure::LostLeadership => "lost leadership during the promotion".into(),
+            Failure::Write(StoreError::Conflict(e)) => {
+                self.metrics
+                    .record_writes
+                    .with_label_values(&["conflict"])
+                    .inc();
+                info!(error = %e, "record write conflict; re-reading and deciding again");
+                self.need_reload = true;
+                self.retry_at = Some(Instant::now());
+                e
+            }
+            Failure::Write(e) => {
+                self.metrics
+                    .record_writes
+                    .with_label_values(&["error"])
+                    .inc();
+                self.retry_at = Some(Instant::now() + Duration::from_secs(1));
+                self.block("record_failed", e.to_string())
             }
         }
     }
@@ -617,75 +645,34 @@ impl Engine {
         reason: Reason,
     ) -> Result<(), String> {
         let old = self.recorded.clone().unwrap_or_default();
-        if !self.leading() {
-            return Err("not the leader".into());
-        }
-        // The record must be writable before anything irreversible happens: this read proves the
-        // API answers (Kubernetes mode) and catches a change made by someone else.
-        self.check_record(&old, &writer, reason).await?;
-        if self.cfg.fencing.delete_old_writer_pod {
-            if let (Some(k), Some(h)) = (self.kube.clone(), old.holder.as_ref()) {
-                if let Some(uid) = &h.uid {
-                    let alive = self
-                        .membership
-                        .borrow()
-                        .get(&h.name)
-                        .is_some_and(|n| n.uid.as_ref() == Some(uid));
-                    if alive && writer.uid.as_ref() != Some(uid) {
-                        info!(pod = %h.name, "fencing: deleting the old writer pod before promoting {}", writer.name);
-                        if let Err(e) = k
-                            .delete_pod_and_confirm(&h.name, uid, self.cfg.fencing.timeout)
-                            .await
-                        {
-                            self.retry_at = Some(Instant::now() + Duration::from_secs(1));
-                            return Err(self.block("fencing_failed", e));
-                        }
-                        // Fencing took a while: read again right before promoting.
-                        self.check_record(&old, &writer, reason).await?;
-                    }
-                }
-            }
-        }
-        if let Err(e) = self.promoter.promote(&writer.address).await {
-            if promotion_refused(e.step, e.status) {
-                self.refuse(&writer, &e.to_string());
-                self.retry_at = Some(Instant::now());
-                return Err(format!(
-                    "{} refused promotion (a backup or dev node): {e}",
-                    writer.name
-                ));
-            }
-            let until = Instant::now() + penalty(&self.cfg);
-            self.penalties.insert(writer.name.clone(), until);
-            self.retry_at = Some(Instant::now());
-            self.metrics.count_blocked("promotion_failed");
-            warn!(node = %writer.name, error = %e, "promotion failed; trying another candidate");
-            if let Some(k) = &self.kube {
-                k.emit_event(
-                    &writer,
-                    "Warning",
-                    "PromotionFailed",
-                    format!("promotion of {} failed: {e}", writer.name),
-                );
-            }
-            return Err(format!("promotion of {} failed: {e}", writer.name));
-        }
-        if !self.leading() {
-            return Err("lost leadership during the promotion".into());
-        }
-        let from = old.writer().map(|h| h.name.clone());
-        let mut new = Recorded {
-            epoch,
-            holder: Some(writer.clone()),
-            active: true,
-            history: old.history.clone(),
+        let pod = pod_to_fence(&old, &writer, &self.membership.borrow());
+        let fencer = self.pod_fencer(&writer);
+        let outage = self.outage();
+        let record = || {
+            let mut new = Recorded {
+                epoch,
+                holder: Some(writer.clone()),
+                active: true,
+                history: old.history.clone(),
+            };
+            let from = old.writer().map(|h| h.name.clone());
+            push_history(
+                &mut new.history,
+                history_entry(&outage, from, &writer, epoch, reason),
+            );
+            new
         };
-        push_history(
-            &mut new.history,
-            self.history_entry(from, &writer, epoch, reason),
-        );
-        self.save(new).await?;
-        self.lost_at = None;
+        let fence = fencer.as_ref().map(|f| f as &dyn Fence);
+        let result =
+            writer_change::elect(&mut self.steps(fence), &old, &writer, pod.as_ref(), record).await;
+        match result {
+            Ok(new) => {
+                self.written(new);
+                self.lost_at = None;
+            }
+            Err(Failure::Promotion(e)) => return Err(self.promotion_failed(&writer, e)),
+            Err(f) => return Err(self.failed(f, &old, Some(&writer), reason)),
+        }
         let previous = old
             .holder
             .as_ref()
@@ -705,6 +692,32 @@ impl Engine {
             );
         }
         Ok(())
+    }
+
+    /// A new writer's promotion failed: a node that refused it is out of candidacy, any other is
+    /// penalised; the next decision tries another candidate at once.
+    fn promotion_failed(&mut self, writer: &Holder, e: PromotionError) -> String {
+        self.retry_at = Some(Instant::now());
+        if promotion_refused(e.step, e.status) {
+            self.refuse(writer, &e.to_string());
+            return format!(
+                "{} refused promotion (a backup or dev node): {e}",
+                writer.name
+            );
+        }
+        let until = Instant::now() + penalty(&self.cfg);
+        self.penalties.insert(writer.name.clone(), until);
+        self.metrics.count_blocked("promotion_failed");
+        warn!(node = %writer.name, error = %e, "promotion failed; trying another candidate");
+        if let Some(k) = &self.kube {
+            k.emit_event(
+                writer,
+                "Warning",
+                "PromotionFailed",
+                format!("promotion of {} failed: {e}", writer.name),
+            );
+        }
+        format!("promotion of {} failed: {e}", writer.name)
     }
 
     /// Keeps a node that refused promotion out of candidacy; logged and counted once per refusal.
@@ -755,7 +768,7 @@ impl Engine {
     /// Asks the published writer `promotion.check`, off the loop; the answer comes back as a
     /// [`CheckReport`].
     fn spawn_check(&mut self) {
-        if self.check_in_flight || self.draining.is_some() {
+        if self.check_in_flight || self.switchovers.current().is_some() {
             return;
         }
         let Some(rec) = self.recorded.clone() else {
@@ -825,22 +838,12 @@ impl Engine {
     /// if that fails, mark it lost so the next decision fails over (next candidate, epoch + 1).
     async fn repromote(&mut self, old: Recorded, holder: Holder, answer: String) {
         warn!(writer = %holder.name, epoch = old.epoch, answer = %answer, "the writer says it is not the writer (restarted?): promoting it again at its epoch");
-        if self
-            .check_record(&old, &holder, Reason::WriterLostRole)
-            .await
-            .is_err()
-        {
-            return;
-        }
-        if !self.leading() {
-            return;
-        }
-        match self.promoter.promote(&holder.address).await {
+        match writer_change::repromote(&self.steps(None), &old, &holder).await {
             Ok(()) => {
                 self.metrics.repromotions.with_label_values(&["ok"]).inc();
                 info!(writer = %holder.name, epoch = old.epoch, "writer promoted again at its epoch");
             }
-            Err(e) => {
+            Err(Failure::Promotion(e)) => {
                 self.metrics
                     .repromotions
                     .with_label_values(&["failed"])
@@ -860,34 +863,9 @@ impl Engine {
                 }
                 self.retry_at = Some(Instant::now());
             }
-        }
-    }
-
-    async fn save(&mut self, new: Recorded) -> Result<(), String> {
-        match self.store.save(&new).await {
-            Ok(()) => {
-                self.metrics.record_writes.with_label_values(&["ok"]).inc();
-                self.recorded = Some(new);
-                self.blocked = None;
-                Ok(())
-            }
-            Err(StoreError::Conflict(e)) => {
-                self.metrics
-                    .record_writes
-                    .with_label_values(&["conflict"])
-                    .inc();
-                info!(error = %e, "record write conflict; re-reading and deciding again");
-                self.need_reload = true;
-                self.retry_at = Some(Instant::now());
-                Err(e)
-            }
-            Err(e) => {
-                self.metrics
-                    .record_writes
-                    .with_label_values(&["error"])
-                    .inc();
-                self.retry_at = Some(Instant::now() + Duration::from_secs(1));
-                Err(self.block("record_failed", e.to_string()))
+            Err(Failure::NotLeader) => {}
+            Err(f) => {
+                self.failed(f, &old, Some(&holder), Reason::WriterLostRole);
             }
         }
     }
@@ -897,27 +875,38 @@ impl Engine {
         let Some(holder) = old.holder.clone() else {
             return Err("no holder to reinstate".into());
         };
-        self.check_record(&old, &holder, reason).await?;
-        if let Err(e) = self.promoter.promote(&holder.address).await {
-            self.retry_at = Some(Instant::now() + Duration::from_secs(1));
-            return Err(self.block(
-                "promotion_failed",
-                format!("re-promotion of {} failed: {e}", holder.name),
-            ));
-        }
-        if !self.leading() {
-            return Err("lost leadership during the promotion".into());
-        }
-        let mut back = Recorded {
-            active: true,
-            ..old.clone()
+        let outage = self.outage();
+        let record = || {
+            let mut back = Recorded {
+                active: true,
+                ..old.clone()
+            };
+            push_history(
+                &mut back.history,
+                history_entry(
+                    &outage,
+                    Some(holder.name.clone()),
+                    &holder,
+                    old.epoch,
+                    reason,
+                ),
+            );
+            back
         };
-        push_history(
-            &mut back.history,
-            self.history_entry(Some(holder.name.clone()), &holder, old.epoch, reason),
-        );
-        self.save(back).await?;
-        self.lost_at = None;
+        match writer_change::reinstate(&mut self.steps(None), &old, &holder, record).await {
+            Ok(back) => {
+                self.written(back);
+                self.lost_at = None;
+            }
+            Err(Failure::Promotion(e)) => {
+                self.retry_at = Some(Instant::now() + Duration::from_secs(1));
+                return Err(self.block(
+                    "promotion_failed",
+                    format!("re-promotion of {} failed: {e}", holder.name),
+                ));
+            }
+            Err(f) => return Err(self.failed(f, &old, Some(&holder), reason)),
+        }
         info!(writer = %holder.name, epoch = old.epoch, reason = %reason, "writer back: reinstated at its epoch");
         if let Some(k) = &self.kube {
             k.emit_event(
@@ -936,12 +925,15 @@ impl Engine {
     async fn suspend(&mut self, reason: Reason) -> Result<(), String> {
         self.lost_at.get_or_insert_with(Instant::now);
         let old = self.recorded.clone().unwrap_or_default();
-        // A failed write keeps the last recorded writer published (e.g. the API is down).
-        self.save(Recorded {
+        let inactive = Recorded {
             active: false,
             ..old.clone()
-        })
-        .await?;
+        };
+        // A failed write keeps the last recorded writer published (e.g. the API is down).
+        match writer_change::suspend(&mut self.steps(None), inactive).await {
+            Ok(rec) => self.written(rec),
+            Err(f) => return Err(self.failed(f, &old, old.holder.as_ref(), reason)),
+        }
         warn!(
             holder = ?old.holder.as_ref().map(|h| &h.name),
             epoch = old.epoch,
@@ -957,13 +949,9 @@ impl Engine {
         let Some(rec) = self.recorded.clone() else {
             return;
         };
-        let switchover = self.draining.as_ref().map(|d| Switchover {
-            id: d.id,
-            state: "draining".into(),
-            from: d.from.clone(),
-            to: d.target.name.clone(),
-        });
-        let m = self.publisher.publish(&rec, leading, switchover);
+        let m = self
+            .publisher
+            .publish(&rec, leading, self.switchovers.document());
         if leading {
             let writer_key = rec.writer().and_then(|h| {
                 m.get(&h.name)
@@ -979,60 +967,43 @@ impl Engine {
         }
     }
 
-    /// The history entry for `to` being recorded now. During a switchover the writes are held
-    /// from the start of the drain, so that is when the cluster stopped having a writer.
-    fn history_entry(
-        &self,
-        from: Option<String>,
-        to: &Holder,
-        epoch: u64,
-        reason: Reason,
-    ) -> HistoryEntry {
-        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-        let (no_writer, drain) = match &self.draining {
-            Some(d) => (Some(d.started.elapsed()), d.drained_in),
-            None => (self.lost_at.map(|t| t.elapsed()), None),
-        };
-        HistoryEntry {
-            at: k8s_openapi::jiff::Timestamp::now()
-                .round(k8s_openapi::jiff::Unit::Millisecond)
-                .map(|t| t.to_string())
-                .unwrap_or_default(),
-            from,
-            to: to.name.clone(),
-            epoch,
-            reason: reason.as_str().to_string(),
-            no_writer_ms: no_writer.map(ms),
-            drain_ms: drain.map(ms),
+    /// Since when the cluster has no writer, as far as this process saw it. During a switchover
+    /// the writes are held from the start of the drain, so that is when it stopped having one.
+    fn outage(&self) -> Outage {
+        match self.switchovers.current() {
+            Some(d) => Outage {
+                since: Some(d.started()),
+                drained_in: d.drained_in(),
+            },
+            None => Outage {
+                since: self.lost_at,
+                drained_in: None,
+            },
         }
     }
 
-    fn reply_switchover(&self, reply: oneshot::Sender<SwitchoverOutcome>, o: SwitchoverOutcome) {
-        self.metrics
-            .switchovers
-            .with_label_values(&[o.label()])
-            .inc();
-        let _ = reply.send(o);
+    fn reply(&self, to: oneshot::Sender<SwitchoverOutcome>, outcome: SwitchoverOutcome) {
+        reply(&self.metrics, to, outcome);
     }
 
     async fn switchover(&mut self, cmd: SwitchoverCmd) {
-        if let Some(d) = &self.draining {
+        if let Some(d) = self.switchovers.current() {
             let running = d.id;
-            return self.reply_switchover(cmd.reply, SwitchoverOutcome::Busy { running });
+            return self.reply(cmd.reply, SwitchoverOutcome::Busy { running });
         }
         let leader = self.leader.borrow().clone();
         if !leader.leading_now() {
-            return self.reply_switchover(cmd.reply, SwitchoverOutcome::NotLeader(leader.leader));
+            return self.reply(cmd.reply, SwitchoverOutcome::NotLeader(leader.leader));
         }
         if !self.ensure_loaded().await {
-            return self.reply_switchover(
+            return self.reply(
                 cmd.reply,
                 SwitchoverOutcome::Failed("the record cannot be read".into()),
             );
         }
         let m = self.membership.borrow().clone();
         if !m.synced {
-            return self.reply_switchover(
+            return self.reply(
                 cmd.reply,
                 SwitchoverOutcome::Failed("the node list is not known yet".into()),
             );
@@ -1044,161 +1015,83 @@ impl Engine {
             .decide_with_progress(&observed, Request::Switchover { to })
             .await;
         info!(to = ?to, force = cmd.force, decision = ?decision, "switchover requested");
-        let result = match decision {
-            Decision::Elect {
+        let published = self
+            .recorded
+            .as_ref()
+            .and_then(|r| r.writer())
+            .map(|h| h.name.clone());
+        let result = match plan_request(decision, published) {
+            RequestPlan::Drain { from, target } => {
+                self.switchovers.begin(from, target, cmd.force, cmd.reply);
+                // The old writer with `switchover: draining`.
+                return self.publish(true);
+            }
+            RequestPlan::ChangeNow {
                 writer,
                 epoch,
                 reason,
-            } => {
-                let from = self
-                    .recorded
-                    .as_ref()
-                    .and_then(|r| r.writer())
-                    .map(|h| h.name.clone());
-                match from {
-                    Some(from) => return self.begin_drain(from, writer, cmd.force, cmd.reply),
-                    // No writer is published, so no proxy has a write in flight to one.
-                    None => self
-                        .change_writer(writer, epoch, reason)
-                        .await
-                        .map(|_| true),
-                }
+            } => self
+                .change_writer(writer, epoch, reason)
+                .await
+                .map(|_| true),
+            RequestPlan::Reinstate { reason } => self.reinstate(reason).await.map(|_| true),
+            RequestPlan::Unchanged => Ok(false),
+            RequestPlan::Rejected(why) => {
+                return self.reply(cmd.reply, SwitchoverOutcome::Rejected(why))
             }
-            Decision::Reinstate { reason } => self.reinstate(reason).await.map(|_| true),
-            Decision::Keep => Ok(false),
-            Decision::Rejected { why } => {
-                return self.reply_switchover(cmd.reply, SwitchoverOutcome::Rejected(why))
-            }
-            other => Err(format!("cannot switch over now: {other:?}")),
+            RequestPlan::Impossible(why) => Err(why),
         };
         self.publish(true);
+        let current = self.publisher.hub().current();
         let outcome = match result {
-            Ok(true) => SwitchoverOutcome::Switched(self.publisher.hub().current()),
-            Ok(false) => SwitchoverOutcome::Unchanged(self.publisher.hub().current()),
+            Ok(true) => SwitchoverOutcome::Switched(current),
+            Ok(false) => SwitchoverOutcome::Unchanged(current),
             Err(e) => SwitchoverOutcome::Failed(e),
         };
-        self.reply_switchover(cmd.reply, outcome);
+        self.reply(cmd.reply, outcome);
     }
 
-    /// Records the drain set and publishes the old writer with `switchover: draining`.
-    fn begin_drain(
-        &mut self,
-        from: String,
-        target: Holder,
-        force: bool,
-        reply: oneshot::Sender<SwitchoverOutcome>,
-    ) {
-        let id = self.drain.next_id();
-        let drain_set = self.clients.live(Instant::now());
-        let timeout = self.cfg.switchover.drain_timeout;
-        info!(
-            switchover = id,
-            from = %from,
-            to = %target.name,
-            clients = ?drain_set,
-            ?timeout,
-            "switchover: draining (proxies hold new writes and acknowledge once their writes to the old writer are done)"
-        );
-        self.metrics
-            .switchover_pending_clients
-            .set(drain_set.len() as i64);
-        self.drain.begin(id, drain_set);
-        self.metrics.switchover_draining.set(1);
-        let now = Instant::now();
-        self.draining = Some(Draining {
-            id,
-            from,
-            target,
-            force,
-            started: now,
-            drained_in: None,
-            deadline: now + timeout,
-            reply,
-        });
-        self.publish(true);
-    }
-
-    /// Ends the drain and answers the request; the caller publishes.
-    fn end_drain(&mut self) -> Option<Draining> {
-        let d = self.draining.take()?;
-        self.drain.end();
-        self.metrics.switchover_draining.set(0);
-        self.metrics.switchover_pending_clients.set(0);
-        Some(d)
-    }
-
-    fn abandon_switchover(&mut self, why: &str, outcome: SwitchoverOutcome) {
-        if let Some(d) = self.end_drain() {
-            warn!(
-                switchover = d.id,
-                why, "switchover abandoned; the proxies stop holding"
-            );
-            self.metrics
-                .switchover_drain_seconds
-                .observe(d.started.elapsed().as_secs_f64());
-            self.reply_switchover(d.reply, outcome);
-        }
-    }
-
-    /// Checks the barrier of a draining switchover: promotes, aborts, or keeps waiting.
+    /// Carries out what the barrier of a draining switchover says: promote, abort, or wait.
     async fn advance_switchover(&mut self) {
-        let Some(d) = &self.draining else { return };
-        let pending = self
-            .drain
-            .current()
-            .filter(|b| b.id == d.id)
-            .map(|b| b.pending())
-            .unwrap_or_default();
-        self.metrics
-            .switchover_pending_clients
-            .set(pending.len() as i64);
-        let (id, started, target) = (d.id, d.started, d.target.clone());
-        match drain_verdict(pending, Instant::now() >= d.deadline, d.force) {
-            DrainVerdict::Wait => {}
-            DrainVerdict::Abort { pending } => {
-                self.metrics
-                    .switchover_drain_seconds
-                    .observe(started.elapsed().as_secs_f64());
+        match self.switchovers.poll(Instant::now()) {
+            Step::Idle | Step::Wait => {}
+            Step::Abort { id, pending } => {
                 warn!(
                     switchover = id,
                     pending = ?pending,
                     timeout = ?self.cfg.switchover.drain_timeout,
                     "switchover aborted: these proxies did not acknowledge the drain in time; the old writer stays"
                 );
-                if let Some(d) = self.end_drain() {
+                if let Some(to) = self.switchovers.end() {
                     self.publish(true);
-                    self.reply_switchover(d.reply, SwitchoverOutcome::DrainTimeout { pending });
+                    self.reply(to, SwitchoverOutcome::DrainTimeout { pending });
                 }
             }
-            DrainVerdict::Proceed { forced_past } => {
-                self.metrics
-                    .switchover_drain_seconds
-                    .observe(started.elapsed().as_secs_f64());
-                if let Some(d) = self.draining.as_mut() {
-                    d.drained_in = Some(started.elapsed());
-                }
+            Step::Promote {
+                id,
+                target,
+                forced_past,
+            } => {
                 if forced_past.is_empty() {
-                    info!(switchover = id, after = ?started.elapsed(), "switchover: every proxy drained; promoting {}", target.name);
+                    let after = self.switchovers.current().map(|d| d.started().elapsed());
+                    info!(switchover = id, after = ?after.unwrap_or_default(), "switchover: every proxy drained; promoting {}", target.name);
                 } else {
                     warn!(switchover = id, pending = ?forced_past, "switchover forced past the drain timeout; promoting {}", target.name);
                 }
                 let result = self.promote_after_drain(&target).await;
-                if let Some(d) = self.end_drain() {
+                if let Some(to) = self.switchovers.end() {
                     self.publish(true);
+                    let current = self.publisher.hub().current();
                     let outcome = match result {
-                        SwitchResult::Switched => {
-                            SwitchoverOutcome::Switched(self.publisher.hub().current())
-                        }
-                        SwitchResult::Unchanged => {
-                            SwitchoverOutcome::Unchanged(self.publisher.hub().current())
-                        }
+                        SwitchResult::Switched => SwitchoverOutcome::Switched(current),
+                        SwitchResult::Unchanged => SwitchoverOutcome::Unchanged(current),
                         SwitchResult::Other(o) => o,
                     };
                     if let SwitchoverOutcome::Failed(e) | SwitchoverOutcome::Rejected(e) = &outcome
                     {
                         warn!(switchover = id, error = %e, "switchover failed after the drain; the old writer stays");
                     }
-                    self.reply_switchover(d.reply, outcome);
+                    self.reply(to, outcome);
                 }
             }
         }
@@ -1227,8 +1120,8 @@ impl Engine {
                 },
             )
             .await;
-        match decision {
-            Decision::Elect {
+        match plan_after_drain(decision) {
+            AfterDrain::Change {
                 writer,
                 epoch,
                 reason,
@@ -1236,11 +1129,9 @@ impl Engine {
                 Ok(()) => SwitchResult::Switched,
                 Err(e) => SwitchResult::Other(SwitchoverOutcome::Failed(e)),
             },
-            Decision::Keep => SwitchResult::Unchanged,
-            Decision::Rejected { why } => SwitchResult::Other(SwitchoverOutcome::Rejected(why)),
-            other => SwitchResult::Other(SwitchoverOutcome::Failed(format!(
-                "cannot switch over now: {other:?}"
-            ))),
+            AfterDrain::Unchanged => SwitchResult::Unchanged,
+            AfterDrain::Rejected(why) => SwitchResult::Other(SwitchoverOutcome::Rejected(why)),
+            AfterDrain::Impossible(why) => SwitchResult::Other(SwitchoverOutcome::Failed(why)),
         }
     }
 }

@@ -40,6 +40,10 @@ pub mod publish;
 pub mod service;
 #[cfg(feature = "server")]
 pub mod store;
+#[cfg(feature = "server")]
+pub mod switchover;
+#[cfg(feature = "server")]
+pub mod writer_change;
 
 #[cfg(feature = "server")]
 pub use service::{start, ServiceHandle, ServiceOptions};
