@@ -16,7 +16,7 @@ use serde_json::json;
 use writer_election::topology::Topology;
 
 use super::relay::Relay;
-use super::{Lab, NsHandle};
+use super::{block_on_in, Lab, NsHandle};
 use crate::cluster::{election_config, proxy_config, Binaries, ClusterOptions, NodeInfo};
 use crate::httpc::HttpClient;
 use crate::logging::LogFormat;
@@ -54,37 +54,13 @@ fn write_config(path: &std::path::Path, v: &serde_json::Value) -> anyhow::Result
 /// in that namespace too, so every socket the scenario opens is the client host's.
 pub fn run_in_client<T: Send + 'static>(
     client_ns: NsHandle,
-    f: impl FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<T>>>>
-        + Send
-        + 'static,
+    f: impl FnOnce() -> super::lab::LocalTask<anyhow::Result<T>> + Send + 'static,
 ) -> anyhow::Result<T> {
-    let t = std::thread::Builder::new()
-        .name("netns-client".into())
-        .spawn(move || -> anyhow::Result<T> {
-            client_ns.enter()?;
-            let ns = std::sync::Arc::new(client_ns);
-            let failed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-            let (n, fl) = (ns.clone(), failed.clone());
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .on_thread_start(move || {
-                    if n.enter().is_err() {
-                        fl.store(true, std::sync::atomic::Ordering::Relaxed);
-                    }
-                })
-                .build()
-                .context("starting the client runtime")?;
-            let out = rt.block_on(f());
-            drop(rt);
-            if failed.load(std::sync::atomic::Ordering::Relaxed) {
-                bail!("a runtime thread could not enter the client namespace");
-            }
-            out
-        })
-        .context("starting the client thread")?;
-    t.join()
+    // A scenario that panics is a failed run with a message, not a crashed command.
+    let run = std::panic::AssertUnwindSafe(move || block_on_in(client_ns, "netns-client", f));
+    std::panic::catch_unwind(run)
         .map_err(|_| anyhow!("the client thread panicked"))?
+        .context("running the client's runtime")?
 }
 
 impl NetCluster {
