@@ -488,7 +488,12 @@ pub struct Election {
 impl Election {
     /// Starts `writer-election --config <config>` and waits until it listens.
     pub fn start(config: &Path, env: &[(&str, &str)]) -> Election {
-        let mut cmd = Command::new(binary());
+        Election::start_command(Command::new(binary()), config, env)
+    }
+
+    /// As [`Election::start`], with the binary already named by `cmd` (e.g. behind
+    /// `ip netns exec <ns>`, which execs it: the child's pid is the binary's).
+    pub fn start_command(mut cmd: Command, config: &Path, env: &[(&str, &str)]) -> Election {
         cmd.arg("--config")
             .arg(config)
             .arg("--log-format")

@@ -70,6 +70,10 @@ pub enum Outage {
 /// One request as the server saw it, in RBAC terms.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestRecord {
+    /// Who sent it: in a network namespace test, which host.
+    pub peer: SocketAddr,
+    /// When it arrived (before any injected delay).
+    pub at: std::time::Instant,
     pub method: String,
     pub path: String,
     /// The raw query string (percent-encoded, as sent).
@@ -183,7 +187,12 @@ impl Drop for FakeApiServer {
 impl FakeApiServer {
     /// Binds 127.0.0.1 on an ephemeral port and serves on a thread of its own.
     pub async fn start() -> io::Result<Self> {
-        let listener = std::net::TcpListener::bind(("127.0.0.1", 0))?;
+        Self::start_on(std::net::TcpListener::bind(("127.0.0.1", 0))?)
+    }
+
+    /// Serves on `listener`, e.g. one made inside a network namespace: the server is then that
+    /// host's, reached at its address ([`Self::url`]), whichever thread serves it.
+    pub fn start_on(listener: std::net::TcpListener) -> io::Result<Self> {
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared::new());
@@ -221,7 +230,7 @@ impl FakeApiServer {
         self.addr
     }
 
-    /// `http://127.0.0.1:PORT`
+    /// `http://<listening address>:PORT`
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }

@@ -3,6 +3,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -145,9 +146,9 @@ async fn until<T>(rx: &mut watch::Receiver<T>, condition: impl FnMut(&T) -> bool
 pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     let mut shutdown = shared.shutdown.subscribe();
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 // Out of file descriptors and the like: back off instead of spinning.
                 Err(_) => {
                     tokio::time::sleep(Duration::from_millis(20)).await;
@@ -169,7 +170,7 @@ pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             let service_shared = conn_shared.clone();
             let service = hyper::service::service_fn(move |req| {
                 let shared = service_shared.clone();
-                async move { Ok::<_, Infallible>(handle(shared, req).await) }
+                async move { Ok::<_, Infallible>(handle(shared, req, peer).await) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service);
@@ -247,8 +248,10 @@ struct Call {
     content_type: String,
 }
 
-async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
+async fn handle(shared: Arc<Shared>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
     let mut record = RequestRecord {
+        peer,
+        at: std::time::Instant::now(),
         method: req.method().as_str().to_string(),
         path: req.uri().path().to_string(),
         query: req.uri().query().unwrap_or("").to_string(),
