@@ -1,10 +1,10 @@
 //! The attempt rules: when an attempt to send a request upstream fails, whether the request
 //! goes again, and whether the writer becomes suspect (the next writes wait in the write hold
-//! instead of meeting the same fate). One pure function; `proxy.rs` gathers the facts and
+//! instead of meeting the same fate). One pure function; `forward.rs` gathers the facts and
 //! applies the answer.
 //!
 //! The rule behind all of them: a request is sent again only when the proxy knows the node did
-//! not act on it. Nothing sent (a failed connect, a pooled connection found closed first), or
+//! not act on it. Nothing sent (a failed connect), or
 //! the node said so itself (`StorageNode-NAD`), or a read that is idempotent and sent no body
 //! byte. A write that reached the writer is never sent twice: the writer may have applied it.
 
@@ -15,8 +15,6 @@ use crate::routing::RouteTarget;
 pub enum Failure {
     /// The TCP connect failed (refused, timed out, no route): nothing was sent.
     Connect,
-    /// A pooled connection was found closed by the peer before anything was written on it.
-    StalePooled,
     /// The writer answered `400` + `StorageNode-NAD`/`Microstream-NAD: true`: not the
     /// distributor, nothing applied.
     NotDistributor,
@@ -36,7 +34,7 @@ pub struct Attempt {
     pub idempotent: bool,
     /// Body bytes that left the proxy toward the node (0 when there is none).
     pub body_bytes_sent: usize,
-    /// The whole body is still at hand for another attempt (Pingora keeps a bounded copy).
+    /// The whole body is still at hand for another attempt (it was read whole before the first attempt).
     pub body_kept: bool,
     /// Attempts made so far, this one included.
     pub attempts: u32,
@@ -79,10 +77,6 @@ pub fn next(a: &Attempt) -> Next {
                 _ if is_write_route => Again::Yes,
                 _ => Again::No,
             },
-            writer_suspect: a.on_writer,
-        },
-        Failure::StalePooled => Next {
-            again: Again::Yes,
             writer_suspect: a.on_writer,
         },
         Failure::NotDistributor => Next {
@@ -147,8 +141,6 @@ mod tests {
             ("write, connect failed, many attempts", Attempt { attempts: 40, untried_left: false, ..base(W, Connect) }, Yes, true),
             ("strong read, connect failed", base(S, Connect), Yes, true),
             ("no upstream", base(RouteTarget::NoUpstream(Target::Readers), Connect), No, false),
-            // A pooled connection found closed before a byte went out.
-            ("write, stale pooled", base(W, StalePooled), Yes, true),
             // The node's own refusal: nothing applied.
             ("write refused, body kept", base(W, NotDistributor), Yes, false),
             ("write refused, body too big to keep", Attempt { body_kept: false, ..base(W, NotDistributor) }, No, false),

@@ -253,6 +253,9 @@ pub fn serve<A: Handler>(
             }
             let served = app.handle(&mut tcp, peer, first, end, &shutdown).await;
             if !served.keep {
+                if served.linger {
+                    Box::pin(linger_close(&mut tcp)).await;
+                }
                 return;
             }
             if let Some(bytes) = served.next {
@@ -305,30 +308,22 @@ async fn read_header_end(
 
 /// Answers a request the connection loop refused, then closes.
 async fn refuse(tcp: &mut TcpStream, err: &ProxyError) {
-    let body = err.body();
-    let mut response = format!(
-        "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
-        err.status,
-        http::StatusCode::from_u16(err.status)
-            .ok()
-            .and_then(|s| s.canonical_reason())
-            .unwrap_or(""),
-        body.len()
-    )
-    .into_bytes();
-    response.extend_from_slice(&body);
+    let mut response = Vec::with_capacity(256);
+    crate::h1::write_proxy_answer(&mut response, err.status, &err.body(), None, None, false);
     // Bounded: a client that does not read its 408 must not hold the socket either.
-    let sent = tokio::time::timeout(REFUSAL_WRITE_TIMEOUT, async {
-        tcp.write_all(&response).await?;
-        tcp.shutdown().await
-    })
-    .await;
-    if !matches!(sent, Ok(Ok(()))) {
+    let sent = tokio::time::timeout(REFUSAL_WRITE_TIMEOUT, tcp.write_all(&response)).await;
+    if matches!(sent, Ok(Ok(()))) {
+        linger_close(tcp).await;
+    }
+}
+
+/// Lingering close, as nginx does: closing with unread bytes from the client (the rest of an
+/// oversized header, a body) sends a reset, which can destroy the answer before the client
+/// has read it. Ends our side, reads and drops what still comes, within bounds, then closes.
+async fn linger_close(tcp: &mut TcpStream) {
+    if tcp.shutdown().await.is_err() {
         return;
     }
-    // Lingering close, as nginx does: closing with unread bytes from the client (the rest of
-    // an oversized header, a body) sends a reset, which can destroy the answer before the
-    // client has read it. Read and drop what still comes, within bounds, then close.
     let _ = tokio::time::timeout(LINGER_TIME, async {
         let mut sink = [0u8; 4096];
         let mut drained = 0usize;
@@ -483,6 +478,7 @@ mod tests {
                 Served {
                     keep: n + 1 < self.keep,
                     next: None,
+                    linger: false,
                 }
             })
         }

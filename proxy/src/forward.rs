@@ -44,6 +44,11 @@ use crate::workers::Sharded;
 /// for another attempt. Larger ones are streamed and cannot be sent twice.
 pub const REQUEST_BUFFER: usize = 64 * 1024;
 
+/// Attempts per request, whatever the attempt rules say: high enough that a write refused by
+/// a not-yet-promoted writer (sent again after each backoff of the hold) is not cut off before
+/// its hold deadline.
+const MAX_ATTEMPTS: u32 = 64;
+
 /// An answer's body up to this size leaves in the same write as its head.
 const GATHER_BODY: usize = 16 * 1024;
 
@@ -110,13 +115,19 @@ pub struct Served {
     pub keep: bool,
     /// Bytes read past this request's end: the start of the next one.
     pub next: Option<BytesMut>,
+    /// The connection closes with part of the request unread: read and drop what the client
+    /// still sends for a moment before closing, or the reset that closing sends can destroy
+    /// the answer before the client reads it.
+    pub linger: bool,
 }
 
 impl Served {
-    fn close() -> Served {
+    /// Refused, with the rest of the request (if any) unread.
+    fn refused() -> Served {
         Served {
             keep: false,
             next: None,
+            linger: true,
         }
     }
 }
@@ -171,8 +182,13 @@ struct Failed {
 /// How the request ended, for the client.
 enum End {
     /// The node's answer went to the client (or as much of it as could). `keep`: both sides
-    /// are at a message boundary.
-    Answered { status: u16, keep: bool },
+    /// are at a message boundary. `body_unread`: the node answered before the client's body
+    /// was all read.
+    Answered {
+        status: u16,
+        keep: bool,
+        body_unread: bool,
+    },
     /// The proxy answers itself.
     Refuse(ProxyError),
     /// The client left, or stalled past its timeout after the answer started: nothing more
@@ -242,7 +258,7 @@ impl Forwarder {
             self.shared.metrics.client_refused(reason);
             self.answer(client, &answer, None, false).await;
             self.finish(&life, &active, None, None, "-", answer.status);
-            return Served::close();
+            return Served::refused();
         }
         let method_str = req.method.unwrap_or("");
         let target = req.path.unwrap_or("/");
@@ -263,7 +279,7 @@ impl Forwarder {
                 self.answer(client, &errors::ERR_BAD_REQUEST, Some(request_id), false)
                     .await;
                 self.finish(&life, &active, None, Some(request_id), target, 400);
-                return Served::close();
+                return Served::refused();
             }
         };
         let finish = |life: &Life, active: &Active, status: u16| {
@@ -284,7 +300,7 @@ impl Forwarder {
             self.answer(client, &errors::ERR_BAD_REQUEST, None, false)
                 .await;
             finish(&life, &active, 400);
-            return Served::close();
+            return Served::refused();
         }
         let limits = active.settings.config.limits;
         let declared = request_rules::content_length(headers).ok().flatten();
@@ -309,7 +325,7 @@ impl Forwarder {
             // Refused on its head: what follows it on the connection is not read as a request.
             self.answer(client, &err, Some(request_id), false).await;
             finish(&life, &active, err.status);
-            return Served::close();
+            return Served::refused();
         }
         let wants_keep = h1::client_keeps_alive(minor, headers);
         let body_complete_now = !chunked && declared.unwrap_or(0) as usize <= body.len();
@@ -325,7 +341,11 @@ impl Forwarder {
             let keep = wants_keep && body_complete_now && !*shutdown.borrow();
             self.answer(client, &err, Some(request_id), keep).await;
             finish(&life, &active, err.status);
-            return Served { keep, next: None };
+            return Served {
+                keep,
+                next: None,
+                linger: !keep,
+            };
         }
 
         let t = active.settings.config.timeouts;
@@ -344,9 +364,14 @@ impl Forwarder {
         let mut rest = match read {
             Ok(b) => b,
             Err(end) => {
+                let linger = !matches!(end, End::ClientGone);
                 let status = self.end_without_answer(client, end, request_id).await;
                 finish(&life, &active, status);
-                return Served::close();
+                return Served {
+                    keep: false,
+                    next: None,
+                    linger,
+                };
             }
         };
 
@@ -367,22 +392,30 @@ impl Forwarder {
             .attempts(client, &request, &body, &mut rest, route, active, &mut life)
             .await;
         let keep_client = |keep: bool| keep && wants_keep && !*shutdown.borrow();
-        let (status, keep) = match end {
-            End::Answered { status, keep } => (status, keep_client(keep)),
+        let (status, keep, linger) = match end {
+            End::Answered {
+                status,
+                keep,
+                body_unread,
+            } => (status, keep_client(keep), body_unread),
             End::Refuse(err) => {
-                let keep = keep_client(matches!(rest, Body::Whole));
+                let whole = matches!(rest, Body::Whole);
+                let keep = keep_client(whole);
                 self.answer(client, &err, Some(request_id), keep).await;
-                (err.status, keep)
+                (err.status, keep, !whole)
             }
+            End::ClientGone => (499, false, false),
             other => (
                 self.end_without_answer(client, other, request_id).await,
                 false,
+                true,
             ),
         };
         finish(&life, &active, status);
         Served {
             keep,
             next: if keep { next } else { None },
+            linger: !keep && linger,
         }
     }
 
@@ -496,21 +529,23 @@ impl Forwarder {
                         kind: SuspectKind::Unreachable,
                     },
                     active.settings.config.timeouts.connect,
-                    if failed.failure == Failure::StalePooled {
-                        "pooled connection closed"
-                    } else {
-                        failed.error.kind()
-                    },
+                    failed.error.kind(),
                 );
             }
             if failed.failure == Failure::NotDistributor {
                 self.shared.metrics.writer_refusal(next.again == Again::Yes);
+            }
+            if failed.reused && failed.error == UpstreamError::Closed {
+                pool::forget(backend.upstream.socket);
             }
             let again = match next.again {
                 Again::Yes => true,
                 Again::No => false,
                 Again::IfPooled => failed.reused,
             };
+            // The rules bound each kind of retry by its own deadline or count; this only
+            // stops a pathological run of them.
+            let again = again && life.attempts < MAX_ATTEMPTS;
             if !again {
                 return (End::Refuse(failed.error.answer()), active);
             }
@@ -539,15 +574,11 @@ impl Forwarder {
             body_sent,
             reused,
         };
-        let (mut up, reused) = match pool::take(node) {
-            Some(up) => {
-                // Only writes: a read that meets a dead pooled connection may simply be sent
-                // again.
-                if route == RouteTarget::Writer && pool::peer_closed(up.tcp.as_raw_fd()) {
-                    return Err(fail(UpstreamError::Closed, Failure::StalePooled, 0, true));
-                }
-                (up, true)
-            }
+        // A write is never sent on a connection the node already closed: it could fail after it
+        // went out, and then it cannot be sent again. A read that meets one is simply sent
+        // again (the attempt rules), so only writes pay the check.
+        let (mut up, reused) = match pool::take(node, route == RouteTarget::Writer) {
+            Some(up) => (up, true),
             None => match tokio::time::timeout(t.connect, TcpStream::connect(node)).await {
                 Err(_) => {
                     return Err(fail(
@@ -638,7 +669,11 @@ impl Forwarder {
                     return Err(after_send(UpstreamError::ProtocolError, body_sent));
                 }
                 // A 100 answers the Expect this proxy already answered itself.
-                if status != 100 && write_timed(client, &up.read[..len], t.write).await.is_err() {
+                // An HTTP/1.0 client cannot read one (RFC 9110 15.2).
+                if status != 100
+                    && req.minor == 1
+                    && write_timed(client, &up.read[..len], t.write).await.is_err()
+                {
                     return Ok(End::ClientGone);
                 }
                 up.read.advance(len);
@@ -667,8 +702,10 @@ impl Forwarder {
             else {
                 return Err(after_send(UpstreamError::ProtocolError, body_sent));
             };
-            let keep_up =
-                h1::upstream_keeps_alive(resp.version.unwrap_or(1), headers) && client_done;
+            // An HTTP/1.0 request went as 1.0: the node closes after it whatever its answer says.
+            let keep_up = req.minor == 1
+                && h1::upstream_keeps_alive(resp.version.unwrap_or(1), headers)
+                && client_done;
             // A body framed by close ends the client's connection too.
             let keep_client = req.keep_wanted
                 && !*req.shutdown.borrow()
@@ -714,7 +751,11 @@ impl Forwarder {
                 false
             }
         };
-        Ok(End::Answered { status, keep })
+        Ok(End::Answered {
+            status,
+            keep,
+            body_unread: !client_done,
+        })
     }
 
     /// Writes a proxy-made answer. `keep`: the connection stays open for another request.

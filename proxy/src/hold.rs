@@ -13,7 +13,7 @@
 //!   (woken by the `watch`es, never by polling), up to `failover.hold_writes` per request.
 //!
 //! A request is only ever held *before* any of it went upstream; what was sent is never replayed
-//! (see `proxy.rs`, `error_while_proxy`).
+//! (the attempt rules, `attempt.rs`).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{fence, AtomicUsize, Ordering};
@@ -348,7 +348,7 @@ pub fn client_gone(fd: std::os::unix::io::RawFd) -> bool {
         revents: 0,
     };
     // SAFETY: one pollfd on the stack, zero timeout; `fd` is the open client socket of the
-    // request being held (Pingora keeps it open for the request's lifetime).
+    // request being held (the request path keeps it open for the request's lifetime).
     let n = unsafe { libc::poll(&mut p, 1, 0) };
     n > 0 && p.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0
 }

@@ -58,9 +58,11 @@ thread_local! {
     static POOL: RefCell<Pool> = RefCell::new(Pool::default());
 }
 
-/// The most recently returned idle connection to `node` that has not expired, if any. Whether
-/// the node closed it meanwhile is the caller's to check when it matters ([`peer_closed`]).
-pub fn take(node: SocketAddr) -> Option<Upstream> {
+/// The most recently returned idle connection to `node` that has not expired, if any.
+/// `alive`: also ask the kernel whether the node closed it meanwhile ([`peer_closed`]); when it
+/// did, the node's other idle connections most likely went with it (it restarted, or is gone),
+/// so they are all closed.
+pub fn take(node: SocketAddr, alive: bool) -> Option<Upstream> {
     POOL.with(|p| {
         let mut p = p.borrow_mut();
         let now = Instant::now();
@@ -69,13 +71,29 @@ pub fn take(node: SocketAddr) -> Option<Upstream> {
         let mut dropped = 0;
         while let Some(idle) = list.pop() {
             dropped += 1;
-            if idle.until > now {
-                taken = Some(idle.conn);
+            if idle.until <= now {
+                continue;
+            }
+            if alive && peer_closed(idle.conn.tcp.as_raw_fd()) {
+                dropped += list.len();
+                list.clear();
                 break;
             }
+            taken = Some(idle.conn);
+            break;
         }
         p.count -= dropped;
         taken
+    })
+}
+
+/// Closes every idle connection to `node`.
+pub fn forget(node: SocketAddr) {
+    POOL.with(|p| {
+        let mut p = p.borrow_mut();
+        if let Some(list) = p.by_node.remove(&node) {
+            p.count -= list.len();
+        }
     })
 }
 
@@ -204,16 +222,24 @@ mod tests {
         put(node, a, Duration::from_secs(5));
         put(node, b, Duration::from_secs(60));
         assert_eq!(idle_count(), 2);
-        let got = take(node).expect("one is idle");
+        let got = take(node, false).expect("one is idle");
         assert_eq!(got.tcp.local_addr().unwrap().port(), b_port, "newest first");
         put(node, got, Duration::from_secs(60));
         tokio::time::advance(Duration::from_secs(10)).await;
         // `a` expired; `b` is still good.
-        let got = take(node).expect("b is idle");
+        let got = take(node, false).expect("b is idle");
         assert_eq!(got.tcp.local_addr().unwrap().port(), b_port);
-        assert!(take(node).is_none(), "the expired one is not handed out");
+        assert!(
+            take(node, false).is_none(),
+            "the expired one is not handed out"
+        );
         assert_eq!(idle_count(), 0);
-        assert!(take("127.0.0.1:1".parse().unwrap()).is_none());
+        let (c, _sc) = connected(&listener).await;
+        put(node, c, Duration::from_secs(60));
+        forget(node);
+        assert_eq!(idle_count(), 0);
+        assert!(take(node, false).is_none());
+        assert!(take("127.0.0.1:1".parse().unwrap(), false).is_none());
     }
 
     #[tokio::test(flavor = "current_thread")]
@@ -228,6 +254,31 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "never swept");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        assert!(take(node).is_none());
+        assert!(take(node, false).is_none());
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_live_connection_is_asked_for_and_a_closed_one_takes_the_others_with_it() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let node = listener.local_addr().unwrap();
+        let (a, _sa) = connected(&listener).await;
+        let (b, sb) = connected(&listener).await;
+        put(node, a, Duration::from_secs(600));
+        put(node, b, Duration::from_secs(600));
+        drop(sb);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !POOL.with(|p| {
+            p.borrow().by_node[&node]
+                .last()
+                .is_some_and(|i| peer_closed(i.conn.tcp.as_raw_fd()))
+        }) {
+            assert!(std::time::Instant::now() < deadline, "FIN not seen");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(
+            take(node, true).is_none(),
+            "a closed connection was handed out"
+        );
+        assert_eq!(idle_count(), 0, "the node's other idle connections stayed");
     }
 }

@@ -1,6 +1,6 @@
 //! What a request must look like before any of it goes upstream (RFC 9112 and RFC 9110's
-//! framing rules). Pingora's parser accepts some requests that two HTTP/1 implementations can
-//! read differently: a proxy and a storage node that disagree on where a request ends are how a
+//! framing rules). The HTTP/1 parser (httparse) accepts some requests that two HTTP/1
+//! implementations can read differently: a proxy and a storage node that disagree on where a request ends are how a
 //! second, unseen request gets smuggled to the node. Such requests are refused here with 400
 //! and the connection closes; one pure function, its cases beside it.
 
