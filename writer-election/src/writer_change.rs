@@ -162,6 +162,11 @@ async fn promote_then_record(
     address: &str,
     record: impl FnOnce() -> Recorded + Send,
 ) -> Result<Recorded, Failure> {
+    // Asked again right before the node is told: the re-reads and the fencing before this are
+    // calls to the API that can take seconds, long enough for the lease to run out.
+    if !s.leader.leading() {
+        return Err(Failure::NotLeader);
+    }
     s.promoter
         .promote(address)
         .await
@@ -441,11 +446,12 @@ mod tests {
         }
     }
 
-    const ELECTED: [&str; 9] = [
+    const ELECTED: [&str; 10] = [
         "leading?",
         "load",
         "fence n-1",
         "load",
+        "leading?",
         "promote n-2:80",
         "leading?",
         "build record",
@@ -480,6 +486,7 @@ mod tests {
         let once = [
             "leading?",
             "load",
+            "leading?",
             "promote n-2:80",
             "leading?",
             "save epoch 8",
@@ -534,14 +541,21 @@ mod tests {
         let mut w = World::new();
         w.promoter.fails = true;
         assert!(matches!(w.elect().await, Err(Failure::Promotion(_))));
+        assert_eq!(w.calls(), ELECTED[..6]);
+    }
+
+    #[tokio::test]
+    async fn leadership_lost_while_fencing_promotes_nothing() {
+        let mut w = World::new().leading(&[true, false]);
+        assert!(matches!(w.elect().await, Err(Failure::NotLeader)));
         assert_eq!(w.calls(), ELECTED[..5]);
     }
 
     #[tokio::test]
     async fn leadership_lost_during_the_promotion_records_nothing() {
-        let mut w = World::new().leading(&[true, false]);
+        let mut w = World::new().leading(&[true, true, false]);
         assert!(matches!(w.elect().await, Err(Failure::LostLeadership)));
-        assert_eq!(w.calls(), ELECTED[..6]);
+        assert_eq!(w.calls(), ELECTED[..7]);
     }
 
     #[tokio::test]
@@ -552,7 +566,7 @@ mod tests {
         ] {
             let mut w = World::new().save_fails(e);
             assert!(matches!(w.elect().await, Err(Failure::Write(_))));
-            assert_eq!(w.calls(), ELECTED[..8]);
+            assert_eq!(w.calls(), ELECTED[..9]);
         }
     }
 
@@ -568,6 +582,7 @@ mod tests {
         assert_eq!(rec, back);
         let order = [
             "load",
+            "leading?",
             "promote n-1:80",
             "leading?",
             "save epoch 7",
@@ -579,7 +594,7 @@ mod tests {
         w.promoter.fails = true;
         let r = reinstate(&mut w.steps(true), &suspended, &h, || back.clone()).await;
         assert!(matches!(r, Err(Failure::Promotion(_))));
-        assert_eq!(w.calls(), order[..2]);
+        assert_eq!(w.calls(), order[..3]);
 
         let mut w = World::new();
         let r = reinstate(&mut w.steps(true), &suspended, &h, || back.clone()).await;
