@@ -1,12 +1,75 @@
 //! Reader balancing: `round_robin`, `least_conn`, `p2c_ewma`. Lock-free: each pick reads a
 //! few atomics, never allocates.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use rand::Rng;
 
 use crate::config::Balancing;
-use crate::topology::UpstreamStats;
+
+/// Live numbers about one upstream that the balancers read. Shared between snapshots (matched
+/// by address) so that a topology change does not forget in-flight counts or latency.
+#[derive(Debug, Default)]
+pub struct UpstreamStats {
+    in_flight: AtomicU32,
+    /// EWMA of time to first response byte, microseconds, as f64 bits (0 = no sample yet).
+    ewma_micros: AtomicU64,
+}
+
+/// Weight of a new latency sample in the EWMA.
+const EWMA_ALPHA: f64 = 0.2;
+/// Latency charged to an upstream that failed, so p2c_ewma steers away from it until real
+/// samples pull the average back down.
+pub const FAILURE_PENALTY_MICROS: f64 = 1_000_000.0;
+
+impl UpstreamStats {
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    pub fn ewma_micros(&self) -> f64 {
+        f64::from_bits(self.ewma_micros.load(Ordering::Relaxed))
+    }
+
+    /// Marks one more request in flight; the guard takes it back when dropped.
+    pub fn begin(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+
+    pub fn observe_latency_micros(&self, sample: f64) {
+        let _ = self
+            .ewma_micros
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
+                let old = f64::from_bits(bits);
+                let new = if old == 0.0 {
+                    sample
+                } else {
+                    old + EWMA_ALPHA * (sample - old)
+                };
+                Some(new.to_bits())
+            });
+    }
+
+    pub fn observe_failure(&self) {
+        let _ = self
+            .ewma_micros
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
+                Some(f64::from_bits(bits).max(FAILURE_PENALTY_MICROS).to_bits())
+            });
+    }
+}
+
+/// One request in flight on an upstream (see [`UpstreamStats::begin`]).
+#[derive(Debug)]
+pub struct InFlight(Arc<UpstreamStats>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 /// Anything in a pool the balancer can look at.
 pub trait HasStats {
@@ -124,6 +187,24 @@ fn pick_p2c<T: HasStats, R: Rng>(pool: &[T], tried: Tried, rng: &mut R) -> Optio
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ewma_and_in_flight() {
+        let s = Arc::new(UpstreamStats::default());
+        assert_eq!(s.ewma_micros(), 0.0);
+        s.observe_latency_micros(100.0);
+        assert_eq!(s.ewma_micros(), 100.0);
+        s.observe_latency_micros(200.0);
+        assert!((s.ewma_micros() - 120.0).abs() < 1e-9);
+        s.observe_failure();
+        assert_eq!(s.ewma_micros(), FAILURE_PENALTY_MICROS);
+        let g1 = s.begin();
+        let g2 = s.begin();
+        assert_eq!(s.in_flight(), 2);
+        drop(g1);
+        drop(g2);
+        assert_eq!(s.in_flight(), 0);
+    }
     use std::sync::Arc;
 
     fn pool(n: usize) -> Vec<Arc<UpstreamStats>> {

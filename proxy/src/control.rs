@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::config::{ProxyConfig, TopologyConfig};
-use crate::election::{client_id, ElectionSource};
+use crate::follow::{client_id, ElectionSource};
 use crate::forward::IN_FLIGHT;
 use crate::state::Shared;
 use crate::topology::{StaticSource, TopologySink, TopologySource};

@@ -487,8 +487,9 @@ async fn recheck(hold: Arc<WriteHold>, suspect: Suspect, connect_timeout: Durati
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::balance::UpstreamStats;
     use crate::config::ProxyConfig;
-    use crate::topology::{SwitchoverView, TopologySink, Upstream, UpstreamStats};
+    use crate::topology::{SwitchoverView, TopologySink, Upstream};
     use http::HeaderValue;
     use std::time::Instant as StdInstant;
 

@@ -200,8 +200,9 @@ pub fn route(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::balance::UpstreamStats;
     use crate::config::ProxyConfig;
-    use crate::topology::{Upstream, UpstreamStats};
+    use crate::topology::Upstream;
     use std::sync::Arc;
     use std::time::Instant;
 

@@ -11,12 +11,13 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
+use crate::balance::UpstreamStats;
 use crate::balance::{Balancer, HasStats};
 use crate::config::ProxyConfig;
 use crate::hold::WriteHold;
 use crate::metrics::Metrics;
 use crate::routing::RoutingTable;
-use crate::topology::{TopologySink, TopologySnapshot, Upstream, UpstreamStats};
+use crate::topology::{TopologySink, TopologySnapshot, Upstream};
 
 /// The parts of the configuration that requests use, compiled.
 #[derive(Debug)]
