@@ -638,7 +638,7 @@ impl Forwarder {
         if let Body::Streamed(left) = rest {
             match stream_body(client, &mut up, left, &t, body.len(), req.max_body).await {
                 Ok(BodyEnd::Sent) => {}
-                Ok(BodyEnd::EarlyAnswer) => client_done = false,
+                Ok(BodyEnd::EarlyAnswer) | Ok(BodyEnd::SentWithMore) => client_done = false,
                 Err(StreamError::Client(end)) => return Ok(end),
                 Err(StreamError::Upstream(e, sent)) => return Err(after_send(e, sent)),
             }
@@ -958,6 +958,13 @@ async fn read_body(
     }
     let length = declared.unwrap_or(0);
     if body.len() as u64 >= length {
+        // The connection loop keeps what follows this request out of it; should anything be
+        // past the end, it is the next request's, never this body's.
+        if let Ok(end) = usize::try_from(length) {
+            if body.len() > end {
+                *next = Some(body.split_off(end));
+            }
+        }
         return Ok(Body::Whole);
     }
     tell_to_continue(client).await?;
@@ -998,6 +1005,10 @@ async fn read_some(
 
 enum BodyEnd {
     Sent,
+    /// All of it went, and the client sent bytes past its end (a pipelined request behind a
+    /// streamed chunked body): they were dropped, so the connection must not carry another
+    /// request.
+    SentWithMore,
     /// The node answered before the whole body went: the rest is not sent, and neither
     /// connection can carry another request.
     EarlyAnswer,
@@ -1024,9 +1035,11 @@ async fn stream_body(
     up.write.resize(READ_BUFFER, 0);
     let (mut up_read, mut up_write) = up.tcp.split();
     let mut probe = [0u8; 1];
+    let mut more = false;
     loop {
         let want = match left {
             Rest::Length(0) => return Ok(BodyEnd::Sent),
+            Rest::Chunked(c) if c.is_done() && more => return Ok(BodyEnd::SentWithMore),
             Rest::Length(n) => (*n).min(up.write.len() as u64) as usize,
             Rest::Chunked(c) if c.is_done() => return Ok(BodyEnd::Sent),
             Rest::Chunked(_) => up.write.len(),
@@ -1047,7 +1060,10 @@ async fn stream_body(
                 Err(refusal) => return Err(StreamError::Client(End::Malformed(refusal.as_str()))),
                 // Bytes past the end would be a next request: a client that pipelines behind a
                 // large chunked body gets its connection closed instead (rare, and safe).
-                Ok(Some(end)) => chunk = &chunk[..end],
+                Ok(Some(end)) => {
+                    more |= end < chunk.len();
+                    chunk = &chunk[..end];
+                }
                 Ok(None) => {}
             },
         }

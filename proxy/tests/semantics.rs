@@ -525,3 +525,43 @@ async fn an_upgrade_is_refused_and_an_h2c_offer_is_not_passed_on() {
     assert!(!head.contains("upgrade"), "{head}");
     assert!(!head.contains("http2-settings"), "{head}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_pipelined_behind_a_streamed_chunked_body_is_never_spliced() {
+    let (backend, proxy) = setup().await;
+    let mut c = Client::open(proxy.addr).await;
+    // Larger than what is read whole first, so the body is streamed; the next request rides in
+    // the same writes right behind its last chunk.
+    let mut req =
+        b"POST /chunked-up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    for _ in 0..4 {
+        req.extend(b"8000\r\n");
+        req.extend(std::iter::repeat_n(b'q', 0x8000));
+        req.extend(b"\r\n");
+    }
+    req.extend(b"0\r\n\r\n");
+    req.extend(GET("/pipelined"));
+    c.send(&req).await;
+    assert_eq!(c.answer(false).await.expect("answered").status, 200);
+    let (_, body) = backend.request("/chunked-up").expect("arrived");
+    assert_eq!(body.iter().filter(|b| **b == b'q').count(), 4 * 0x8000);
+    // Either the pipelined request is answered as itself, or the connection ends (the client
+    // sends it again); never a request made of the wrong bytes.
+    match c.answer(false).await {
+        Some(a) => assert_eq!(a.body, b"ok"),
+        None => assert!(c.closed().await),
+    }
+    let heads: Vec<String> = backend
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(h, _)| h.lines().next().unwrap_or("").to_string())
+        .collect();
+    for h in &heads {
+        assert!(
+            h == "POST /chunked-up HTTP/1.1" || h == "GET /pipelined HTTP/1.1",
+            "a spliced request reached the node: {heads:?}"
+        );
+    }
+}
