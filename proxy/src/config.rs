@@ -1,7 +1,7 @@
 //! The proxy's YAML configuration (the reference table in README.md), parsed strictly.
 //!
 //! Parsing is two steps: serde into `Raw*` structs (unknown keys and malformed values are
-//! rejected there, and `serde_path_to_error` tells us which key), then [`validate`] turns the raw
+//! rejected there, `config_common::from_yaml` tells us which key), then [`validate`] turns the raw
 //! tree into [`ProxyConfig`] with defaults filled in and cross-field rules checked. Every error
 //! names the key path (`routing.methods.GETT`, `timeouts.connect`) so `rw-proxy --check` reads
 //! like `nginx -t`.
@@ -9,9 +9,11 @@
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
+use config_common::check_host_port;
+pub use config_common::ConfigError;
 use http::header::HeaderName;
 use http::Method;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
@@ -37,57 +39,6 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Pingora refuses request headers above 1 MiB - 1 with its own 400 before we see them, so a
 /// larger `limits.max_header_bytes` could never be enforced as configured.
 pub const MAX_HEADER_BYTES_CEILING: u64 = 1_048_575;
-
-/// An error in a configuration file: which key, and why.
-#[derive(Debug)]
-pub enum ConfigError {
-    /// The file could not be read.
-    Read {
-        file: PathBuf,
-        source: std::io::Error,
-    },
-    /// The content is invalid. `key` is the dotted key path (`routing.rules[0].to`), or empty
-    /// when the problem is the document as a whole (YAML syntax).
-    Invalid { key: String, reason: String },
-}
-
-impl ConfigError {
-    fn invalid(key: impl Into<String>, reason: impl Into<String>) -> Self {
-        ConfigError::Invalid {
-            key: key.into(),
-            reason: reason.into(),
-        }
-    }
-
-    /// The dotted key path the error is about, if any.
-    pub fn key(&self) -> Option<&str> {
-        match self {
-            ConfigError::Invalid { key, .. } if !key.is_empty() => Some(key),
-            _ => None,
-        }
-    }
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ConfigError::Read { file, source } => {
-                write!(f, "cannot read {}: {source}", file.display())
-            }
-            ConfigError::Invalid { key, reason } if key.is_empty() => f.write_str(reason),
-            ConfigError::Invalid { key, reason } => write!(f, "{key}: {reason}"),
-        }
-    }
-}
-
-impl std::error::Error for ConfigError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            ConfigError::Read { source, .. } => Some(source),
-            ConfigError::Invalid { .. } => None,
-        }
-    }
-}
 
 /// Where a request is sent: the `routing` targets (README.md, configuration reference).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -263,17 +214,12 @@ pub struct ProxyConfig {
 impl ProxyConfig {
     /// Parses and validates a YAML document. An empty document means all defaults.
     pub fn from_yaml_str(yaml: &str) -> Result<ProxyConfig, ConfigError> {
-        let raw = parse_raw(yaml)?;
-        validate(raw)
+        validate(config_common::from_yaml(yaml)?)
     }
 
     /// Reads, parses and validates a file.
     pub fn load(path: &Path) -> Result<ProxyConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            file: path.to_path_buf(),
-            source,
-        })?;
-        Self::from_yaml_str(&text)
+        Self::from_yaml_str(&ConfigError::read_file(path)?)
     }
 
     /// The settings that only take effect at start-up: a reload that changes them is applied
@@ -305,11 +251,12 @@ pub fn default_threads() -> usize {
 // ---------------------------------------------------------------------------------------------
 // Step 1: serde into raw structs.
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Raw {
     listen: Option<String>,
     admin_listen: Option<String>,
+    #[serde(default, with = "serde_yaml::with::singleton_map")]
     topology: Option<RawTopology>,
     routing: Option<RawRouting>,
     reader_balancing: Option<String>,
@@ -318,15 +265,16 @@ struct Raw {
     limits: Option<RawLimits>,
     access_log: Option<String>,
     threads: Option<usize>,
-    shutdown_grace: Option<HumanDuration>,
+    #[serde(default, with = "humantime_serde")]
+    shutdown_grace: Option<Duration>,
 }
 
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawTopology {
-    election_url: Option<OneOrMany>,
-    #[serde(rename = "static")]
-    static_: Option<RawStatic>,
+/// Exactly one of the two, as a map with that one key.
+#[derive(Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum RawTopology {
+    ElectionUrl(OneOrMany),
+    Static(RawStatic),
 }
 
 #[derive(Deserialize)]
@@ -359,18 +307,25 @@ struct RawRule {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawTimeouts {
-    connect: Option<HumanDuration>,
-    read: Option<HumanDuration>,
-    write: Option<HumanDuration>,
-    idle_upstream: Option<HumanDuration>,
-    client_header: Option<HumanDuration>,
-    client_body: Option<HumanDuration>,
+    #[serde(default, with = "humantime_serde")]
+    connect: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    read: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    write: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    idle_upstream: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    client_header: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    client_body: Option<Duration>,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawFailover {
-    hold_writes: Option<HumanDuration>,
+    #[serde(default, with = "humantime_serde")]
+    hold_writes: Option<Duration>,
     read_retries: Option<u32>,
     max_held_writes: Option<usize>,
 }
@@ -378,98 +333,10 @@ struct RawFailover {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawLimits {
-    max_body: Option<ByteSize>,
-    max_header_bytes: Option<ByteSize>,
-}
-
-/// A humantime duration string ("250ms", "5s", "1m 30s").
-struct HumanDuration(Duration);
-
-impl<'de> Deserialize<'de> for HumanDuration {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = HumanDuration;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a duration such as \"250ms\" or \"5s\"")
-            }
-            fn visit_str<E: de::Error>(self, s: &str) -> Result<HumanDuration, E> {
-                humantime::parse_duration(s.trim())
-                    .map(HumanDuration)
-                    .map_err(|e| E::custom(format!("invalid duration {s:?}: {e}")))
-            }
-            fn visit_u64<E: de::Error>(self, n: u64) -> Result<HumanDuration, E> {
-                Err(E::custom(format!(
-                    "invalid duration {n}: a unit is required, e.g. \"{n}s\" or \"{n}ms\""
-                )))
-            }
-            fn visit_i64<E: de::Error>(self, n: i64) -> Result<HumanDuration, E> {
-                Err(E::custom(format!(
-                    "invalid duration {n}: a unit is required, e.g. \"{n}s\""
-                )))
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
-/// A byte size: an integer, or a string with a unit ("64MiB", "64KiB", "1MB", "512").
-struct ByteSize(u64);
-
-impl<'de> Deserialize<'de> for ByteSize {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = ByteSize;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a size such as \"64MiB\", \"64KiB\" or a number of bytes")
-            }
-            fn visit_u64<E: de::Error>(self, n: u64) -> Result<ByteSize, E> {
-                Ok(ByteSize(n))
-            }
-            fn visit_i64<E: de::Error>(self, n: i64) -> Result<ByteSize, E> {
-                u64::try_from(n)
-                    .map(ByteSize)
-                    .map_err(|_| E::custom(format!("invalid size {n}: must not be negative")))
-            }
-            fn visit_str<E: de::Error>(self, s: &str) -> Result<ByteSize, E> {
-                parse_size(s)
-                    .map(ByteSize)
-                    .map_err(|e| E::custom(format!("invalid size {s:?}: {e}")))
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
-/// Parses "64MiB", "64 KiB", "1MB", "10k", "512", "512B". Binary (KiB) and decimal (KB) units;
-/// a bare K/M/G is binary, as in nginx.
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (digits, unit) = s.split_at(split);
-    if digits.is_empty() {
-        return Err(
-            "expected a number followed by an optional unit (B, KiB, MiB, GiB, KB, MB, GB)".into(),
-        );
-    }
-    let n: u64 = digits.parse().map_err(|e| format!("{e}"))?;
-    let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kib" => 1 << 10,
-        "m" | "mib" => 1 << 20,
-        "g" | "gib" => 1 << 30,
-        "kb" => 1_000,
-        "mb" => 1_000_000,
-        "gb" => 1_000_000_000,
-        other => {
-            return Err(format!(
-                "unknown unit {other:?} (expected B, KiB, MiB, GiB, KB, MB or GB)"
-            ))
-        }
-    };
-    n.checked_mul(multiplier)
-        .ok_or_else(|| "too large".to_string())
+    #[serde(default, deserialize_with = "config_common::size::deserialize_option")]
+    max_body: Option<u64>,
+    #[serde(default, deserialize_with = "config_common::size::deserialize_option")]
+    max_header_bytes: Option<u64>,
 }
 
 /// `writer | readers | any`.
@@ -547,52 +414,6 @@ impl<'de> Deserialize<'de> for NodeSpec {
     }
 }
 
-fn parse_raw(yaml: &str) -> Result<Raw, ConfigError> {
-    // An empty file (or one with only comments) is "all defaults", not a syntax error.
-    let only_comments = yaml
-        .lines()
-        .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#') || l.trim() == "---");
-    if only_comments {
-        return Ok(Raw::default());
-    }
-    let de = serde_yaml::Deserializer::from_str(yaml);
-    serde_path_to_error::deserialize::<_, Raw>(de).map_err(|e| {
-        let mut key = e.path().to_string();
-        if key == "." {
-            key.clear();
-        }
-        let mut reason = e.inner().to_string();
-        // serde_yaml prefixes nested errors with its own idea of the path: ours is exact.
-        if let Some((prefix, rest)) = reason.split_once(": ") {
-            if !prefix.is_empty() && !prefix.contains(' ') && key.starts_with(prefix) {
-                reason = rest.to_string();
-            }
-        }
-        // serde reports an unknown key at its parent; name the key itself, as promised.
-        if let Some(unknown) = reason
-            .split_once("unknown field `")
-            .and_then(|(_, rest)| rest.split('`').next())
-        {
-            if key.is_empty() {
-                key = unknown.to_string();
-            } else if !key.ends_with(unknown) {
-                key = format!("{key}.{unknown}");
-            }
-            let expected = reason
-                .split_once(", expected ")
-                .map(|(_, exp)| {
-                    format!(
-                        " (expected {})",
-                        exp.split(" at line").next().unwrap_or(exp)
-                    )
-                })
-                .unwrap_or_default();
-            return ConfigError::invalid(key, format!("unknown key{expected}"));
-        }
-        ConfigError::invalid(key, reason)
-    })
-}
-
 // ---------------------------------------------------------------------------------------------
 // Step 2: defaults and cross-field rules.
 
@@ -650,7 +471,7 @@ fn validate(raw: Raw) -> Result<ProxyConfig, ConfigError> {
 
     let f = raw.failover.unwrap_or_default();
     let failover = Failover {
-        hold_writes: f.hold_writes.map(|d| d.0).unwrap_or(DEFAULT_HOLD_WRITES),
+        hold_writes: f.hold_writes.unwrap_or(DEFAULT_HOLD_WRITES),
         read_retries: f.read_retries.unwrap_or(DEFAULT_READ_RETRIES),
         max_held_writes: f.max_held_writes.unwrap_or(DEFAULT_MAX_HELD_WRITES),
     };
@@ -663,11 +484,8 @@ fn validate(raw: Raw) -> Result<ProxyConfig, ConfigError> {
 
     let l = raw.limits.unwrap_or_default();
     let limits = Limits {
-        max_body: l.max_body.map(|s| s.0).unwrap_or(DEFAULT_MAX_BODY),
-        max_header_bytes: l
-            .max_header_bytes
-            .map(|s| s.0)
-            .unwrap_or(DEFAULT_MAX_HEADER_BYTES),
+        max_body: l.max_body.unwrap_or(DEFAULT_MAX_BODY),
+        max_header_bytes: l.max_header_bytes.unwrap_or(DEFAULT_MAX_HEADER_BYTES),
     };
     if limits.max_header_bytes < 1024 {
         return Err(ConfigError::invalid(
@@ -719,10 +537,7 @@ fn validate(raw: Raw) -> Result<ProxyConfig, ConfigError> {
         limits,
         access_log,
         threads,
-        shutdown_grace: raw
-            .shutdown_grace
-            .map(|d| d.0)
-            .unwrap_or(DEFAULT_SHUTDOWN_GRACE),
+        shutdown_grace: raw.shutdown_grace.unwrap_or(DEFAULT_SHUTDOWN_GRACE),
     })
 }
 
@@ -735,12 +550,8 @@ fn socket_addr(key: &str, s: &str) -> Result<SocketAddr, ConfigError> {
     })
 }
 
-fn positive(
-    key: &str,
-    v: Option<HumanDuration>,
-    default: Duration,
-) -> Result<Duration, ConfigError> {
-    let d = v.map(|d| d.0).unwrap_or(default);
+fn positive(key: &str, v: Option<Duration>, default: Duration) -> Result<Duration, ConfigError> {
+    let d = v.unwrap_or(default);
     if d.is_zero() {
         return Err(ConfigError::invalid(key, "must be greater than zero"));
     }
@@ -753,16 +564,8 @@ fn validate_topology(raw: Option<RawTopology>) -> Result<TopologyConfig, ConfigE
             DEFAULT_ELECTION_URL.to_string()
         ]));
     };
-    match (raw.election_url, raw.static_) {
-        (Some(_), Some(_)) => Err(ConfigError::invalid(
-            "topology",
-            "give exactly one of election_url and static, not both",
-        )),
-        (None, None) => Err(ConfigError::invalid(
-            "topology",
-            "give exactly one of election_url and static",
-        )),
-        (Some(urls), None) => {
+    match raw {
+        RawTopology::ElectionUrl(urls) => {
             if urls.0.is_empty() {
                 return Err(ConfigError::invalid(
                     "topology.election_url",
@@ -779,7 +582,7 @@ fn validate_topology(raw: Option<RawTopology>) -> Result<TopologyConfig, ConfigE
             }
             Ok(TopologyConfig::ElectionUrl(urls.0))
         }
-        (None, Some(st)) => {
+        RawTopology::Static(st) => {
             let writer = st.writer.map(|n| n.0);
             let readers: Vec<StaticNode> = st.readers.into_iter().map(|n| n.0).collect();
             let mut names = HashSet::new();
@@ -831,33 +634,6 @@ fn check_election_url(url: &str) -> Result<(), String> {
     }
     if uri.query().is_some() {
         return Err(format!("invalid URL {url:?}: must not have a query"));
-    }
-    Ok(())
-}
-
-/// `host:port` with a non-empty host (name, IPv4, or bracketed IPv6) and a non-zero port.
-pub fn check_host_port(s: &str) -> Result<(), String> {
-    let Some((host, port)) = s.rsplit_once(':') else {
-        return Err(format!("invalid address {s:?}: expected host:port"));
-    };
-    let port: u16 = port
-        .parse()
-        .map_err(|_| format!("invalid address {s:?}: bad port {port:?}"))?;
-    if port == 0 {
-        return Err(format!("invalid address {s:?}: port 0"));
-    }
-    if host.is_empty() {
-        return Err(format!("invalid address {s:?}: no host"));
-    }
-    if host.starts_with('[') {
-        let inner = host.trim_start_matches('[').trim_end_matches(']');
-        if !host.ends_with(']') || inner.parse::<std::net::Ipv6Addr>().is_err() {
-            return Err(format!("invalid address {s:?}: bad IPv6 host"));
-        }
-    } else if host.contains(':') || host.contains('/') || host.chars().any(char::is_whitespace) {
-        return Err(format!(
-            "invalid address {s:?}: expected host:port (IPv6 hosts in brackets)"
-        ));
     }
     Ok(())
 }
@@ -1066,7 +842,8 @@ access_log: errors
         let e = err("routing:\n  metods: {}\n");
         assert_eq!(e.key(), Some("routing.metods"), "{e}");
         assert!(
-            e.to_string().starts_with("routing.metods: unknown key"),
+            e.to_string()
+                .starts_with("routing.metods: unknown field `metods`, expected one of `methods`"),
             "{e}"
         );
         let e = err("timeouts: { connect: 1s, conect: 2s }");
@@ -1079,9 +856,15 @@ access_log: errors
     fn bad_values_name_key_and_reason() {
         let e = err("timeouts: { connect: 5x }");
         assert_eq!(e.key(), Some("timeouts.connect"));
-        assert!(e.to_string().contains("invalid duration \"5x\""), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("timeouts.connect: invalid value: string \"5x\", expected a duration"),
+            "{e}"
+        );
+        // A bare number is refused: is it seconds or milliseconds?
         let e = err("timeouts: { read: 30 }");
-        assert!(e.to_string().contains("unit is required"), "{e}");
+        assert_eq!(e.key(), Some("timeouts.read"));
+        assert!(e.to_string().contains("expected a duration"), "{e}");
         let e = err("timeouts: { connect: 0s }");
         assert_eq!(e.to_string(), "timeouts.connect: must be greater than zero");
         let e = err("routing: { methods: { GETT: writr } }");
@@ -1145,9 +928,32 @@ access_log: errors
     fn topology_is_exactly_one_of_two() {
         let e = err("topology: {}");
         assert_eq!(e.key(), Some("topology"));
+        assert!(e.to_string().contains("single key"), "{e}");
         let e =
             err("topology: { election_url: \"http://a:1\", static: { writer: \"127.0.0.1:1\" } }");
         assert_eq!(e.key(), Some("topology"));
+        let e = err("topology: { statik: {} }");
+        assert_eq!(e.key(), Some("topology.statik"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("expected `election_url` or `static`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn node_addresses_follow_the_one_host_port_rule() {
+        let accepted = |addr: &str| {
+            ProxyConfig::from_yaml_str(&format!("topology: {{ static: {{ writer: \"{addr}\" }} }}"))
+        };
+        for ok in ["[::1]:80", "node-0.storage:9001", "10.0.0.1:1"] {
+            assert!(accepted(ok).is_ok(), "{ok}: {:?}", accepted(ok));
+        }
+        for bad in ["[zz]:80", "host:0", "host:", ":80", "a b:80", "::1:80"] {
+            let e = accepted(bad).expect_err(bad);
+            assert_eq!(e.key(), Some("topology.static.writer"), "{bad}: {e}");
+            assert!(e.to_string().contains("is not host:port"), "{bad}: {e}");
+        }
     }
 
     #[test]
@@ -1209,16 +1015,39 @@ access_log: errors
     }
 
     #[test]
-    fn sizes() {
-        assert_eq!(parse_size("64MiB").unwrap(), 64 << 20);
-        assert_eq!(parse_size("64 KiB").unwrap(), 64 << 10);
-        assert_eq!(parse_size("1MB").unwrap(), 1_000_000);
-        assert_eq!(parse_size("10k").unwrap(), 10 << 10);
-        assert_eq!(parse_size("512").unwrap(), 512);
-        assert!(parse_size("MiB").is_err());
-        assert!(parse_size("1 TiB").is_err());
-        let c = ProxyConfig::from_yaml_str("limits: { max_body: 1024 }").unwrap();
-        assert_eq!(c.limits.max_body, 1024);
+    fn sizes_and_durations_in_every_accepted_form() {
+        let c = ProxyConfig::from_yaml_str("limits: { max_body: 1024, max_header_bytes: 2KiB }")
+            .unwrap();
+        assert_eq!((c.limits.max_body, c.limits.max_header_bytes), (1024, 2048));
+        let c = ProxyConfig::from_yaml_str("limits: { max_body: 10k, max_header_bytes: 4000 }")
+            .unwrap();
+        assert_eq!(
+            (c.limits.max_body, c.limits.max_header_bytes),
+            (10 << 10, 4000)
+        );
+        let c = ProxyConfig::from_yaml_str("limits: { max_body: 1MB }").unwrap();
+        assert_eq!(c.limits.max_body, 1_000_000);
+        let c = ProxyConfig::from_yaml_str("limits: { max_body: \"64 MiB\" }").unwrap();
+        assert_eq!(c.limits.max_body, 64 << 20);
+        let e = err("limits: { max_body: 1TiB }");
+        assert!(
+            e.to_string()
+                .starts_with("limits.max_body: invalid size \"1TiB\""),
+            "{e}"
+        );
+        let e = err("limits: { max_body: -5 }");
+        assert!(e.to_string().contains("must not be negative"), "{e}");
+
+        let c = ProxyConfig::from_yaml_str(
+            "timeouts: { connect: 250ms, read: 1m, write: 1m 30s }\nshutdown_grace: 30s",
+        )
+        .unwrap();
+        assert_eq!(c.timeouts.connect, Duration::from_millis(250));
+        assert_eq!(c.timeouts.read, Duration::from_secs(60));
+        assert_eq!(c.timeouts.write, Duration::from_secs(90));
+        assert_eq!(c.shutdown_grace, Duration::from_secs(30));
+        let e = err("shutdown_grace: soon");
+        assert_eq!(e.key(), Some("shutdown_grace"));
     }
 
     #[test]

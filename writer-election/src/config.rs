@@ -2,53 +2,27 @@
 //!
 //! Unknown keys are rejected and every error names the key path (`probe.timeout`,
 //! `discovery.static.nodes[1].address`) and the reason, like `nginx -t`. Parsing checks the
-//! shape; [`ElectionConfig::validate`] checks what the shape cannot say (exactly one discovery
-//! mode, a state store that fits it, HA timings that keep a leader from outliving its lease).
+//! shape (exactly one discovery mode and one state store are enums); [`ElectionConfig::validate`]
+//! checks what the shape cannot say (a state store that fits the discovery mode, HA timings that
+//! keep a leader from outliving its lease).
 
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use config_common::ConfigError;
 use serde::{Deserialize, Deserializer};
 
 use crate::decision::{CandidateOrder, ElectionPolicy, NamePattern};
-
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    /// `key` is the dotted path of the offending key ("" for the document itself).
-    #[error("{}{reason}", if key.is_empty() { String::new() } else { format!("{key}: ") })]
-    Invalid { key: String, reason: String },
-}
-
-impl ConfigError {
-    fn invalid(key: impl Into<String>, reason: impl Into<String>) -> Self {
-        ConfigError::Invalid {
-            key: key.into(),
-            reason: reason.into(),
-        }
-    }
-
-    /// The key path the error is about, if it is about a key.
-    pub fn key(&self) -> Option<&str> {
-        match self {
-            ConfigError::Invalid { key, .. } => Some(key),
-            ConfigError::Read { .. } => None,
-        }
-    }
-}
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ElectionConfig {
     #[serde(default = "defaults::listen")]
     pub listen: SocketAddr,
-    pub discovery: DiscoveryConfig,
+    #[serde(with = "serde_yaml::with::singleton_map")]
+    pub discovery: Discovery,
     #[serde(default)]
     pub probe: ProbeConfig,
     #[serde(default)]
@@ -66,22 +40,13 @@ pub struct ElectionConfig {
     pub label_pods: LabelPodsConfig,
 }
 
-/// Exactly one of the three is set (checked by `validate`).
+/// The discovery mode: `discovery` is a map with exactly one of these keys.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DiscoveryConfig {
-    #[serde(rename = "static")]
-    pub static_nodes: Option<StaticDiscovery>,
-    pub kubernetes: Option<KubernetesDiscovery>,
-    pub dns: Option<DnsDiscovery>,
-}
-
-/// The discovery mode, once validated.
-#[derive(Debug, Clone, Copy)]
-pub enum Discovery<'a> {
-    Static(&'a StaticDiscovery),
-    Kubernetes(&'a KubernetesDiscovery),
-    Dns(&'a DnsDiscovery),
+#[serde(rename_all = "snake_case")]
+pub enum Discovery {
+    Static(StaticDiscovery),
+    Kubernetes(KubernetesDiscovery),
+    Dns(DnsDiscovery),
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -166,7 +131,7 @@ pub struct DnsDiscovery {
     /// A headless Service name; its A records are the nodes.
     pub name: String,
     pub port: u16,
-    #[serde(default = "defaults::dns_interval", with = "humantime_serde_dur")]
+    #[serde(default = "defaults::dns_interval", with = "humantime_serde")]
     pub interval: Duration,
 }
 
@@ -180,9 +145,9 @@ pub struct ProbeConfig {
     /// `path` as written in the file, if it was.
     #[serde(rename = "path", default)]
     pub path_given: Option<String>,
-    #[serde(default = "defaults::probe_interval", with = "humantime_serde_dur")]
+    #[serde(default = "defaults::probe_interval", with = "humantime_serde")]
     pub interval: Duration,
-    #[serde(default = "defaults::probe_timeout", with = "humantime_serde_dur")]
+    #[serde(default = "defaults::probe_timeout", with = "humantime_serde")]
     pub timeout: Duration,
     #[serde(default = "defaults::failure_threshold")]
     pub failure_threshold: u32,
@@ -235,15 +200,43 @@ pub struct ProgressConfig {
     #[serde(default)]
     pub json_pointer: String,
     /// Per request; default: `probe.timeout`.
-    #[serde(default, with = "humantime_serde_opt")]
+    #[serde(default, with = "humantime_serde")]
     pub timeout: Option<Duration>,
 }
 
+/// Where the writer is recorded. Parsed from a map with exactly one of `file` and `lease`, so
+/// exactly one is set; both stay fields for the code that picks the store.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(from = "OneStateStore")]
 pub struct StateConfig {
     pub file: Option<PathBuf>,
     pub lease: Option<LeaseStateConfig>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum StateStore {
+    File(PathBuf),
+    Lease(LeaseStateConfig),
+}
+
+#[derive(Deserialize)]
+#[serde(transparent)]
+struct OneStateStore(#[serde(with = "serde_yaml::with::singleton_map")] StateStore);
+
+impl From<OneStateStore> for StateConfig {
+    fn from(one: OneStateStore) -> Self {
+        match one.0 {
+            StateStore::File(f) => StateConfig {
+                file: Some(f),
+                lease: None,
+            },
+            StateStore::Lease(l) => StateConfig {
+                file: None,
+                lease: Some(l),
+            },
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -260,11 +253,11 @@ pub struct HaConfig {
     pub enabled: bool,
     #[serde(default = "defaults::ha_lease_name")]
     pub lease_name: String,
-    #[serde(default = "defaults::lease_duration", with = "humantime_serde_dur")]
+    #[serde(default = "defaults::lease_duration", with = "humantime_serde")]
     pub lease_duration: Duration,
-    #[serde(default = "defaults::renew_deadline", with = "humantime_serde_dur")]
+    #[serde(default = "defaults::renew_deadline", with = "humantime_serde")]
     pub renew_deadline: Duration,
-    #[serde(default = "defaults::retry_period", with = "humantime_serde_dur")]
+    #[serde(default = "defaults::retry_period", with = "humantime_serde")]
     pub retry_period: Duration,
     /// This replica's name in the leader Lease. Empty: env `POD_NAME`, else `HOSTNAME`.
     #[serde(default)]
@@ -440,7 +433,7 @@ pub struct PromotionStart {
     pub path: String,
     #[serde(
         default = "defaults::promotion_request_timeout",
-        with = "humantime_serde_dur"
+        with = "humantime_serde"
     )]
     pub timeout: Duration,
 }
@@ -454,10 +447,10 @@ pub struct PromotionFinish {
     /// Repeat the call until the (trimmed) body equals this; empty = any 2xx answer is done.
     #[serde(default)]
     pub until_body: String,
-    #[serde(default = "defaults::finish_interval", with = "humantime_serde_dur")]
+    #[serde(default = "defaults::finish_interval", with = "humantime_serde")]
     pub interval: Duration,
     /// For the whole finish phase.
-    #[serde(default = "defaults::finish_timeout", with = "humantime_serde_dur")]
+    #[serde(default = "defaults::finish_timeout", with = "humantime_serde")]
     pub timeout: Duration,
 }
 
@@ -475,7 +468,7 @@ pub struct FencingConfig {
     pub delete_old_writer_pod: bool,
     /// How long to wait for a deleted old writer pod to be gone before giving up this attempt
     /// (the election is retried; no promotion happens meanwhile).
-    #[serde(default = "defaults::fencing_timeout", with = "humantime_serde_dur")]
+    #[serde(default = "defaults::fencing_timeout", with = "humantime_serde")]
     pub timeout: Duration,
 }
 
@@ -497,7 +490,7 @@ pub struct SwitchoverConfig {
     pub token_env: String,
     /// How long a planned switchover waits for every proxy of the drain set to acknowledge that
     /// its writes to the old writer are done; then it is aborted (or forced: `"force": true`).
-    #[serde(default = "defaults::drain_timeout", with = "humantime_serde_dur")]
+    #[serde(default = "defaults::drain_timeout", with = "humantime_serde")]
     pub drain_timeout: Duration,
 }
 
@@ -610,42 +603,10 @@ fn de_method<'de, D: Deserializer<'de>>(d: D) -> Result<http::Method, D::Error> 
         .map_err(|_| serde::de::Error::custom(format!("{s:?} is not an HTTP method")))
 }
 
-/// humantime strings ("250ms", "5s") for `Duration` fields.
-mod humantime_serde_dur {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer};
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let s = String::deserialize(d)?;
-        humantime::parse_duration(s.trim()).map_err(|e| {
-            serde::de::Error::custom(format!(
-                "{s:?} is not a duration ({e}); write e.g. \"500ms\" or \"5s\""
-            ))
-        })
-    }
-}
-
-mod humantime_serde_opt {
-    use std::time::Duration;
-
-    use serde::Deserializer;
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-        super::humantime_serde_dur::deserialize(d).map(Some)
-    }
-}
-
 impl ElectionConfig {
     /// Parses and validates a config document.
     pub fn from_yaml_str(text: &str) -> Result<ElectionConfig, ConfigError> {
-        let de = serde_yaml::Deserializer::from_str(text);
-        let cfg: ElectionConfig = serde_path_to_error::deserialize(de).map_err(|e| {
-            let key = e.path().to_string();
-            let key = if key == "." { String::new() } else { key };
-            ConfigError::invalid(key, e.into_inner().to_string())
-        })?;
-        let mut cfg = cfg;
+        let mut cfg: ElectionConfig = config_common::from_yaml(text)?;
         cfg.apply_defaults();
         cfg.validate()?;
         Ok(cfg)
@@ -663,26 +624,11 @@ impl ElectionConfig {
     }
 
     pub fn load(path: &Path) -> Result<ElectionConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Self::from_yaml_str(&text)
+        Self::from_yaml_str(&ConfigError::read_file(path)?)
     }
 
-    pub fn discovery(&self) -> Discovery<'_> {
-        // `validate` guarantees exactly one is set; the order here only matters for a config
-        // built by hand without validation.
-        if let Some(k) = &self.discovery.kubernetes {
-            Discovery::Kubernetes(k)
-        } else if let Some(d) = &self.discovery.dns {
-            Discovery::Dns(d)
-        } else if let Some(s) = &self.discovery.static_nodes {
-            Discovery::Static(s)
-        } else {
-            static EMPTY: StaticDiscovery = StaticDiscovery { nodes: Vec::new() };
-            Discovery::Static(&EMPTY)
-        }
+    pub fn discovery(&self) -> &Discovery {
+        &self.discovery
     }
 
     pub fn is_kubernetes(&self) -> bool {
@@ -716,21 +662,6 @@ impl ElectionConfig {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let d = &self.discovery;
-        let modes = [
-            d.static_nodes.is_some(),
-            d.kubernetes.is_some(),
-            d.dns.is_some(),
-        ]
-        .iter()
-        .filter(|b| **b)
-        .count();
-        if modes != 1 {
-            return Err(ConfigError::invalid(
-                "discovery",
-                format!("set exactly one of static | kubernetes | dns (found {modes})"),
-            ));
-        }
         match self.discovery() {
             Discovery::Static(s) => validate_static(s)?,
             Discovery::Kubernetes(k) => {
@@ -833,6 +764,7 @@ impl ElectionConfig {
 
         let kube = self.is_kubernetes();
         match (&self.state.file, &self.state.lease) {
+            // Only a config built in code can get here: parsing sets exactly one.
             (Some(_), Some(_)) | (None, None) => {
                 return Err(ConfigError::invalid(
                     "state",
@@ -1038,25 +970,11 @@ fn validate_static(s: &StaticDiscovery) -> Result<(), ConfigError> {
                 format!("duplicate node name {:?}", n.name),
             ));
         }
-        check_host_port(&format!("discovery.static.nodes[{i}].address"), &n.address)?;
+        config_common::check_host_port(&n.address).map_err(|reason| {
+            ConfigError::invalid(format!("discovery.static.nodes[{i}].address"), reason)
+        })?;
     }
     Ok(())
-}
-
-/// `host:port` with a non-empty host and a port in 1..=65535 (IPv6 hosts in brackets).
-fn check_host_port(key: &str, addr: &str) -> Result<(), ConfigError> {
-    let bad = |why: &str| ConfigError::invalid(key, format!("{addr:?} is not host:port ({why})"));
-    let (host, port) = addr.rsplit_once(':').ok_or_else(|| bad("no port"))?;
-    if host.is_empty() || host.contains('/') || host.contains(' ') {
-        return Err(bad("bad host"));
-    }
-    if host.contains(':') && !(host.starts_with('[') && host.ends_with(']')) {
-        return Err(bad("put an IPv6 address in brackets"));
-    }
-    match port.parse::<u16>() {
-        Ok(p) if p > 0 => Ok(()),
-        _ => Err(bad("port must be 1..=65535")),
-    }
 }
 
 fn check_path(key: &str, path: &str) -> Result<(), ConfigError> {
@@ -1155,7 +1073,10 @@ state:
     fn bad_values_name_the_key_and_reason() {
         let (key, reason) = err(&format!("{STATIC}probe: {{ timeout: soon }}\n"));
         assert_eq!(key, "probe.timeout");
-        assert!(reason.contains("not a duration"), "{reason}");
+        assert!(
+            reason.starts_with("invalid value: string \"soon\", expected a duration"),
+            "{reason}"
+        );
         let (key, _) = err(&format!("{STATIC}probe: {{ failure_threshold: 0 }}\n"));
         assert_eq!(key, "probe.failure_threshold");
         let (key, _) = err(&STATIC.replace("127.0.0.1:9002", "127.0.0.1"));
@@ -1176,9 +1097,52 @@ state:
     }
 
     #[test]
-    fn discovery_and_state_must_fit_together() {
-        let (key, _) = err("discovery: {}\nstate: { file: x.json }\n");
+    fn node_addresses_follow_the_one_host_port_rule() {
+        for ok in ["[::1]:80", "node-0.storage.ns.svc:9001"] {
+            let c = ElectionConfig::from_yaml_str(&STATIC.replace("127.0.0.1:9002", ok));
+            assert!(c.is_ok(), "{ok}: {:?}", c.err());
+        }
+        for bad in ["[zz]:80", "host:0", "host:", ":80", "a b:80", "::1:80"] {
+            let (key, reason) = err(&STATIC.replace("127.0.0.1:9002", bad));
+            assert_eq!(key, "discovery.static.nodes[1].address", "{bad}");
+            assert!(reason.contains("is not host:port"), "{bad}: {reason}");
+        }
+    }
+
+    #[test]
+    fn discovery_and_state_are_exactly_one_of() {
+        let (key, reason) = err("discovery: {}\nstate: { file: x.json }\n");
         assert_eq!(key, "discovery");
+        assert!(reason.contains("single key"), "{reason}");
+        let (key, _) =
+            err(&STATIC.replace("discovery:\n", "discovery:\n  dns: { name: n, port: 1 }\n"));
+        assert_eq!(key, "discovery");
+        let (key, reason) = err("discovery: { statik: {} }\nstate: { file: x.json }\n");
+        assert_eq!(key, "discovery.statik");
+        assert!(
+            reason.contains("expected one of `static`, `kubernetes`, `dns`"),
+            "{reason}"
+        );
+        let (key, _) =
+            err(&STATIC.replace("file: ./election-state.json", "{ file: a.json, lease: {} }"));
+        assert_eq!(key, "state");
+        let (key, _) = err(&STATIC.replace("file: ./election-state.json", "{}"));
+        assert_eq!(key, "state");
+        let (key, _) = err(&STATIC.replace("file: ./election-state.json", "lease: { nme: x }"));
+        assert_eq!(key, "state.lease.nme");
+        let c = ElectionConfig::from_yaml_str(
+            "discovery: { dns: { name: nodes.ns.svc, port: 8080, interval: 250ms } }\nstate: { file: s.json }\n",
+        )
+        .unwrap();
+        assert!(
+            matches!(c.discovery(), Discovery::Dns(d) if d.interval == Duration::from_millis(250))
+        );
+        assert_eq!(c.state.file, Some(PathBuf::from("s.json")));
+        assert!(c.state.lease.is_none());
+    }
+
+    #[test]
+    fn discovery_and_state_must_fit_together() {
         let (key, _) = err("discovery: { kubernetes: {} }\nstate: { file: x.json }\n");
         assert_eq!(key, "state.file");
         let (key, _) = err(&STATIC.replace("file: ./election-state.json", "lease: { name: w }"));
