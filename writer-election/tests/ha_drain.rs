@@ -4,16 +4,15 @@
 //! it reads from the leader Lease), and serves its own record when the leader does not answer.
 #![cfg(feature = "server")]
 
-mod common;
 mod support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use common::fake_proxy::{Ack, FakeProxy};
-use common::*;
 use k8s_openapi::api::rbac::v1::Role;
+use support::cluster::*;
 use support::fake_k8s::{role_from_manifests, FakeApiServer, StoragePod, DEFAULT_NAMESPACE};
+use support::fake_proxy::{Ack, FakeProxy};
 use tokio::sync::watch;
 use writer_election::client::fetch_topology;
 use writer_election::config::ElectionConfig;

@@ -7,7 +7,6 @@
 //! says SKIPPED and why, and returns.
 #![cfg(feature = "server")]
 
-mod common;
 mod support;
 
 #[allow(dead_code)]
@@ -20,9 +19,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use axum::extract::{ConnectInfo, State};
 use axum::http::{Method, StatusCode, Uri};
-use common::{http_call, parse_metrics, Election, FINISH, START};
 use k8s_openapi::api::rbac::v1::Role;
 use serde_json::Value;
+use support::cluster::{http_call, parse_metrics, Election, FINISH, START};
 use support::fake_k8s::{role_from_manifests, FakeApiServer, StoragePod, DEFAULT_NAMESPACE};
 use tokio::task::JoinHandle;
 use writer_election::client::fetch_topology;
@@ -299,7 +298,7 @@ impl Cluster {
         for name in REPLICAS {
             let ip = IpAddr::V4(lab.ip(name).expect("replica host"));
             let cmd = lab
-                .command(name, &common::binary())
+                .command(name, &support::cluster::binary())
                 .expect("replica command");
             let ip_text = ip.to_string();
             let mut process = Election::start_command(

@@ -2,11 +2,11 @@
 //! the topology follower of the client module against a real service.
 #![cfg(feature = "server")]
 
-mod common;
+mod support;
 
 use std::time::Duration;
 
-use common::*;
+use support::cluster::*;
 use tokio::sync::mpsc;
 use writer_election::client::{FollowEvent, FollowOptions, TopologyFollower};
 use writer_election::config::ElectionConfig;

@@ -3,16 +3,15 @@
 //! of k8s/writer-election/rbac.yaml, so a call the Role does not grant fails the test.
 #![cfg(feature = "server")]
 
-mod common;
 mod support;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use common::*;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::rbac::v1::Role;
+use support::cluster::*;
 use support::fake_k8s::{
     role_from_manifests, FakeApiServer, Outage, StoragePod, DEFAULT_NAMESPACE,
 };

@@ -2,13 +2,13 @@
 //! writer-election with real nodes on 127.0.0.1, and the history across a restart.
 #![cfg(feature = "server")]
 
-mod common;
+mod support;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use support::cluster::*;
 use writer_election::topology::{History, HistoryEntry};
 
 const LONG: Duration = Duration::from_secs(60);

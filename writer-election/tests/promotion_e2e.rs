@@ -1,13 +1,13 @@
 //! Promotion presets end to end: the writer-election binary against fake nodes on 127.0.0.1 that
-//! serve exactly one node library release's calls (tests/common `Api`), configured with nothing
+//! serve exactly one node library release's calls (tests/support/cluster.rs `Api`), configured with nothing
 //! but `promotion.preset`.
 #![cfg(feature = "server")]
 
-mod common;
+mod support;
 
 use std::time::{Duration, Instant};
 
-use common::*;
+use support::cluster::*;
 
 const LONG: Duration = Duration::from_secs(60);
 

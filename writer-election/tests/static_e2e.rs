@@ -1,11 +1,11 @@
 //! Static mode end to end: the writer-election binary against three real HTTP nodes on 127.0.0.1.
 #![cfg(feature = "server")]
 
-mod common;
+mod support;
 
 use std::time::{Duration, Instant};
 
-use common::*;
+use support::cluster::*;
 use writer_election::client::fetch_topology;
 use writer_election::topology::Role;
 

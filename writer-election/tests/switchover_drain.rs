@@ -3,13 +3,13 @@
 //! and three fake storage nodes.
 #![cfg(feature = "server")]
 
-mod common;
+mod support;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::fake_proxy::{Ack, FakeProxy};
-use common::*;
+use support::cluster::*;
+use support::fake_proxy::{Ack, FakeProxy};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use writer_election::topology::Topology;

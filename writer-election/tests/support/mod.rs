@@ -4,8 +4,10 @@
 //! so most items are unused in any one of them: dead code is allowed here on purpose.
 #![allow(dead_code, unused_imports)]
 
+pub mod cluster;
 #[cfg(feature = "server")]
 pub mod fake_k8s;
+pub mod fake_proxy;
 
 use std::time::{Duration, Instant};
 

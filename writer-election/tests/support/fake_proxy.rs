@@ -9,7 +9,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use writer_election::topology::Topology;
 
-use super::http_call;
+use super::cluster::http_call;
 
 const LONG: Duration = Duration::from_secs(60);
 

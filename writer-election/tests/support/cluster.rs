@@ -1,9 +1,6 @@
 //! Shared by writer-election's end-to-end tests: fake storage nodes (real HTTP servers on
 //! 127.0.0.1 that can be stopped, hung, turned unready) and the writer-election binary as a child
 //! process that is killed when the test ends, also on panic.
-#![allow(dead_code)]
-
-pub mod fake_proxy;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
