@@ -62,7 +62,10 @@ fn has_token(headers: &[httparse::Header], token: &[u8]) -> bool {
     connection_tokens(headers).any(|t| t.eq_ignore_ascii_case(token))
 }
 
-/// Whether a field is hop-by-hop: one of RFC 9110's, or named by a `Connection` field.
+/// Whether a field is hop-by-hop: one of RFC 9110's, or named by a `Connection` field. The
+/// fields that frame the message, and `Host`, are never dropped because `Connection` names
+/// them: the body passes with its framing as sent, so a node that got chunked bytes without
+/// `Transfer-Encoding` would read them as a next request.
 fn is_hop_by_hop(headers: &[httparse::Header], name: &str) -> bool {
     const FIXED: [&str; 6] = [
         "connection",
@@ -72,8 +75,12 @@ fn is_hop_by_hop(headers: &[httparse::Header], name: &str) -> bool {
         "upgrade",
         "trailer",
     ];
-    FIXED.iter().any(|f| name.eq_ignore_ascii_case(f))
-        || connection_tokens(headers).any(|t| t.eq_ignore_ascii_case(name.as_bytes()))
+    const KEPT: [&str; 3] = ["transfer-encoding", "content-length", "host"];
+    if FIXED.iter().any(|f| name.eq_ignore_ascii_case(f)) {
+        return true;
+    }
+    !KEPT.iter().any(|k| name.eq_ignore_ascii_case(k))
+        && connection_tokens(headers).any(|t| t.eq_ignore_ascii_case(name.as_bytes()))
 }
 
 /// Whether the client wants its connection kept after this request.
@@ -414,6 +421,32 @@ mod tests {
             got,
             "PUT /kv/a?x=1 HTTP/1.1\r\nHost: store\r\nX-Kept: yes\r\nContent-Length: 3\r\nX-Writer-Epoch: 7\r\nX-Forwarded-For: 10.0.0.7\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: store\r\nX-Request-Id: id-1\r\n\r\n"
         );
+    }
+
+    #[test]
+    fn framing_fields_named_by_connection_are_still_passed_on() {
+        let fields = [
+            ("Host", "store"),
+            ("Transfer-Encoding", "chunked"),
+            ("Connection", "Transfer-Encoding, Host, X-Gone"),
+            ("X-Gone", "1"),
+        ];
+        let got = request(
+            &fields,
+            &Additions {
+                content_length: None,
+                ..add()
+            },
+            1,
+        );
+        assert!(got.contains("\r\nTransfer-Encoding: chunked\r\n"), "{got}");
+        assert!(got.contains("\r\nHost: store\r\n"), "{got}");
+        assert!(!got.contains("X-Gone"), "{got}");
+        assert!(!got.contains("10.1.1.1:9000"), "{got}");
+        let mut out = Vec::new();
+        write_answer_head(&mut out, 200, "OK", &hs(&fields), b"rid", 1, true);
+        let got = String::from_utf8(out).unwrap();
+        assert!(got.contains("\r\nTransfer-Encoding: chunked\r\n"), "{got}");
     }
 
     #[test]

@@ -245,6 +245,21 @@ async fn well_formed_edge_cases_pass() {
         .expect("the write arrived");
     assert_eq!(twice.headers.get_all("content-length").iter().count(), 1);
     assert_eq!(&twice.body[..], b"abc");
+    // `Connection` naming the framing field does not strip it: the node would otherwise read
+    // the chunked bytes as a request of their own.
+    let resp = raw(
+        proxy.addr,
+        b"POST /kv/named HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: Transfer-Encoding, close\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_of(&resp), 200, "{resp}");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let named = writer
+        .seen()
+        .into_iter()
+        .find(|s| s.path == "/kv/named")
+        .expect("the write arrived");
+    assert_eq!(&named.body[..], b"abc");
     let paths: Vec<String> = writer
         .seen()
         .into_iter()
