@@ -703,7 +703,9 @@ impl Forwarder {
                 return Err(after_send(UpstreamError::ProtocolError, body_sent));
             };
             // An HTTP/1.0 request went as 1.0: the node closes after it whatever its answer says.
+            // A body framed by the node's close leaves nothing to reuse.
             let keep_up = req.minor == 1
+                && framing != Framing::UntilClose
                 && h1::upstream_keeps_alive(resp.version.unwrap_or(1), headers)
                 && client_done;
             // A body framed by close ends the client's connection too.

@@ -172,8 +172,9 @@ fn script(path: &str) -> (Vec<u8>, bool) {
 
 async fn setup() -> (Scripted, Proxy) {
     let backend = Scripted::start(script).await;
+    // One worker: every client connection of a test meets the same upstream pool.
     let cfg = format!(
-        "{}timeouts: {{ read: 3s }}\n",
+        "{}timeouts: {{ read: 3s }}\nthreads: 1\n",
         static_topology(Some(backend.addr), &[])
     );
     let proxy = Proxy::start(&cfg).await;
@@ -349,6 +350,15 @@ async fn large_bodies_stream_whole_both_ways() {
         a.body.ends_with(b"all of it"),
         "{:?}",
         String::from_utf8_lossy(&a.body)
+    );
+    // That connection ended with the answer: the next request does not meet it in the pool.
+    let mut fresh = Client::open(proxy.addr).await;
+    fresh.send(&GET("/after")).await;
+    assert_eq!(fresh.answer(false).await.expect("answered").body, b"ok");
+    let m = proxy.metrics().await;
+    assert!(
+        !m.contains("rw_proxy_upstream_errors_total{"),
+        "a closed upstream connection was reused: {m}"
     );
 }
 
