@@ -97,6 +97,7 @@ mod tests {
                 .collect(),
             updated_at: String::new(),
             switchover: None,
+            replication: None,
         }
     }
 

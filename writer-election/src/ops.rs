@@ -712,6 +712,7 @@ mod tests {
                     from: "node-1".into(),
                     to: "node-0".into(),
                 }),
+                replication: None,
             },
             history: vec![HistoryEntry {
                 at: "2026-11-22T10:00:00Z".into(),

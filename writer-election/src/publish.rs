@@ -117,6 +117,7 @@ pub fn build_topology(rec: &Recorded, nodes: &[NodeView]) -> Topology {
         nodes: statuses,
         updated_at: String::new(),
         switchover: None,
+        replication: None,
     }
 }
 

@@ -52,6 +52,48 @@ pub struct Topology {
     /// docs/failover.md): `writer` and `epoch` are still the old writer's.
     #[serde(default)]
     pub switchover: Option<Switchover>,
+    /// How far each node has replicated the writer's stream, measured once per progress round.
+    /// Present only when `election.progress` is configured and this replica measures (the
+    /// leader); a proxy that finds it absent knows nothing about lag.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication: Option<Replication>,
+}
+
+/// Replication progress as one progress round measured it (docs/consistency.md).
+///
+/// Offsets are the storage's own replication positions (`election.progress`): a reader whose
+/// offset is at least `o` has applied everything the writer had applied at offset `o`. Offsets
+/// are only comparable within one epoch: after a failover the new writer's offsets start the
+/// comparison again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Replication {
+    /// The epoch whose writer these offsets were compared against.
+    pub epoch: u64,
+    /// The writer's offset in that round.
+    pub writer_offset: u64,
+    /// When the round read the writer's offset: milliseconds since the Unix epoch, by
+    /// writer-election's clock.
+    pub measured_at_ms: u64,
+    /// Every node whose offset the round could read, the writer included, by name.
+    #[serde(default)]
+    pub nodes: Vec<NodeProgress>,
+}
+
+/// One node's replication progress (see [`Replication`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeProgress {
+    pub name: String,
+    pub offset: u64,
+    /// `writer_offset - offset`, 0 when the node is level with (or ahead of) the writer.
+    pub lag_offsets: u64,
+    /// How long before `measured_at_ms` the writer was at `offset`, in milliseconds: 0 when
+    /// level. An estimate from the writer's recent offsets, rounded up to the probe round that
+    /// passed `offset`; when the node is behind every offset the history holds, the history's
+    /// age (and `lag_at_least` is true).
+    pub lag_ms: u64,
+    /// `lag_ms` is a lower bound: the node is further behind than the history reaches.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub lag_at_least: bool,
 }
 
 /// A planned switchover in progress: `{"id": 5, "state": "draining", "from": ..., "to": ...}`.
@@ -167,6 +209,7 @@ impl Topology {
             nodes: Vec::new(),
             updated_at: String::new(),
             switchover: None,
+            replication: None,
         }
     }
 }
