@@ -857,4 +857,70 @@ mod tests {
         );
         assert!(c.contains("proxy_set_header X-Writer-Epoch $writer_epoch;"));
     }
+
+    fn known_report() -> CompareReport {
+        let mut put = m("PUT", 1, "rw-proxy", 123.45, 999, 1_500_000);
+        put.tool = "wrk".into();
+        put.errors = 2;
+        let summary = vec![m("GET", 64, "nginx", 1000.0, 400, 2000), put];
+        CompareReport {
+            machine: Machine {
+                cpu: "Test CPU".into(),
+                cores: 2,
+                kernel: "6.1.0".into(),
+                nginx: "nginx version: nginx/1.22.1".into(),
+                date: "2026-01-01T00:00:00Z".into(),
+            },
+            command: "loadtest compare --idle 10".into(),
+            measurements: summary.clone(),
+            summary,
+            ratios: vec![
+                Ratio {
+                    method: "GET".into(),
+                    connections: 64,
+                    tool: "loadtest".into(),
+                    rps_ratio: 1.1,
+                    p99_ratio: 0.95,
+                    added_p50_us_over_direct: Some(-5),
+                },
+                Ratio {
+                    method: "PUT".into(),
+                    connections: 1,
+                    tool: "wrk".into(),
+                    rps_ratio: 0.5,
+                    p99_ratio: 2.0,
+                    added_p50_us_over_direct: None,
+                },
+            ],
+            idle: vec![IdleMemory {
+                target: "nginx".into(),
+                connections_open: 10,
+                rss_before_kib: 1000,
+                rss_with_idle_kib: 1100,
+                bytes_per_connection: 10240.0,
+            }],
+        }
+    }
+
+    #[test]
+    fn renders_a_known_report_as_text() {
+        assert_eq!(
+            render_text(&known_report()),
+            "machine: Test CPU (2 cores), kernel 6.1.0, nginx version: nginx/1.22.1, 2026-01-01T00:00:00Z\n\
+             method conns  target    tool            req/s       p50       p99  errors\n\
+             GET       64  nginx     loadtest         1000     400µs    2.00ms       0\n\
+             PUT        1  rw-proxy  wrk               123     999µs     1.50s       2\n\
+             \n\
+             rw-proxy vs nginx (req/s ratio >= 1.0 and p99 ratio <= 1.0 are the targets):\n  \
+             GET c=64   loadtest  req/s 1.10x  p99 0.95x, p50 -5 µs over direct\n  \
+             PUT c=1    wrk       req/s 0.50x  p99 2.00x\n\
+             idle: nginx with 10 connections: RSS 1000 KiB -> 1100 KiB (10240 bytes/connection)\n"
+        );
+    }
+
+    #[test]
+    fn renders_a_known_report_as_json() {
+        let json = serde_json::to_string_pretty(&known_report()).unwrap();
+        assert_eq!(json, include_str!("testdata/known-report.json").trim_end());
+    }
 }
