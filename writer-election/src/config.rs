@@ -191,7 +191,8 @@ impl Default for ElectionSection {
     }
 }
 
-/// Where `most_caught_up` reads a candidate's replication offset.
+/// Where a node's replication offset is read: by `most_caught_up` for the candidates, and by
+/// the leader's progress rounds for every ready node (`replication` in the topology).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProgressConfig {
@@ -202,6 +203,10 @@ pub struct ProgressConfig {
     /// Per request; default: `probe.timeout`.
     #[serde(default, with = "humantime_serde")]
     pub timeout: Option<Duration>,
+    /// Time between two progress rounds; default: `probe.interval`
+    /// ([`ElectionConfig::progress_interval`]).
+    #[serde(default, with = "humantime_serde")]
+    pub interval: Option<Duration>,
 }
 
 /// Where the writer is recorded. Parsed from a map with exactly one of `file` and `lease`, so
@@ -635,6 +640,13 @@ impl ElectionConfig {
         matches!(self.discovery(), Discovery::Kubernetes(_))
     }
 
+    /// How often the leader reads every ready node's offset: `election.progress.interval`, else
+    /// `probe.interval`; `None` without `election.progress` (no rounds, no `replication`).
+    pub fn progress_interval(&self) -> Option<Duration> {
+        let p = self.election.progress.as_ref()?;
+        Some(p.interval.unwrap_or(self.probe.interval))
+    }
+
     pub fn policy(&self) -> ElectionPolicy {
         ElectionPolicy {
             candidate_order: self.election.candidate_order,
@@ -742,6 +754,18 @@ impl ElectionConfig {
                     return Err(ConfigError::invalid(
                         "election.progress.json_pointer",
                         "must be empty or start with '/' (RFC 6901)",
+                    ));
+                }
+                if progress.interval.is_some_and(|d| d.is_zero()) {
+                    return Err(ConfigError::invalid(
+                        "election.progress.interval",
+                        "must be greater than 0",
+                    ));
+                }
+                if progress.timeout.is_some_and(|d| d.is_zero()) {
+                    return Err(ConfigError::invalid(
+                        "election.progress.timeout",
+                        "must be greater than 0",
                     ));
                 }
             }
@@ -1094,6 +1118,40 @@ state:
         assert_eq!(key, "election.progress");
         let (key, _) = err(&STATIC.replace("listen: \"127.0.0.1:8081\"", "listen: nowhere"));
         assert_eq!(key, "listen");
+    }
+
+    #[test]
+    fn progress_interval_defaults_to_the_probe_interval_and_must_be_positive() {
+        let c = ElectionConfig::from_yaml_str(STATIC).unwrap();
+        assert_eq!(
+            c.progress_interval(),
+            None,
+            "no rounds without election.progress"
+        );
+        let c = ElectionConfig::from_yaml_str(&format!(
+            "{STATIC}probe: {{ interval: 250ms }}\nelection: {{ progress: {{ path: /offset }} }}\n"
+        ))
+        .unwrap();
+        assert_eq!(c.progress_interval(), Some(Duration::from_millis(250)));
+        let c = ElectionConfig::from_yaml_str(&format!(
+            "{STATIC}election: {{ progress: {{ path: /offset, interval: 2s }} }}\n"
+        ))
+        .unwrap();
+        assert_eq!(c.progress_interval(), Some(Duration::from_secs(2)));
+        let (key, reason) = err(&format!(
+            "{STATIC}election: {{ progress: {{ path: /offset, interval: 0s }} }}\n"
+        ));
+        assert_eq!(key, "election.progress.interval");
+        assert!(reason.contains("greater than 0"), "{reason}");
+        let (key, reason) = err(&format!(
+            "{STATIC}election: {{ progress: {{ path: /offset, interval: often }} }}\n"
+        ));
+        assert_eq!(key, "election.progress.interval");
+        assert!(reason.contains("expected a duration"), "{reason}");
+        let (key, _) = err(&format!(
+            "{STATIC}election: {{ progress: {{ path: /offset, timeout: 0s }} }}\n"
+        ));
+        assert_eq!(key, "election.progress.timeout");
     }
 
     #[test]

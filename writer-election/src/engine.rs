@@ -12,6 +12,10 @@
 //!   [`crate::drain`]; here the loop drives them;
 //! - the document and its gauges are [`crate::publish`].
 //!
+//! With `election.progress`, the leader also runs progress rounds on a task of its own
+//! ([`crate::progress`]): each round's measurement comes back here and is published with the next
+//! document, so the revision moves at most once per round because of it.
+//!
 //! Every probe interval the published writer is asked `promotion.check` (one GET, off the loop).
 //! A writer that answers it is not the writer (restarted, lost its role) is promoted again at its
 //! own epoch; if that fails it is lost and the next candidate is elected as usual. A check
@@ -40,6 +44,7 @@ use crate::kube_actions::KubeActions;
 use crate::leader::LeaderState;
 use crate::metrics::Metrics;
 use crate::probe::{HealthTable, Prober};
+use crate::progress::{self, ProgressRun, RoundDeps};
 use crate::promotion::{fetch_progress, CheckResult, Promoter, PromotionError};
 use crate::publish::{node_key, Publisher, TopologyHub};
 use crate::store::{RecordStore, StoreError};
@@ -47,7 +52,7 @@ use crate::switchover::{
     abandons_drain, plan_after_drain, plan_request, reply, AfterDrain, RequestPlan, Step,
     Switchovers,
 };
-use crate::topology::{push_history, HistoryEntry};
+use crate::topology::{push_history, HistoryEntry, Replication};
 use crate::writer_change::{self, pod_to_fence, Failure, Fence, PodFencer, Steps};
 
 pub use crate::switchover::{SwitchoverCmd, SwitchoverOutcome};
@@ -135,6 +140,22 @@ pub struct Engine {
     /// When this process first saw the published writer lost (for the history's time without a
     /// writer); cleared once a writer is recorded again.
     lost_at: Option<Instant>,
+    /// What a progress round needs (`None`: `election.progress` is not configured).
+    progress_deps: Option<RoundDeps>,
+    /// The progress rounds, while this replica leads.
+    progress: Option<ProgressRun>,
+}
+
+/// The next measurement of the running progress rounds; never, while none run.
+async fn next_measurement(run: &mut Option<ProgressRun>) -> Option<Arc<Replication>> {
+    let Some(run) = run.as_mut() else {
+        return std::future::pending().await;
+    };
+    if run.rx.changed().await.is_err() {
+        // The round task ended (it only does when dropped): nothing more will come.
+        return std::future::pending().await;
+    }
+    run.rx.borrow_and_update().clone()
 }
 
 /// How long a node whose promotion failed is skipped by automatic elections.
@@ -182,6 +203,22 @@ impl Engine {
         );
         let promoter = Promoter::new(d.cfg.promotion.clone(), d.client.clone());
         let (check_tx, check_rx) = mpsc::channel(1);
+        let progress_deps = d
+            .cfg
+            .election
+            .progress
+            .clone()
+            .zip(d.cfg.progress_interval())
+            .map(|(cfg, interval)| RoundDeps {
+                cfg,
+                interval,
+                timeout: d.cfg.probe.timeout,
+                client: d.client.clone(),
+                hub: d.hub.clone(),
+                membership: d.membership.clone(),
+                table: table.clone(),
+                metrics: d.metrics.clone(),
+            });
         let publisher = Publisher::new(
             d.hub,
             d.metrics.clone(),
@@ -228,6 +265,8 @@ impl Engine {
             drain_rx,
             switchovers,
             lost_at: None,
+            progress_deps,
+            progress: None,
         }
     }
 
@@ -255,9 +294,11 @@ impl Engine {
                     info!("deciding (leader)");
                     // Another leader may have written since we last read.
                     self.need_reload = true;
+                    self.progress = self.progress_deps.clone().map(progress::spawn);
                 } else {
                     info!("following: serving the recorded writer, not probing");
                     self.prober.stop_all();
+                    self.progress = None;
                     self.ready.send_replace(false);
                 }
                 was_leading = leading;
@@ -318,9 +359,22 @@ impl Engine {
                     }
                 }
                 _ = tokio::time::sleep_until(valid_until.unwrap_or(now).into()), if leading && valid_until.is_some() => {}
+                Some(r) = next_measurement(&mut self.progress) => self.on_measurement(&r),
             }
         }
+        self.progress = None;
         self.prober.stop_all();
+    }
+
+    /// A progress round's measurement: published with the next document if it is about the
+    /// recorded writer (a round that started before a writer change is about the old one).
+    fn on_measurement(&mut self, r: &Replication) {
+        let current = self.recorded.as_ref();
+        if self.leading()
+            && current.is_some_and(|rec| rec.epoch == r.epoch && rec.writer().is_some())
+        {
+            self.publisher.set_replication(r.clone());
+        }
     }
 
     fn leading(&self) -> bool {

@@ -33,6 +33,8 @@ pub mod ops;
 #[cfg(feature = "server")]
 pub mod probe;
 #[cfg(feature = "server")]
+pub mod progress;
+#[cfg(feature = "server")]
 pub mod promotion;
 #[cfg(feature = "server")]
 pub mod publish;

@@ -2,8 +2,8 @@
 //! service instance, so tests can run several in one process.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -47,6 +47,18 @@ pub struct Metrics {
     pub repromotions: IntCounterVec,
     /// Nodes taken out of candidacy, by reason (promotion_refused).
     pub candidates_excluded: IntCounterVec,
+    /// Progress rounds, by result (ok, writer_unreadable).
+    pub progress_rounds: IntCounterVec,
+    /// How long one progress round took (every read answered or timed out).
+    pub progress_round_seconds: Histogram,
+    /// The published writer's offset, by writer name; no series while no `replication` is
+    /// published (these gauges follow the published document).
+    pub replication_writer_offset: IntGaugeVec,
+    /// Per node of the published `replication`: offsets behind the writer.
+    pub replication_lag_offsets: IntGaugeVec,
+    /// Per node of the published `replication`: `lag_ms` in seconds (a lower bound where the
+    /// document says `lag_at_least`).
+    pub replication_lag_seconds: GaugeVec,
 }
 
 impl Metrics {
@@ -189,6 +201,48 @@ impl Metrics {
             &["reason"],
         )
         .unwrap();
+        let progress_rounds = IntCounterVec::new(
+            Opts::new(
+                "writer_election_progress_rounds_total",
+                "Progress rounds (replication offsets of every ready node), by result",
+            ),
+            &["result"],
+        )
+        .unwrap();
+        let progress_round_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "writer_election_progress_round_seconds",
+                "Duration of one progress round",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+        )
+        .unwrap();
+        let replication_writer_offset = IntGaugeVec::new(
+            Opts::new(
+                "writer_election_replication_writer_offset",
+                "Replication offset of the writer (label node) in the published replication",
+            ),
+            &["node"],
+        )
+        .unwrap();
+        let replication_lag_offsets = IntGaugeVec::new(
+            Opts::new(
+                "writer_election_replication_lag_offsets",
+                "Offsets the node is behind the writer, as published",
+            ),
+            &["node"],
+        )
+        .unwrap();
+        let replication_lag_seconds = GaugeVec::new(
+            Opts::new(
+                "writer_election_replication_lag_seconds",
+                "How long ago the writer was at the node's offset, as published",
+            ),
+            &["node"],
+        )
+        .unwrap();
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "writer_election_build_info",
@@ -221,6 +275,11 @@ impl Metrics {
             Box::new(writer_checks.clone()),
             Box::new(repromotions.clone()),
             Box::new(candidates_excluded.clone()),
+            Box::new(progress_rounds.clone()),
+            Box::new(progress_round_seconds.clone()),
+            Box::new(replication_writer_offset.clone()),
+            Box::new(replication_lag_offsets.clone()),
+            Box::new(replication_lag_seconds.clone()),
             Box::new(build_info),
         ] {
             // Names are constants and unique: registration cannot fail.
@@ -258,6 +317,11 @@ impl Metrics {
             writer_checks,
             repromotions,
             candidates_excluded,
+            progress_rounds,
+            progress_round_seconds,
+            replication_writer_offset,
+            replication_lag_offsets,
+            replication_lag_seconds,
         }
     }
 
@@ -312,6 +376,9 @@ pub fn prime(m: &Metrics) {
     let _ = m
         .candidates_excluded
         .with_label_values(&["promotion_refused"]);
+    for r in ["ok", "writer_unreadable"] {
+        let _ = m.progress_rounds.with_label_values(&[r]);
+    }
     for r in [
         "switched",
         "unchanged",

@@ -6,6 +6,12 @@
 //! grows across a restart of the service, so a proxy's `after=<rev>` from before the restart never
 //! hides a newer document. A query whose `after` is above the current revision (another replica's
 //! or an older process's numbering) is answered at once so the client resynchronises.
+//!
+//! `replication` is content like the rest: a new measurement is a new revision. Every proxy's
+//! blocking query wakes on each revision and fetches the whole document again, so the
+//! measurement is set only when a progress round delivers one ([`Publisher::set_replication`]),
+//! never recomputed while publishing: lag alone moves the revision at most once per round,
+//! however often the engine publishes in between.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -18,7 +24,7 @@ use crate::decision::{natural_cmp, Health, Recorded};
 use crate::discovery::{DiscoveredNode, Membership, MembershipRx};
 use crate::metrics::Metrics;
 use crate::probe::{HealthTable, NodeKey};
-use crate::topology::{HistoryEntry, NodeRef, NodeStatus, Role, Switchover, Topology};
+use crate::topology::{HistoryEntry, NodeRef, NodeStatus, Replication, Role, Switchover, Topology};
 
 /// A node as the topology shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,6 +133,7 @@ fn same_content(a: &Topology, b: &Topology) -> bool {
         && a.readers == b.readers
         && a.nodes == b.nodes
         && a.switchover == b.switchover
+        && a.replication == b.replication
 }
 
 fn now_millis() -> u64 {
@@ -212,6 +219,12 @@ pub struct Publisher {
     writer_gauge: Option<String>,
     /// The nodes `writer_election_node_ready` has a series for.
     ready_gauges: HashSet<String>,
+    /// The last progress round's measurement, published while its epoch is the record's.
+    replication: Option<Replication>,
+    /// The writer `writer_election_replication_writer_offset` has a series for.
+    writer_offset_gauge: Option<String>,
+    /// The nodes the `writer_election_replication_lag_*` gauges have series for.
+    lag_gauges: HashSet<String>,
 }
 
 impl Publisher {
@@ -228,7 +241,15 @@ impl Publisher {
             table,
             writer_gauge: None,
             ready_gauges: HashSet::new(),
+            replication: None,
+            writer_offset_gauge: None,
+            lag_gauges: HashSet::new(),
         }
+    }
+
+    /// A progress round's measurement, published from the next [`Publisher::publish`] on.
+    pub fn set_replication(&mut self, r: Replication) {
+        self.replication = Some(r);
     }
 
     pub fn hub(&self) -> &TopologyHub {
@@ -236,8 +257,10 @@ impl Publisher {
     }
 
     /// Publishes `rec` with the nodes as this replica sees them (`leading`: its probe verdicts,
-    /// else the pods' Ready condition) and the running switchover, if any. Returns the node list
-    /// it showed, for the leader's follow-ups.
+    /// else the pods' Ready condition), the running switchover, if any, and the last progress
+    /// measurement. That measurement is dropped for good when it stops describing the record: a
+    /// new epoch (another writer's offsets), no writer, or this replica not leading (only the
+    /// leader measures). Returns the node list it showed, for the leader's follow-ups.
     pub fn publish(
         &mut self,
         rec: &Recorded,
@@ -254,6 +277,16 @@ impl Publisher {
         self.hub.set_history(&rec.history);
         let mut doc = build_topology(rec, &nodes);
         doc.switchover = switchover;
+        if !leading
+            || rec.writer().is_none()
+            || self
+                .replication
+                .as_ref()
+                .is_some_and(|r| r.epoch != rec.epoch)
+        {
+            self.replication = None;
+        }
+        doc.replication = self.replication.clone();
         if let Some(t) = self.hub.publish(doc) {
             debug!(revision = t.revision, epoch = t.epoch, writer = ?t.writer.as_ref().map(|w| &w.name), "published topology");
             self.metrics.topology_revision.set(t.revision as i64);
@@ -264,7 +297,51 @@ impl Publisher {
             .set(i64::from(rec.writer().is_some()));
         self.set_writer_gauge(rec.writer().map(|h| h.name.as_str()));
         self.set_ready_gauges(&nodes);
+        self.set_replication_gauges(rec.writer().map(|h| h.name.clone()));
         m
+    }
+
+    fn set_replication_gauges(&mut self, writer: Option<String>) {
+        let rep = self.replication.as_ref();
+        let writer = rep.and(writer);
+        if self.writer_offset_gauge != writer {
+            if let Some(old) = self.writer_offset_gauge.take() {
+                let _ = self
+                    .metrics
+                    .replication_writer_offset
+                    .remove_label_values(&[old.as_str()]);
+            }
+            self.writer_offset_gauge = writer.clone();
+        }
+        if let (Some(w), Some(r)) = (&writer, rep) {
+            self.metrics
+                .replication_writer_offset
+                .with_label_values(&[w.as_str()])
+                .set(i64::try_from(r.writer_offset).unwrap_or(i64::MAX));
+        }
+        let mut present = HashSet::new();
+        for n in rep.map(|r| r.nodes.as_slice()).unwrap_or_default() {
+            self.metrics
+                .replication_lag_offsets
+                .with_label_values(&[n.name.as_str()])
+                .set(i64::try_from(n.lag_offsets).unwrap_or(i64::MAX));
+            self.metrics
+                .replication_lag_seconds
+                .with_label_values(&[n.name.as_str()])
+                .set(n.lag_ms as f64 / 1000.0);
+            present.insert(n.name.clone());
+        }
+        for gone in self.lag_gauges.difference(&present) {
+            let _ = self
+                .metrics
+                .replication_lag_offsets
+                .remove_label_values(&[gone.as_str()]);
+            let _ = self
+                .metrics
+                .replication_lag_seconds
+                .remove_label_values(&[gone.as_str()]);
+        }
+        self.lag_gauges = present;
     }
 
     fn set_writer_gauge(&mut self, writer: Option<&str>) {
@@ -525,6 +602,97 @@ mod tests {
         assert_eq!(d.switchover, Some(draining));
         p.publish(&rec("n-1", true), false, None);
         assert_eq!(p.hub().current().switchover, None);
+    }
+
+    fn measured(epoch: u64, writer_offset: u64, lag: &[(&str, u64, u64)]) -> Replication {
+        Replication {
+            epoch,
+            writer_offset,
+            measured_at_ms: 1_764_650_000_000 + writer_offset,
+            nodes: lag
+                .iter()
+                .map(|(name, offset, lag_ms)| crate::topology::NodeProgress {
+                    name: name.to_string(),
+                    offset: *offset,
+                    lag_offsets: writer_offset.saturating_sub(*offset),
+                    lag_ms: *lag_ms,
+                    lag_at_least: false,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_measurement_is_content_published_once_and_kept_within_its_epoch() {
+        let metrics = Arc::new(Metrics::new());
+        let (mut p, tx) = publisher(metrics.clone());
+        nodes(&tx, &[("n-1", true), ("n-2", true)]);
+        p.publish(&rec("n-1", true), true, None);
+        let plain = p.hub().current();
+        assert_eq!(plain.replication, None);
+        assert!(series(&metrics, "writer_election_replication_lag_offsets").is_empty());
+
+        let first = measured(3, 100, &[("n-1", 100, 0), ("n-2", 90, 1000)]);
+        p.set_replication(first.clone());
+        p.publish(&rec("n-1", true), true, None);
+        let a = p.hub().current();
+        assert!(a.revision > plain.revision);
+        assert_eq!(a.replication.as_ref(), Some(&first));
+        // Publishing again without a new round: same content, same revision.
+        p.publish(&rec("n-1", true), true, None);
+        assert_eq!(p.hub().current().revision, a.revision);
+        assert_eq!(
+            series(&metrics, "writer_election_replication_lag_offsets"),
+            vec![
+                r#"writer_election_replication_lag_offsets{node="n-1"} 0"#,
+                r#"writer_election_replication_lag_offsets{node="n-2"} 10"#
+            ]
+        );
+        assert_eq!(
+            series(&metrics, "writer_election_replication_lag_seconds"),
+            vec![
+                r#"writer_election_replication_lag_seconds{node="n-1"} 0"#,
+                r#"writer_election_replication_lag_seconds{node="n-2"} 1"#
+            ]
+        );
+        assert_eq!(
+            series(&metrics, "writer_election_replication_writer_offset"),
+            vec![r#"writer_election_replication_writer_offset{node="n-1"} 100"#]
+        );
+
+        // A node that leaves the measurement leaves the gauges.
+        p.set_replication(measured(3, 120, &[("n-1", 120, 0)]));
+        p.publish(&rec("n-1", true), true, None);
+        assert!(p.hub().current().revision > a.revision);
+        assert_eq!(
+            series(&metrics, "writer_election_replication_lag_seconds"),
+            vec![r#"writer_election_replication_lag_seconds{node="n-1"} 0"#]
+        );
+
+        // A new epoch: the old writer's offsets mean nothing for the new one.
+        let mut next = rec("n-2", true);
+        next.epoch = 4;
+        p.publish(&next, true, None);
+        assert_eq!(p.hub().current().replication, None);
+        assert!(series(&metrics, "writer_election_replication_lag_offsets").is_empty());
+        assert!(series(&metrics, "writer_election_replication_writer_offset").is_empty());
+        // ... and it does not come back with the epoch's next publish.
+        p.publish(&next, true, None);
+        assert_eq!(p.hub().current().replication, None);
+    }
+
+    #[test]
+    fn no_measurement_without_a_writer_or_on_a_follower() {
+        let (mut p, tx) = publisher(Arc::new(Metrics::new()));
+        nodes(&tx, &[("n-1", true)]);
+        p.set_replication(measured(3, 100, &[("n-1", 100, 0)]));
+        p.publish(&rec("n-1", false), true, None);
+        assert_eq!(p.hub().current().replication, None, "suspended");
+        p.set_replication(measured(3, 100, &[("n-1", 100, 0)]));
+        p.publish(&rec("n-1", true), false, None);
+        assert_eq!(p.hub().current().replication, None, "following");
+        let json = serde_json::to_value(&*p.hub().current()).unwrap();
+        assert!(json.get("replication").is_none(), "{json}");
     }
 
     #[test]
