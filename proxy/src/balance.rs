@@ -82,24 +82,42 @@ impl HasStats for UpstreamStats {
     }
 }
 
-/// Pool positions already tried by this request (retries skip them). Positions past 63 are
-/// not tracked, which only means such a retry may land on an upstream tried before.
+/// Pool positions a request must not be sent to: tried already (retries skip them), or left
+/// out beforehand (a read-your-writes read skips the readers that lack the write). Positions
+/// past 63 are tracked together, as one: a retry may land on one of them tried before, and
+/// leaving out any one of them leaves out all.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Tried(u64);
+pub struct Tried {
+    first: u64,
+    /// Every position past 63 counts as tried.
+    rest: bool,
+}
+
+/// Positions [`Tried`] tells apart.
+pub const TRIED_POSITIONS: usize = 64;
 
 impl Tried {
     pub fn contains(self, i: usize) -> bool {
-        i < 64 && self.0 & (1 << i) != 0
-    }
-
-    pub fn insert(&mut self, i: usize) {
-        if i < 64 {
-            self.0 |= 1 << i;
+        if i < TRIED_POSITIONS {
+            self.first & (1 << i) != 0
+        } else {
+            self.rest
         }
     }
 
+    pub fn insert(&mut self, i: usize) {
+        if i < TRIED_POSITIONS {
+            self.first |= 1 << i;
+        }
+    }
+
+    /// Counts every position past 63 as tried.
+    pub fn insert_rest(&mut self) {
+        self.rest = true;
+    }
+
     pub fn is_empty(self) -> bool {
-        self.0 == 0
+        self.first == 0 && !self.rest
     }
 }
 
@@ -328,6 +346,35 @@ mod tests {
         assert!((0..50).all(|_| b.pick(&p, tried) == Some(1)));
         tried.insert(1);
         assert_eq!(b.pick(&p, tried), None);
+    }
+
+    #[test]
+    fn positions_past_the_first_64_count_as_one() {
+        let mut tried = Tried::default();
+        tried.insert(70);
+        assert!(!tried.contains(70), "a retry may land there again");
+        assert!(tried.is_empty());
+        tried.insert_rest();
+        assert!(tried.contains(64) && tried.contains(500));
+        assert!(!tried.contains(63));
+        assert!(!tried.is_empty());
+        let p = pool(100);
+        for strategy in [
+            Balancing::RoundRobin,
+            Balancing::LeastConn,
+            Balancing::P2cEwma,
+        ] {
+            let b = Balancer::new(strategy);
+            let mut only_5 = Tried::default();
+            only_5.insert_rest();
+            (0..64).filter(|&i| i != 5).for_each(|i| only_5.insert(i));
+            assert!(
+                (0..50).all(|_| b.pick(&p, only_5) == Some(5)),
+                "{strategy:?}"
+            );
+            only_5.insert(5);
+            assert_eq!(b.pick(&p, only_5), None, "{strategy:?}");
+        }
     }
 
     #[test]

@@ -23,6 +23,10 @@ pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
 pub const DEFAULT_ADMIN_LISTEN: &str = "0.0.0.0:9901";
 pub const DEFAULT_ELECTION_URL: &str = "http://writer-election:8080";
 pub const DEFAULT_CONSISTENCY_HEADER: &str = "X-Consistency";
+/// `routing.read_your_writes` defaults (proxy/README.md, "Read-your-writes").
+pub const DEFAULT_TOKEN_COOKIE: &str = "rwp_read_after";
+pub const DEFAULT_TOKEN_HEADER: &str = "X-Read-After";
+pub const DEFAULT_READ_YOUR_WRITES_WINDOW: Duration = Duration::from_secs(10);
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -110,6 +114,40 @@ pub struct RoutingConfig {
     pub writer_serves_reads: bool,
     pub reads_fall_back_to_writer: bool,
     pub consistency_header: HeaderName,
+    /// `None`: readers stay in the read pool however far behind they are.
+    pub max_reader_lag: Option<MaxReaderLag>,
+    /// `None`: absent, or `enabled: false`.
+    pub read_your_writes: Option<ReadYourWritesConfig>,
+}
+
+/// `routing.max_reader_lag`: at least one of the two is set, each greater than zero.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MaxReaderLag {
+    /// Compared with a reader's published `lag_offsets`.
+    pub offsets: Option<u64>,
+    /// Compared with a reader's published `lag_ms`.
+    pub duration: Option<Duration>,
+}
+
+/// Where the read-your-writes token travels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenCarrier {
+    /// `Set-Cookie` on the write's answer, `Cookie` on the reads.
+    Cookie,
+    /// A response header on the write's answer, the same request header on the reads.
+    Header,
+}
+
+/// `routing.read_your_writes` with `enabled: true`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadYourWritesConfig {
+    pub token: TokenCarrier,
+    /// The cookie's name, or the header's (as written in the file).
+    pub name: String,
+    /// The writer's answer header with the offset its write reached.
+    pub offset_header: HeaderName,
+    /// A token older than this no longer matters.
+    pub window: Duration,
 }
 
 impl Default for RoutingConfig {
@@ -124,6 +162,8 @@ impl Default for RoutingConfig {
             writer_serves_reads: false,
             reads_fall_back_to_writer: true,
             consistency_header: HeaderName::from_static("x-consistency"),
+            max_reader_lag: None,
+            read_your_writes: None,
         }
     }
 }
@@ -294,6 +334,27 @@ struct RawRouting {
     writer_serves_reads: Option<bool>,
     reads_fall_back_to_writer: Option<bool>,
     consistency_header: Option<String>,
+    max_reader_lag: Option<RawMaxReaderLag>,
+    read_your_writes: Option<RawReadYourWrites>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMaxReaderLag {
+    offsets: Option<u64>,
+    #[serde(default, with = "humantime_serde")]
+    duration: Option<Duration>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReadYourWrites {
+    enabled: Option<bool>,
+    token: Option<String>,
+    name: Option<String>,
+    offset_header: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    window: Option<Duration>,
 }
 
 #[derive(Deserialize)]
@@ -726,6 +787,15 @@ fn validate_routing(raw: RawRouting) -> Result<RoutingConfig, ConfigError> {
         })?,
     };
 
+    let max_reader_lag = raw
+        .max_reader_lag
+        .map(validate_max_reader_lag)
+        .transpose()?;
+    let read_your_writes = match raw.read_your_writes {
+        None => None,
+        Some(r) => validate_read_your_writes(r, &consistency_header)?,
+    };
+
     Ok(RoutingConfig {
         methods,
         default: raw.default.map(|t| t.0).unwrap_or(defaults.default),
@@ -737,7 +807,138 @@ fn validate_routing(raw: RawRouting) -> Result<RoutingConfig, ConfigError> {
             .reads_fall_back_to_writer
             .unwrap_or(defaults.reads_fall_back_to_writer),
         consistency_header,
+        max_reader_lag,
+        read_your_writes,
     })
+}
+
+fn validate_max_reader_lag(raw: RawMaxReaderLag) -> Result<MaxReaderLag, ConfigError> {
+    if raw.offsets.is_none() && raw.duration.is_none() {
+        return Err(ConfigError::invalid(
+            "routing.max_reader_lag",
+            "set offsets, duration or both (leave the key out to keep every reader)",
+        ));
+    }
+    if raw.offsets == Some(0) {
+        return Err(ConfigError::invalid(
+            "routing.max_reader_lag.offsets",
+            "must be greater than zero",
+        ));
+    }
+    if raw.duration.is_some_and(|d| d.is_zero()) {
+        return Err(ConfigError::invalid(
+            "routing.max_reader_lag.duration",
+            "must be greater than zero",
+        ));
+    }
+    Ok(MaxReaderLag {
+        offsets: raw.offsets,
+        duration: raw.duration,
+    })
+}
+
+/// Fields whose meaning is fixed by HTTP or by this proxy: a token under one of these names
+/// would change how a message is framed or routed.
+const RESERVED_FIELDS: [&str; 18] = [
+    "connection",
+    "content-length",
+    "transfer-encoding",
+    "host",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+    "expect",
+    "cookie",
+    "set-cookie",
+    "x-writer-epoch",
+    "x-request-id",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "content-type",
+];
+
+/// A cookie name or a header name: an RFC 9110 token (the same rule for both).
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+fn validate_read_your_writes(
+    raw: RawReadYourWrites,
+    consistency_header: &HeaderName,
+) -> Result<Option<ReadYourWritesConfig>, ConfigError> {
+    let token = match raw.token.as_deref().unwrap_or("cookie") {
+        "cookie" => TokenCarrier::Cookie,
+        "header" => TokenCarrier::Header,
+        other => {
+            return Err(ConfigError::invalid(
+                "routing.read_your_writes.token",
+                format!("unknown value {other:?} (expected cookie or header)"),
+            ))
+        }
+    };
+    let name = raw.name.map(|n| n.trim().to_string()).unwrap_or_else(|| {
+        match token {
+            TokenCarrier::Cookie => DEFAULT_TOKEN_COOKIE,
+            TokenCarrier::Header => DEFAULT_TOKEN_HEADER,
+        }
+        .to_string()
+    });
+    let what = match token {
+        TokenCarrier::Cookie => "cookie",
+        TokenCarrier::Header => "header",
+    };
+    if !is_token(&name) {
+        return Err(ConfigError::invalid(
+            "routing.read_your_writes.name",
+            format!("{name:?} is not a valid {what} name"),
+        ));
+    }
+    if token == TokenCarrier::Header
+        && (RESERVED_FIELDS.iter().any(|f| name.eq_ignore_ascii_case(f))
+            || name.eq_ignore_ascii_case(consistency_header.as_str()))
+    {
+        return Err(ConfigError::invalid(
+            "routing.read_your_writes.name",
+            format!("{name:?} is a header with another meaning already"),
+        ));
+    }
+    let offset_header = match raw.offset_header {
+        None => HeaderName::from_static("x-replication-offset"),
+        Some(h) => {
+            let h = h.trim();
+            if !is_token(h) {
+                return Err(ConfigError::invalid(
+                    "routing.read_your_writes.offset_header",
+                    format!("{h:?} is not a valid header name"),
+                ));
+            }
+            HeaderName::from_bytes(h.as_bytes()).map_err(|_| {
+                ConfigError::invalid(
+                    "routing.read_your_writes.offset_header",
+                    format!("{h:?} is not a valid header name"),
+                )
+            })?
+        }
+    };
+    let window = positive(
+        "routing.read_your_writes.window",
+        raw.window,
+        DEFAULT_READ_YOUR_WRITES_WINDOW,
+    )?;
+    if !raw.enabled.unwrap_or(false) {
+        return Ok(None);
+    }
+    Ok(Some(ReadYourWritesConfig {
+        token,
+        name,
+        offset_header,
+        window,
+    }))
 }
 
 #[cfg(test)]
@@ -903,6 +1104,169 @@ access_log: errors
         assert!(e.to_string().contains("missing field `to`"), "{e}");
         let e = err("routing: { consistency_header: \"bad header\" }");
         assert_eq!(e.key(), Some("routing.consistency_header"));
+    }
+
+    #[test]
+    fn replication_aware_reads_are_off_unless_configured() {
+        let c = ProxyConfig::from_yaml_str("").unwrap();
+        assert_eq!(c.routing.max_reader_lag, None);
+        assert_eq!(c.routing.read_your_writes, None);
+        // Configured but not enabled: validated, then off.
+        let c =
+            ProxyConfig::from_yaml_str("routing: { read_your_writes: { token: header } }").unwrap();
+        assert_eq!(c.routing.read_your_writes, None);
+        let e = err("routing: { read_your_writes: { enabled: false, window: 0s } }");
+        assert_eq!(e.key(), Some("routing.read_your_writes.window"), "{e}");
+    }
+
+    #[test]
+    fn max_reader_lag_takes_either_limit_or_both() {
+        let c =
+            ProxyConfig::from_yaml_str("routing: { max_reader_lag: { offsets: 10000 } }").unwrap();
+        assert_eq!(
+            c.routing.max_reader_lag,
+            Some(MaxReaderLag {
+                offsets: Some(10000),
+                duration: None
+            })
+        );
+        let c = ProxyConfig::from_yaml_str(
+            "routing:\n  max_reader_lag:\n    offsets: 5\n    duration: 5s\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.routing.max_reader_lag,
+            Some(MaxReaderLag {
+                offsets: Some(5),
+                duration: Some(Duration::from_secs(5))
+            })
+        );
+        let e = err("routing: { max_reader_lag: {} }");
+        assert_eq!(e.key(), Some("routing.max_reader_lag"), "{e}");
+        assert!(e.to_string().contains("offsets, duration or both"), "{e}");
+        let e = err("routing: { max_reader_lag: { offsets: 0 } }");
+        assert_eq!(
+            e.to_string(),
+            "routing.max_reader_lag.offsets: must be greater than zero"
+        );
+        let e = err("routing: { max_reader_lag: { duration: 0ms } }");
+        assert_eq!(
+            e.to_string(),
+            "routing.max_reader_lag.duration: must be greater than zero"
+        );
+        let e = err("routing: { max_reader_lag: { offsets: -1 } }");
+        assert_eq!(e.key(), Some("routing.max_reader_lag.offsets"), "{e}");
+        let e = err("routing: { max_reader_lag: { duration: 5 } }");
+        assert_eq!(e.key(), Some("routing.max_reader_lag.duration"), "{e}");
+        let e = err("routing: { max_reader_lag: { offset: 5 } }");
+        assert_eq!(e.key(), Some("routing.max_reader_lag.offset"), "{e}");
+    }
+
+    #[test]
+    fn read_your_writes_defaults_and_errors() {
+        let c =
+            ProxyConfig::from_yaml_str("routing: { read_your_writes: { enabled: true } }").unwrap();
+        assert_eq!(
+            c.routing.read_your_writes,
+            Some(ReadYourWritesConfig {
+                token: TokenCarrier::Cookie,
+                name: "rwp_read_after".into(),
+                offset_header: HeaderName::from_static("x-replication-offset"),
+                window: Duration::from_secs(10),
+            })
+        );
+        let c = ProxyConfig::from_yaml_str(
+            "routing:\n  read_your_writes:\n    enabled: true\n    token: header\n    offset_header: X-Offset\n    window: 2s\n",
+        )
+        .unwrap();
+        let r = c.routing.read_your_writes.unwrap();
+        assert_eq!(
+            (r.token, r.name.as_str(), r.offset_header.as_str(), r.window),
+            (
+                TokenCarrier::Header,
+                "X-Read-After",
+                "x-offset",
+                Duration::from_secs(2)
+            )
+        );
+        let on = |extra: &str| {
+            ProxyConfig::from_yaml_str(&format!(
+                "routing: {{ read_your_writes: {{ enabled: true, {extra} }} }}"
+            ))
+        };
+        assert!(on("name: my.token_1").is_ok());
+        let cases: &[(&str, &str, &str)] = &[
+            (
+                "token: body",
+                "routing.read_your_writes.token",
+                "expected cookie or header",
+            ),
+            (
+                "name: \"a b\"",
+                "routing.read_your_writes.name",
+                "not a valid cookie name",
+            ),
+            (
+                "name: \"a=b\"",
+                "routing.read_your_writes.name",
+                "not a valid cookie name",
+            ),
+            (
+                "name: \"\"",
+                "routing.read_your_writes.name",
+                "not a valid cookie name",
+            ),
+            (
+                "name: \"x;y\"",
+                "routing.read_your_writes.name",
+                "not a valid cookie name",
+            ),
+            (
+                "token: header, name: \"X:Y\"",
+                "routing.read_your_writes.name",
+                "not a valid header name",
+            ),
+            (
+                "token: header, name: Content-Length",
+                "routing.read_your_writes.name",
+                "another meaning",
+            ),
+            (
+                "token: header, name: x-consistency",
+                "routing.read_your_writes.name",
+                "another meaning",
+            ),
+            (
+                "offset_header: \"bad header\"",
+                "routing.read_your_writes.offset_header",
+                "not a valid header name",
+            ),
+            (
+                "window: 0s",
+                "routing.read_your_writes.window",
+                "greater than zero",
+            ),
+            (
+                "window: soon",
+                "routing.read_your_writes.window",
+                "expected a duration",
+            ),
+            (
+                "tokn: header",
+                "routing.read_your_writes.tokn",
+                "unknown field",
+            ),
+        ];
+        for (extra, key, reason) in cases {
+            let e = match on(extra) {
+                Ok(c) => panic!("{extra}: accepted as {c:?}"),
+                Err(e) => e,
+            };
+            assert_eq!(e.key(), Some(*key), "{extra}: {e}");
+            assert!(e.to_string().contains(reason), "{extra}: {e}");
+        }
+        let e = err("routing: { read_your_writes: { enabled: maybe } }");
+        assert_eq!(e.key(), Some("routing.read_your_writes.enabled"), "{e}");
     }
 
     #[test]

@@ -33,8 +33,9 @@ use crate::h1::{self, Framing, MAX_HEADERS};
 use crate::hold::{self, Admission, Suspect, SuspectKind, WriteTicket};
 use crate::metrics::TARGET_NONE;
 use crate::pool::{self, Upstream, READ_BUFFER};
+use crate::read_your_writes::{self as ryw, ReadYourWrites};
 use crate::request_rules::{self, Chunked};
-use crate::routing::{self, RouteTarget};
+use crate::routing::{self, RouteTarget, WriterReadReason};
 use crate::state::{Active, Backend, Shared};
 use crate::workers::Sharded;
 
@@ -305,13 +306,21 @@ impl Forwarder {
         let limits = active.settings.config.limits;
         let declared = request_rules::content_length(headers).ok().flatten();
         let chunked = h1::field(headers, "transfer-encoding").is_some();
-        let route = routing::route(
+        let mut route = routing::route(
             &method,
             h1::path_of(target),
             headers,
             &active.settings.table,
             &active.topology,
+            active.lagging.len(),
         );
+        // Positions of the read pool this request must not go to.
+        let mut skip = Tried::default();
+        if route == RouteTarget::Readers {
+            if let Some(rw) = &active.settings.read_your_writes {
+                (route, skip) = self.read_your_writes(rw, headers, &active);
+            }
+        }
         life.route = Some(route);
         let refusal = if head.len() as u64 > limits.max_header_bytes {
             Some(errors::ERR_HEADERS_TOO_LARGE)
@@ -389,7 +398,9 @@ impl Forwarder {
             max_body: limits.max_body,
         };
         let (end, active) = self
-            .attempts(client, &request, &body, &mut rest, route, active, &mut life)
+            .attempts(
+                client, &request, &body, &mut rest, route, skip, active, &mut life,
+            )
             .await;
         let keep_client = |keep: bool| keep && wants_keep && !*shutdown.borrow();
         let (status, keep, linger) = match end {
@@ -428,10 +439,11 @@ impl Forwarder {
         body: &BytesMut,
         rest: &mut Body,
         route: RouteTarget,
+        skip: Tried,
         mut active: Arc<Active>,
         life: &mut Life,
     ) -> (End, Arc<Active>) {
-        let mut tried = Tried::default();
+        let mut tried = skip;
         let mut tried_writer = false;
         let mut hold_deadline = None;
         let is_write = route == RouteTarget::Writer;
@@ -723,6 +735,11 @@ impl Forwarder {
                 req.minor,
                 keep_client,
             );
+            if route == RouteTarget::Writer && (200..300).contains(&status) {
+                if let Some(rw) = &active.settings.read_your_writes {
+                    self.issue_token(rw, headers, active, &mut up.write);
+                }
+            }
             break (status, framing, keep_up, keep_client, len);
         };
         backend
@@ -758,6 +775,76 @@ impl Forwarder {
             keep,
             body_unread: !client_done,
         })
+    }
+
+    /// Where a read routed to the readers goes once its read-your-writes token (if any) is
+    /// read, and the read pool positions it must skip.
+    fn read_your_writes(
+        &self,
+        rw: &ReadYourWrites,
+        headers: &[httparse::Header],
+        a: &Active,
+    ) -> (RouteTarget, Tried) {
+        let Some(token) = rw.token_of(headers) else {
+            return (RouteTarget::Readers, Tried::default());
+        };
+        let read = ryw::decide(
+            Some(token),
+            ryw::now_ms(),
+            rw.window,
+            a.topology.epoch,
+            a.topology.replication.as_ref(),
+            &a.read_applied,
+        );
+        match read {
+            ryw::Read::Ordinary => (RouteTarget::Readers, Tried::default()),
+            ryw::Read::Readers(skip) => {
+                self.shared.metrics.read_your_writes(None);
+                (RouteTarget::Readers, skip)
+            }
+            ryw::Read::Writer(why) => {
+                self.shared.metrics.read_your_writes(Some(why));
+                tracing::debug!(why = why.as_str(), "read-your-writes read for the writer");
+                if a.writer.is_some() {
+                    (
+                        RouteTarget::WriterRead(WriterReadReason::ReadYourWrites),
+                        Tried::default(),
+                    )
+                } else {
+                    // Never a reader that may lack the write: nothing can serve it.
+                    (
+                        RouteTarget::NoUpstream(crate::config::Target::Readers),
+                        Tried::default(),
+                    )
+                }
+            }
+        }
+    }
+
+    /// Adds the read-your-writes token to the head in `out` of a write's 2xx answer.
+    fn issue_token(
+        &self,
+        rw: &ReadYourWrites,
+        answer: &[httparse::Header],
+        active: &Active,
+        out: &mut Vec<u8>,
+    ) {
+        let (offset, source) = match ryw::reported_offset(answer, &rw.offset_header) {
+            Some(offset) => (offset, ryw::Source::Writer),
+            // A lower bound, or nothing known: the token then counts by its time only.
+            None => (
+                active.topology.replication.map_or(0, |r| r.writer_offset),
+                ryw::Source::Published,
+            ),
+        };
+        let token = ryw::Token {
+            epoch: active.topology.epoch,
+            offset,
+            source,
+            unix_ms: ryw::now_ms(),
+        };
+        h1::append_fields(out, |out| rw.write_field(out, &token));
+        self.shared.metrics.token_issued(source);
     }
 
     /// Writes a proxy-made answer. `keep`: the connection stays open for another request.
@@ -846,6 +933,10 @@ impl Forwarder {
                 method = %method,
                 path = %target,
                 target = life.route.map(RouteTarget::label).unwrap_or("none"),
+                why = match life.route {
+                    Some(RouteTarget::WriterRead(reason)) => reason.as_str(),
+                    _ => "-",
+                },
                 upstream = life.upstream.as_deref().unwrap_or("-"),
                 status,
                 duration_ms = elapsed.as_secs_f64() * 1e3,

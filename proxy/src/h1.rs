@@ -330,6 +330,16 @@ pub fn write_answer_head(
     out.extend_from_slice(b"\r\n");
 }
 
+/// Adds fields (whole lines, written by `add`) at the end of the complete head in `out`.
+pub fn append_fields(out: &mut Vec<u8>, add: impl FnOnce(&mut Vec<u8>)) {
+    if !out.ends_with(b"\r\n\r\n") {
+        return;
+    }
+    out.truncate(out.len() - 2);
+    add(out);
+    out.extend_from_slice(b"\r\n");
+}
+
 /// Writes a whole answer made by the proxy (`status`, JSON `body`).
 pub fn write_proxy_answer(
     out: &mut Vec<u8>,
@@ -629,8 +639,13 @@ mod tests {
             false,
         );
         assert_eq!(
-            String::from_utf8(out).unwrap(),
+            String::from_utf8(out.clone()).unwrap(),
             "HTTP/1.1 404 Not Found\r\nx-request-id: node's\r\nConnection: close\r\n\r\n"
+        );
+        append_fields(&mut out, |o| o.extend_from_slice(b"X-Added: 1\r\n"));
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 404 Not Found\r\nx-request-id: node's\r\nConnection: close\r\nX-Added: 1\r\n\r\n"
         );
     }
 

@@ -499,6 +499,7 @@ mod tests {
             address: format!("127.0.0.1:{port}").into(),
             socket: ([127, 0, 0, 1], port).into(),
             stats: Arc::new(UpstreamStats::default()),
+            progress: None,
         }
     }
 
@@ -509,6 +510,7 @@ mod tests {
             writer: writer.map(up),
             readers: Vec::new(),
             switchover: None,
+            replication: None,
             epoch_header: HeaderValue::from(epoch),
             received_at: Some(StdInstant::now()),
         }

@@ -13,9 +13,12 @@ use http::Method;
 use prometheus::core::Collector;
 use prometheus::proto::{Metric, MetricFamily, MetricType};
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
+
+use crate::read_your_writes::{Source, ToWriter};
+use crate::topology::Progress;
 
 /// `target` label values, indexed by [`crate::routing::RouteTarget::label_index`]; the last
 /// one is for requests that failed before a route was chosen.
@@ -37,12 +40,38 @@ fn method_index(m: &Method) -> usize {
 /// Status codes 0 (no response was sent) to 599.
 const STATUSES: usize = 600;
 
+/// `(target, reason)` of `rw_proxy_read_your_writes_total`, indexed by [`ryw_index`].
+const RYW_OUTCOMES: [(&str, &str); 5] = [
+    ("readers", "covered"),
+    ("writer", "not_caught_up"),
+    ("writer", "other_epoch"),
+    ("writer", "garbled"),
+    ("writer", "no_replication"),
+];
+
+fn ryw_index(to_writer: Option<ToWriter>) -> usize {
+    match to_writer {
+        None => 0,
+        Some(ToWriter::NotCaughtUp) => 1,
+        Some(ToWriter::OtherEpoch) => 2,
+        Some(ToWriter::Garbled) => 3,
+        Some(ToWriter::NoReplication) => 4,
+    }
+}
+
+/// `source` of `rw_proxy_read_your_writes_tokens_total`.
+const TOKEN_SOURCES: [Source; 2] = [Source::Writer, Source::Published];
+
 /// The counters one worker touches on every request. Not registered: [`PerWorker`] sums them.
 struct RequestMetrics {
     requests: IntCounterVec,
     slots: Box<[OnceLock<IntCounter>]>,
     durations_vec: HistogramVec,
     durations: [Histogram; 4],
+    ryw_vec: IntCounterVec,
+    ryw: [IntCounter; RYW_OUTCOMES.len()],
+    tokens_vec: IntCounterVec,
+    tokens: [IntCounter; TOKEN_SOURCES.len()],
 }
 
 impl RequestMetrics {
@@ -71,17 +100,46 @@ impl RequestMetrics {
         let slots = (0..TARGETS.len() * METHODS.len() * STATUSES)
             .map(|_| OnceLock::new())
             .collect();
+        let ryw_vec = IntCounterVec::new(
+            Opts::new(
+                "rw_proxy_read_your_writes_total",
+                "Reads that carried a read-your-writes token younger than the window, by where \
+                 they went (target readers: reason covered, only readers known to have the \
+                 write; target writer: reason not_caught_up, other_epoch, garbled or \
+                 no_replication)",
+            ),
+            &["target", "reason"],
+        )
+        .expect("static metric definition");
+        let ryw = RYW_OUTCOMES.map(|(t, r)| ryw_vec.with_label_values(&[t, r]));
+        let tokens_vec = IntCounterVec::new(
+            Opts::new(
+                "rw_proxy_read_your_writes_tokens_total",
+                "Read-your-writes tokens issued on writes answered 2xx, by where their offset \
+                 came from (writer: the writer's offset header, exact; published: the last \
+                 published writer offset, compared by time only)",
+            ),
+            &["source"],
+        )
+        .expect("static metric definition");
+        let tokens = TOKEN_SOURCES.map(|s| tokens_vec.with_label_values(&[s.label()]));
         RequestMetrics {
             requests,
             slots,
             durations_vec,
             durations,
+            ryw_vec,
+            ryw,
+            tokens_vec,
+            tokens,
         }
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
         let mut families = self.requests.collect();
         families.extend(self.durations_vec.collect());
+        families.extend(self.ryw_vec.collect());
+        families.extend(self.tokens_vec.collect());
         families
     }
 }
@@ -105,6 +163,8 @@ impl PerWorker {
             .desc()
             .into_iter()
             .chain(first.durations_vec.desc())
+            .chain(first.ryw_vec.desc())
+            .chain(first.tokens_vec.desc())
             .cloned()
             .collect();
         PerWorker { shards, descs }
@@ -226,6 +286,10 @@ pub struct Metrics {
     pub config_reload_success: IntCounter,
     pub config_reload_error: IntCounter,
     in_flight: IntGauge,
+    /// `rw_proxy_lagging_readers`.
+    pub lagging_readers: IntGauge,
+    reader_lag_offsets: IntGaugeVec,
+    reader_lag_seconds: GaugeVec,
     log_lines_dropped: IntCounter,
     /// Two scrapes catching the counter up at once would add the same lines twice.
     log_lines_catch_up: std::sync::Mutex<()>,
@@ -347,6 +411,31 @@ impl Metrics {
             "Requests being proxied right now",
         )
         .expect("static metric definition");
+        let lagging_readers = IntGauge::new(
+            "rw_proxy_lagging_readers",
+            "Readers out of the read pool because their published lag passed \
+             routing.max_reader_lag (back once under half of every limit)",
+        )
+        .expect("static metric definition");
+        let reader_lag_offsets = IntGaugeVec::new(
+            Opts::new(
+                "rw_proxy_reader_lag_offsets",
+                "How many offsets each reader was behind the writer, as writer-election last \
+                 published it",
+            ),
+            &["reader"],
+        )
+        .expect("static metric definition");
+        let reader_lag_seconds = GaugeVec::new(
+            Opts::new(
+                "rw_proxy_reader_lag_seconds",
+                "How long before the measurement the writer was where each reader is, as \
+                 writer-election last published it (a lower bound when the reader is behind \
+                 all its history)",
+            ),
+            &["reader"],
+        )
+        .expect("static metric definition");
         let log_lines_dropped = IntCounter::new(
             "rw_proxy_log_lines_dropped_total",
             "Log lines dropped because stderr could not keep up",
@@ -382,6 +471,9 @@ impl Metrics {
             Box::new(topology_age.clone()),
             Box::new(reloads.clone()),
             Box::new(in_flight.clone()),
+            Box::new(lagging_readers.clone()),
+            Box::new(reader_lag_offsets.clone()),
+            Box::new(reader_lag_seconds.clone()),
             Box::new(log_lines_dropped.clone()),
             Box::new(build_info),
         ] {
@@ -420,6 +512,9 @@ impl Metrics {
             config_reload_success: reloads.with_label_values(&["success"]),
             config_reload_error: reloads.with_label_values(&["error"]),
             in_flight,
+            lagging_readers,
+            reader_lag_offsets,
+            reader_lag_seconds,
             log_lines_dropped,
             log_lines_catch_up: std::sync::Mutex::new(()),
         }
@@ -438,6 +533,38 @@ impl Metrics {
         })
         .inc();
         mine.durations[target].observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts a read that carried a young read-your-writes token: `None` when it went to the
+    /// readers that have the write, else why it went to the writer.
+    pub fn read_your_writes(&self, to_writer: Option<ToWriter>) {
+        self.per_worker.current().ryw[ryw_index(to_writer)].inc();
+    }
+
+    /// Counts a read-your-writes token issued.
+    pub fn token_issued(&self, source: Source) {
+        let i = match source {
+            Source::Writer => 0,
+            Source::Published => 1,
+        };
+        self.per_worker.current().tokens[i].inc();
+    }
+
+    /// A reader's lag as published (when a topology arrives).
+    pub fn reader_lag(&self, reader: &str, p: &Progress) {
+        self.reader_lag_offsets
+            .with_label_values(&[reader])
+            .set(i64::try_from(p.lag_offsets).unwrap_or(i64::MAX));
+        self.reader_lag_seconds
+            .with_label_values(&[reader])
+            .set(p.lag_ms as f64 / 1000.0);
+    }
+
+    /// A reader left the topology: its lag series go.
+    pub fn reader_gone(&self, reader: &str) {
+        // Absent when nothing was ever published for it.
+        let _ = self.reader_lag_offsets.remove_label_values(&[reader]);
+        let _ = self.reader_lag_seconds.remove_label_values(&[reader]);
     }
 
     /// Counts a refusal by the writer (a NAD header); `resent`: the write is held and goes

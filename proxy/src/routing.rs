@@ -2,7 +2,9 @@
 //!
 //! Order (proxy/README.md, "Behaviour"): the first matching rule, else the method map, else
 //! `default`. Then the read refinements: `X-Consistency: strong` sends a read to the writer;
-//! with no reader to serve it a read goes to the writer if `reads_fall_back_to_writer`.
+//! with no reader to serve it (readers kept out for lag do not count) a read goes to the
+//! writer if `reads_fall_back_to_writer`. Read-your-writes narrows a `readers` read further,
+//! after this decision (`read_your_writes::decide`), only when a token comes with it.
 //! Methods are matched exactly as they arrive (`get` is not `GET`), so unknown and extension
 //! methods fall to `default`.
 
@@ -19,6 +21,19 @@ pub enum WriterReadReason {
     Strong,
     /// No reader could serve it and `reads_fall_back_to_writer` is on.
     NoReaders,
+    /// It carries a read-your-writes token that no reader is known to cover.
+    ReadYourWrites,
+}
+
+impl WriterReadReason {
+    /// For the access log.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WriterReadReason::Strong => "strong",
+            WriterReadReason::NoReaders => "no_readers",
+            WriterReadReason::ReadYourWrites => "read_your_writes",
+        }
+    }
 }
 
 /// The outcome of [`route`].
@@ -160,13 +175,15 @@ impl RoutingTable {
     }
 }
 
-/// The routing decision. Pure: same inputs, same answer.
+/// The routing decision. Pure: same inputs, same answer. `lagging`: how many readers of
+/// `topology` are kept out of the read pool for lag.
 pub fn route(
     method: &Method,
     path: &str,
     headers: &[httparse::Header],
     table: &RoutingTable,
     topology: &TopologySnapshot,
+    lagging: usize,
 ) -> RouteTarget {
     let target = table.target(method, path);
     if target == Target::Writer {
@@ -180,7 +197,7 @@ pub fn route(
     let has_writer = topology.writer.is_some();
     let pool_has_nodes = match target {
         Target::Readers => {
-            !topology.readers.is_empty() || (table.writer_serves_reads && has_writer)
+            topology.readers.len() > lagging || (table.writer_serves_reads && has_writer)
         }
         _ => !topology.readers.is_empty() || has_writer,
     };
@@ -212,6 +229,7 @@ mod tests {
             address: format!("127.0.0.1:{port}").into(),
             socket: ([127, 0, 0, 1], port).into(),
             stats: Arc::new(UpstreamStats::default()),
+            progress: None,
         }
     }
 
@@ -223,6 +241,7 @@ mod tests {
             writer: writer.then(|| up("w", 1)),
             readers: (0..readers).map(|i| up("r", 2 + i as u16)).collect(),
             switchover: None,
+            replication: None,
             epoch_header: http::HeaderValue::from(3u64),
             received_at: Some(Instant::now()),
         }
@@ -266,7 +285,11 @@ mod tests {
             ("Post", Readers),
         ];
         for (method, want) in cases {
-            assert_eq!(route(&m(method), "/x", &none, &t, &tp), *want, "{method}");
+            assert_eq!(
+                route(&m(method), "/x", &none, &t, &tp, 0),
+                *want,
+                "{method}"
+            );
         }
     }
 
@@ -288,7 +311,7 @@ mod tests {
             ("propfind", Any),
         ];
         for (method, want) in cases {
-            assert_eq!(route(&m(method), "/", &none, &t, &tp), *want, "{method}");
+            assert_eq!(route(&m(method), "/", &none, &t, &tp, 0), *want, "{method}");
         }
     }
 
@@ -317,7 +340,7 @@ routing:
         ];
         for (method, path, want) in cases {
             assert_eq!(
-                route(&m(method), path, &none, &t, &tp),
+                route(&m(method), path, &none, &t, &tp, 0),
                 *want,
                 "{method} {path}"
             );
@@ -338,7 +361,7 @@ routing:
         ];
         for (method, h, want) in cases {
             assert_eq!(
-                route(&m(method), "/", &headers(h), &t, &tp),
+                route(&m(method), "/", &headers(h), &t, &tp, 0),
                 *want,
                 "{method} {h:?}"
             );
@@ -350,7 +373,8 @@ routing:
                 "/",
                 &headers(&[("x-read-mode", "strong")]),
                 &t,
-                &tp
+                &tp,
+                0
             ),
             WriterRead(Strong)
         );
@@ -360,7 +384,8 @@ routing:
                 "/",
                 &headers(&[("x-read-mode", "strong")]),
                 &t,
-                &tp
+                &tp,
+                0
             ),
             WriterRead(Strong)
         );
@@ -370,7 +395,8 @@ routing:
                 "/",
                 &headers(&[("x-consistency", "strong")]),
                 &t,
-                &tp
+                &tp,
+                0
             ),
             Readers
         );
@@ -382,21 +408,47 @@ routing:
         let get = m("GET");
         let on = table("");
         assert_eq!(
-            route(&get, "/", &none, &on, &topo(true, 0)),
+            route(&get, "/", &none, &on, &topo(true, 0), 0),
             WriterRead(NoReaders)
         );
         assert_eq!(
-            route(&get, "/", &none, &on, &topo(false, 0)),
+            route(&get, "/", &none, &on, &topo(false, 0), 0),
             NoUpstream(Target::Readers)
         );
-        assert_eq!(route(&get, "/", &none, &on, &topo(false, 1)), Readers);
+        assert_eq!(route(&get, "/", &none, &on, &topo(false, 1), 0), Readers);
         let off = table("routing: { reads_fall_back_to_writer: false }");
         assert_eq!(
-            route(&get, "/", &none, &off, &topo(true, 0)),
+            route(&get, "/", &none, &off, &topo(true, 0), 0),
             NoUpstream(Target::Readers)
         );
         // Writes do not care about readers.
-        assert_eq!(route(&m("PUT"), "/", &none, &off, &topo(false, 0)), Writer);
+        assert_eq!(
+            route(&m("PUT"), "/", &none, &off, &topo(false, 0), 0),
+            Writer
+        );
+    }
+
+    #[test]
+    fn readers_kept_out_for_lag_do_not_count() {
+        let none: Vec<httparse::Header> = Vec::new();
+        let get = m("GET");
+        let on = table("");
+        assert_eq!(route(&get, "/", &none, &on, &topo(true, 2), 1), Readers);
+        assert_eq!(
+            route(&get, "/", &none, &on, &topo(true, 2), 2),
+            WriterRead(NoReaders)
+        );
+        let off = table("routing: { reads_fall_back_to_writer: false }");
+        assert_eq!(
+            route(&get, "/", &none, &off, &topo(true, 2), 2),
+            NoUpstream(Target::Readers)
+        );
+        // The writer in the pool still serves.
+        let serves = table("routing: { writer_serves_reads: true }");
+        assert_eq!(route(&get, "/", &none, &serves, &topo(true, 2), 2), Readers);
+        // `any` uses every node, lagging or not.
+        let any = table("routing: { default: any }");
+        assert_eq!(route(&get, "/", &none, &any, &topo(false, 2), 2), Any);
     }
 
     #[test]
@@ -404,10 +456,10 @@ routing:
         let none: Vec<httparse::Header> = Vec::new();
         let get = m("GET");
         let t = table("routing: { writer_serves_reads: true, reads_fall_back_to_writer: false }");
-        assert_eq!(route(&get, "/", &none, &t, &topo(true, 0)), Readers);
-        assert_eq!(route(&get, "/", &none, &t, &topo(true, 2)), Readers);
+        assert_eq!(route(&get, "/", &none, &t, &topo(true, 0), 0), Readers);
+        assert_eq!(route(&get, "/", &none, &t, &topo(true, 2), 0), Readers);
         assert_eq!(
-            route(&get, "/", &none, &t, &topo(false, 0)),
+            route(&get, "/", &none, &t, &topo(false, 0), 0),
             NoUpstream(Target::Readers)
         );
     }
@@ -416,10 +468,10 @@ routing:
     fn any_uses_every_node() {
         let none: Vec<httparse::Header> = Vec::new();
         let t = table("routing: { default: any, reads_fall_back_to_writer: false }");
-        assert_eq!(route(&m("GET"), "/", &none, &t, &topo(true, 0)), Any);
-        assert_eq!(route(&m("GET"), "/", &none, &t, &topo(false, 1)), Any);
+        assert_eq!(route(&m("GET"), "/", &none, &t, &topo(true, 0), 0), Any);
+        assert_eq!(route(&m("GET"), "/", &none, &t, &topo(false, 1), 0), Any);
         assert_eq!(
-            route(&m("GET"), "/", &none, &t, &topo(false, 0)),
+            route(&m("GET"), "/", &none, &t, &topo(false, 0), 0),
             NoUpstream(Target::Any)
         );
     }
@@ -429,9 +481,9 @@ routing:
         let none: Vec<httparse::Header> = Vec::new();
         let t = table("");
         let tp = TopologySnapshot::none();
-        assert_eq!(route(&m("PUT"), "/", &none, &t, &tp), Writer);
+        assert_eq!(route(&m("PUT"), "/", &none, &t, &tp, 0), Writer);
         assert_eq!(
-            route(&m("GET"), "/", &none, &t, &tp),
+            route(&m("GET"), "/", &none, &t, &tp, 0),
             NoUpstream(Target::Readers)
         );
     }
@@ -451,6 +503,8 @@ routing:
     fn labels() {
         assert_eq!(Writer.label(), "writer");
         assert_eq!(WriterRead(NoReaders).label(), "writer");
+        assert_eq!(WriterRead(ReadYourWrites).label(), "writer");
+        assert_eq!(ReadYourWrites.as_str(), "read_your_writes");
         assert_eq!(Readers.label(), "readers");
         assert_eq!(Any.label(), "any");
         assert_eq!(NoUpstream(Target::Any).label(), "any");

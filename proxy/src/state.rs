@@ -5,6 +5,7 @@
 //! Writers (config reload, topology sources) are rare and take a mutex among themselves to
 //! rebuild `Active`; readers never lock.
 
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -15,7 +16,9 @@ use crate::balance::UpstreamStats;
 use crate::balance::{Balancer, HasStats};
 use crate::config::ProxyConfig;
 use crate::hold::WriteHold;
+use crate::lag;
 use crate::metrics::Metrics;
+use crate::read_your_writes::{Applied, ReadYourWrites};
 use crate::routing::RoutingTable;
 use crate::topology::{TopologySink, TopologySnapshot, Upstream};
 
@@ -24,12 +27,27 @@ use crate::topology::{TopologySink, TopologySnapshot, Upstream};
 pub struct Settings {
     pub config: ProxyConfig,
     pub table: RoutingTable,
+    /// `routing.max_reader_lag`.
+    pub lag: Option<lag::Limits>,
+    /// `routing.read_your_writes` when enabled.
+    pub read_your_writes: Option<ReadYourWrites>,
 }
 
 impl Settings {
     pub fn new(config: ProxyConfig) -> Settings {
         let table = RoutingTable::new(&config.routing);
-        Settings { config, table }
+        let lag = config.routing.max_reader_lag.as_ref().map(lag::Limits::new);
+        let read_your_writes = config
+            .routing
+            .read_your_writes
+            .as_ref()
+            .map(ReadYourWrites::new);
+        Settings {
+            config,
+            table,
+            lag,
+            read_your_writes,
+        }
     }
 }
 
@@ -60,22 +78,65 @@ pub struct Active {
     pub settings: Arc<Settings>,
     pub topology: Arc<TopologySnapshot>,
     pub writer: Option<Backend>,
-    /// Readers, plus the writer if `writer_serves_reads`.
+    /// Readers, plus the writer if `writer_serves_reads`; without the readers in `lagging`.
     pub read_pool: Box<[Backend]>,
     pub read_balancer: Balancer,
+    /// Readers of the topology kept out of the read pool for lag (`routing.max_reader_lag`),
+    /// by name, in topology order.
+    pub lagging: Box<[Arc<str>]>,
+    /// What each position of `read_pool` is known to have applied (read-your-writes); empty
+    /// unless `routing.read_your_writes` is on.
+    pub read_applied: Box<[Option<Applied>]>,
     /// Readers and the writer (target `any`).
     pub any_pool: Box<[Backend]>,
     pub any_balancer: Balancer,
 }
 
 impl Active {
-    fn build(settings: Arc<Settings>, topology: Arc<TopologySnapshot>) -> Active {
+    /// `was_lagging`: the readers the previous view kept out for lag; each keeps that state
+    /// unless its published progress says otherwise (`lag::excluded`).
+    fn build(
+        settings: Arc<Settings>,
+        topology: Arc<TopologySnapshot>,
+        was_lagging: &[Arc<str>],
+    ) -> Active {
+        let lagging: Box<[Arc<str>]> = match (settings.lag, topology.replication) {
+            // Without a round of this epoch there is nothing to judge by: nobody is out.
+            (Some(limits), Some(_)) => {
+                let was: HashSet<&str> = was_lagging.iter().map(|n| &**n).collect();
+                topology
+                    .readers
+                    .iter()
+                    .filter(|r| lag::excluded(was.contains(&*r.name), r.progress.as_ref(), &limits))
+                    .map(|r| r.name.clone())
+                    .collect()
+            }
+            _ => Box::default(),
+        };
         let writer = topology.writer.as_ref().map(|w| Backend::new(w, true));
         let readers = topology.readers.iter().map(|r| Backend::new(r, false));
+        let in_read_pool = |b: &Backend| !lagging.contains(&b.upstream.name);
         let read_pool: Box<[Backend]> = if settings.config.routing.writer_serves_reads {
-            readers.clone().chain(writer.clone()).collect()
+            readers
+                .clone()
+                .filter(in_read_pool)
+                .chain(writer.clone())
+                .collect()
         } else {
-            readers.clone().collect()
+            readers.clone().filter(in_read_pool).collect()
+        };
+        let read_applied = match (&settings.read_your_writes, &topology.replication) {
+            (None, _) => Box::default(),
+            (Some(_), round) => read_pool
+                .iter()
+                .map(|b| {
+                    if b.is_writer {
+                        Some(Applied::WRITER)
+                    } else {
+                        Some(Applied::of(b.upstream.progress.as_ref()?, round.as_ref()?))
+                    }
+                })
+                .collect(),
         };
         let any_pool = readers.chain(writer.clone()).collect();
         let strategy = settings.config.reader_balancing;
@@ -85,6 +146,8 @@ impl Active {
             writer,
             read_pool,
             read_balancer: Balancer::new(strategy),
+            lagging,
+            read_applied,
             any_pool,
             any_balancer: Balancer::new(strategy),
         }
@@ -123,6 +186,7 @@ impl Shared {
         let active = Active::build(
             Arc::new(Settings::new(config)),
             Arc::new(TopologySnapshot::none()),
+            &[],
         );
         Arc::new(Shared {
             active: ArcSwap::from_pointee(active),
@@ -184,11 +248,74 @@ impl Shared {
     /// Swaps in new settings, keeping the topology.
     pub fn apply_settings(&self, config: ProxyConfig) {
         let _g = self.lock();
-        let topology = self.active.load().topology.clone();
-        self.active.store(Arc::new(Active::build(
+        let current = self.active.load_full();
+        self.swap_in(
+            &current,
             Arc::new(Settings::new(config)),
-            topology,
-        )));
+            current.topology.clone(),
+        );
+    }
+
+    /// Builds and stores the view of `settings` and `topology` after `current` (the caller
+    /// holds the writer lock), and reports what changed about lagging readers.
+    fn swap_in(&self, current: &Active, settings: Arc<Settings>, topology: Arc<TopologySnapshot>) {
+        let next = Active::build(settings, topology, &current.lagging);
+        self.report_lag(current, &next);
+        self.active.store(Arc::new(next));
+    }
+
+    /// One log line per reader that leaves the read pool for lag or comes back; the lag
+    /// gauges.
+    fn report_lag(&self, before: &Active, after: &Active) {
+        let reader = |a: &Active, name: &str| {
+            a.topology
+                .readers
+                .iter()
+                .find(|r| &*r.name == name)
+                .map(|r| r.progress)
+        };
+        for name in after.lagging.iter() {
+            if !before.lagging.contains(name) {
+                let p = reader(after, name).flatten();
+                tracing::warn!(
+                    reader = &**name,
+                    lag_offsets = p.map(|p| p.lag_offsets),
+                    lag_ms = p.map(|p| p.lag_ms),
+                    "reader lags past routing.max_reader_lag: out of the read pool"
+                );
+            }
+        }
+        for name in before.lagging.iter() {
+            if after.lagging.contains(name) {
+                continue;
+            }
+            match reader(after, name) {
+                Some(p) => tracing::info!(
+                    reader = &**name,
+                    lag_offsets = p.map(|p| p.lag_offsets),
+                    lag_ms = p.map(|p| p.lag_ms),
+                    "reader back in the read pool"
+                ),
+                None => tracing::info!(reader = &**name, "lagging reader left the topology"),
+            }
+        }
+        self.metrics
+            .lagging_readers
+            .set(i64::try_from(after.lagging.len()).unwrap_or(i64::MAX));
+        if std::ptr::eq(&*before.topology, &*after.topology) {
+            return;
+        }
+        for r in &after.topology.readers {
+            if let Some(p) = &r.progress {
+                self.metrics.reader_lag(&r.name, p);
+            }
+        }
+        let staying: HashSet<&str> = after.topology.readers.iter().map(|r| &*r.name).collect();
+        for r in &before.topology.readers {
+            if !staying.contains(&*r.name) {
+                self.metrics.reader_gone(&r.name);
+            }
+        }
     }
 }
 
@@ -214,10 +341,7 @@ impl TopologySink for Shared {
             revision: snapshot.revision,
         };
         let epoch = snapshot.epoch;
-        self.active.store(Arc::new(Active::build(
-            current.settings.clone(),
-            Arc::new(snapshot),
-        )));
+        self.swap_in(&current, current.settings.clone(), Arc::new(snapshot));
         self.metrics.topology_updates.inc();
         self.metrics
             .writer_epoch
@@ -311,6 +435,164 @@ mod tests {
         // The old view stays valid for requests that hold it.
         assert_eq!(a.read_pool.len(), 2);
         assert!(!rx.has_changed().unwrap());
+    }
+
+    /// Writer `w` and readers `r0..` at epoch 3, revision `rev`; `lags`: each reader's
+    /// published `lag_offsets` (`None`: not in the round); `round`: publish a round at all.
+    fn lagged(shared: &Shared, rev: u64, lags: &[Option<u64>], round: bool) -> TopologySnapshot {
+        use writer_election::topology::{NodeProgress, NodeRef, Replication, Topology};
+        let node = |name: String, port: usize| NodeRef {
+            name,
+            address: format!("127.0.0.1:{}", 1000 + port),
+        };
+        let mut t = Topology::empty();
+        t.epoch = 3;
+        t.revision = rev;
+        t.writer = Some(node("w".into(), 0));
+        t.readers = (0..lags.len())
+            .map(|i| node(format!("r{i}"), i + 1))
+            .collect();
+        t.replication = round.then(|| Replication {
+            epoch: 3,
+            writer_offset: 1000,
+            measured_at_ms: 50_000,
+            nodes: lags
+                .iter()
+                .enumerate()
+                .filter_map(|(i, lag)| {
+                    let lag = (*lag)?;
+                    Some(NodeProgress {
+                        name: format!("r{i}"),
+                        offset: 1000 - lag,
+                        lag_offsets: lag,
+                        lag_ms: lag * 10,
+                        lag_at_least: false,
+                    })
+                })
+                .collect(),
+        });
+        let resolved = t
+            .writer
+            .iter()
+            .chain(t.readers.iter())
+            .map(|n| (n.address.clone(), n.address.parse().unwrap()))
+            .collect();
+        TopologySnapshot::from_wire(&t, &resolved, &shared.topology()).0
+    }
+
+    fn pool_names(a: &Active) -> Vec<&str> {
+        a.read_pool.iter().map(|b| &*b.upstream.name).collect()
+    }
+
+    #[test]
+    fn lagging_readers_leave_the_read_pool_and_come_back_under_half() {
+        let cfg = ProxyConfig::from_yaml_str("routing: { max_reader_lag: { offsets: 100 } }");
+        let shared = Shared::new(cfg.unwrap(), Arc::new(Metrics::new()));
+        let lags = |shared: &Shared, rev, lags: &[Option<u64>]| {
+            assert!(shared.publish(lagged(shared, rev, lags, true)));
+            shared.load()
+        };
+        let a = lags(&shared, 1, &[Some(0), Some(500), Some(100)]);
+        assert_eq!(pool_names(&a), ["r0", "r2"]);
+        assert_eq!(&*a.lagging, [Arc::<str>::from("r1")]);
+        assert_eq!(a.any_pool.len(), 4, "`any` keeps every node");
+        assert_eq!(shared.metrics.lagging_readers.get(), 1);
+        // Under the limit, not under half: r1 stays out; r2, never out, stays in.
+        let a = lags(&shared, 2, &[Some(0), Some(99), Some(99)]);
+        assert_eq!(pool_names(&a), ["r0", "r2"]);
+        // Not in the round: keeps its state.
+        let a = lags(&shared, 3, &[Some(0), None, None]);
+        assert_eq!(pool_names(&a), ["r0", "r2"]);
+        let a = lags(&shared, 4, &[Some(0), Some(49), Some(0)]);
+        assert_eq!(pool_names(&a), ["r0", "r1", "r2"]);
+        assert_eq!(shared.metrics.lagging_readers.get(), 0);
+
+        // Everybody out; then a round of no use (another epoch's, or none): nobody is.
+        let a = lags(&shared, 5, &[Some(101), Some(101), Some(101)]);
+        assert!(a.read_pool.is_empty());
+        assert_eq!(a.lagging.len(), 3);
+        assert!(shared.publish(lagged(&shared, 6, &[Some(101); 3], false)));
+        assert_eq!(pool_names(&shared.load()), ["r0", "r1", "r2"]);
+
+        // The limits follow the config: a reload re-judges the same round.
+        let a = lags(&shared, 7, &[Some(0), Some(60), Some(0)]);
+        assert_eq!(a.read_pool.len(), 3);
+        let tight =
+            ProxyConfig::from_yaml_str("routing: { max_reader_lag: { offsets: 50 } }").unwrap();
+        shared.apply_settings(tight);
+        assert_eq!(pool_names(&shared.load()), ["r0", "r2"]);
+        shared.apply_settings(ProxyConfig::from_yaml_str("").unwrap());
+        assert_eq!(shared.load().read_pool.len(), 3);
+        assert_eq!(shared.metrics.lagging_readers.get(), 0);
+    }
+
+    #[test]
+    fn reader_lag_gauges_follow_the_topology() {
+        let shared = Shared::new(
+            ProxyConfig::from_yaml_str("").unwrap(),
+            Arc::new(Metrics::new()),
+        );
+        let text = |shared: &Shared| String::from_utf8(shared.metrics.render(None)).unwrap();
+        assert!(shared.publish(lagged(&shared, 1, &[Some(7), Some(30)], true)));
+        let t = text(&shared);
+        assert!(
+            t.contains(r#"rw_proxy_reader_lag_offsets{reader="r1"} 30"#),
+            "{t}"
+        );
+        assert!(
+            t.contains(r#"rw_proxy_reader_lag_seconds{reader="r1"} 0.3"#),
+            "{t}"
+        );
+        assert!(
+            t.contains(r#"rw_proxy_reader_lag_offsets{reader="r0"} 7"#),
+            "{t}"
+        );
+        // Without limits nobody leaves the pool.
+        assert_eq!(shared.load().read_pool.len(), 2);
+        // Not in this round: the last value stays. Gone from the topology: so is its series.
+        assert!(shared.publish(lagged(&shared, 2, &[Some(1), None], true)));
+        let t = text(&shared);
+        assert!(
+            t.contains(r#"rw_proxy_reader_lag_offsets{reader="r1"} 30"#),
+            "{t}"
+        );
+        assert!(
+            t.contains(r#"rw_proxy_reader_lag_offsets{reader="r0"} 1"#),
+            "{t}"
+        );
+        assert!(shared.publish(lagged(&shared, 3, &[Some(2)], true)));
+        let t = text(&shared);
+        assert!(!t.contains(r#"reader="r1""#), "{t}");
+        assert!(
+            t.contains(r#"rw_proxy_reader_lag_offsets{reader="r0"} 2"#),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn what_each_reader_applied_is_ready_for_read_your_writes() {
+        let cfg = ProxyConfig::from_yaml_str(
+            "routing: { writer_serves_reads: true, read_your_writes: { enabled: true } }",
+        )
+        .unwrap();
+        let shared = Shared::new(cfg, Arc::new(Metrics::new()));
+        assert!(shared.publish(lagged(&shared, 1, &[Some(10), None], true)));
+        let a = shared.load();
+        assert_eq!(pool_names(&a), ["r0", "r1", "w"]);
+        assert_eq!(
+            &*a.read_applied,
+            [
+                Some(Applied {
+                    offset: 990,
+                    until_ms: Some(50_000 - 100)
+                }),
+                None,
+                Some(Applied::WRITER)
+            ]
+        );
+        // Off: nothing is made.
+        shared.apply_settings(ProxyConfig::from_yaml_str("").unwrap());
+        assert!(shared.load().read_applied.is_empty());
     }
 
     #[test]

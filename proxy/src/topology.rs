@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use http::HeaderValue;
-use writer_election::topology::{NodeRef, Topology};
+use writer_election::topology::{NodeProgress, NodeRef, Topology};
 
 use crate::balance::UpstreamStats;
 use crate::config::StaticTopology;
@@ -25,6 +25,44 @@ pub struct Upstream {
     pub address: Arc<str>,
     pub socket: SocketAddr,
     pub stats: Arc<UpstreamStats>,
+    /// How far this node has replicated the writer's stream, as the snapshot's
+    /// [`ReplicationView`] published it; `None` when that round could not read it, or when the
+    /// snapshot has no replication view.
+    pub progress: Option<Progress>,
+}
+
+/// One node's published replication progress (`replication.nodes[]` of the topology document).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// The node has applied everything the writer had at this offset.
+    pub offset: u64,
+    /// How far the writer was ahead of it, in offsets.
+    pub lag_offsets: u64,
+    /// How long before the round's `measured_at_ms` the writer was at `offset`.
+    pub lag_ms: u64,
+    /// `lag_ms` is only a lower bound: the node is behind all the history writer-election keeps.
+    pub lag_at_least: bool,
+}
+
+impl Progress {
+    fn of(n: &NodeProgress) -> Progress {
+        Progress {
+            offset: n.offset,
+            lag_offsets: n.lag_offsets,
+            lag_ms: n.lag_ms,
+            lag_at_least: n.lag_at_least,
+        }
+    }
+}
+
+/// The round of replication measurements a snapshot carries: only one whose epoch is the
+/// document's own, since offsets compare only within one writer's stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplicationView {
+    pub epoch: u64,
+    pub writer_offset: u64,
+    /// When the round read the writer's offset, unix ms by writer-election's clock.
+    pub measured_at_ms: u64,
 }
 
 /// A planned switchover under way (`topology.switchover`, see the failover protocol): the
@@ -55,6 +93,9 @@ pub struct TopologySnapshot {
     pub readers: Vec<Upstream>,
     /// Set while a planned switchover is under way (writes are held).
     pub switchover: Option<SwitchoverView>,
+    /// The replication round published with this topology, if any (each upstream's share of it
+    /// is its [`Upstream::progress`]).
+    pub replication: Option<ReplicationView>,
     /// `X-Writer-Epoch` value, built once.
     pub epoch_header: HeaderValue,
     /// When this snapshot was received; `None` for the placeholder before any source spoke.
@@ -70,6 +111,7 @@ impl TopologySnapshot {
             writer: None,
             readers: Vec::new(),
             switchover: None,
+            replication: None,
             epoch_header: HeaderValue::from_static("0"),
             received_at: None,
         }
@@ -82,12 +124,19 @@ impl TopologySnapshot {
     /// Builds a snapshot from the wire document. `resolved` maps each published address to a
     /// socket address (see [`resolve_addresses`]); nodes without one are left out and listed in
     /// the returned warnings. `previous` lends its per-upstream stats to nodes that stay.
+    /// `t.replication` is taken only when it is of the document's epoch.
     pub fn from_wire(
         t: &Topology,
         resolved: &HashMap<String, SocketAddr>,
         previous: &TopologySnapshot,
     ) -> (TopologySnapshot, Vec<String>) {
         let mut warnings = Vec::new();
+        let replication = t.replication.as_ref().filter(|r| r.epoch == t.epoch);
+        let by_name: HashMap<&str, &NodeProgress> = replication
+            .iter()
+            .flat_map(|r| r.nodes.iter().map(|p| (p.name.as_str(), p)))
+            .collect();
+        let progress = |name: &str| by_name.get(name).map(|p| Progress::of(p));
         let mut upstream = |n: &NodeRef, role: &str| -> Option<Upstream> {
             let Some(socket) = resolved.get(&n.address).copied() else {
                 warnings.push(format!(
@@ -106,6 +155,7 @@ impl TopologySnapshot {
                 address: n.address.as_str().into(),
                 socket,
                 stats,
+                progress: progress(&n.name),
             })
         };
         let writer = t.writer.as_ref().and_then(|w| upstream(w, "writer"));
@@ -127,6 +177,11 @@ impl TopologySnapshot {
             writer,
             readers,
             switchover,
+            replication: replication.map(|r| ReplicationView {
+                epoch: r.epoch,
+                writer_offset: r.writer_offset,
+                measured_at_ms: r.measured_at_ms,
+            }),
             epoch_header: HeaderValue::from(t.epoch),
             received_at: Some(Instant::now()),
         };
@@ -331,6 +386,80 @@ mod tests {
         assert!(s.writer.is_some());
         assert!(s.readers.is_empty());
         assert_eq!(warnings.len(), 1);
+    }
+
+    fn progress(name: &str, offset: u64, lag_ms: u64) -> writer_election::topology::NodeProgress {
+        writer_election::topology::NodeProgress {
+            name: name.into(),
+            offset,
+            lag_offsets: 100 - offset,
+            lag_ms,
+            lag_at_least: offset == 0,
+        }
+    }
+
+    #[test]
+    fn replication_of_the_documents_epoch_reaches_each_upstream() {
+        let mut t = Topology::empty();
+        t.epoch = 7;
+        t.writer = Some(NodeRef {
+            name: "w".into(),
+            address: "127.0.0.1:1".into(),
+        });
+        t.readers = ["a", "b", "c"]
+            .iter()
+            .enumerate()
+            .map(|(i, n)| NodeRef {
+                name: (*n).into(),
+                address: format!("127.0.0.1:{}", i + 2),
+            })
+            .collect();
+        t.replication = Some(writer_election::topology::Replication {
+            epoch: 7,
+            writer_offset: 100,
+            measured_at_ms: 1_764_650_000_123,
+            nodes: vec![
+                progress("w", 100, 0),
+                progress("a", 60, 2000),
+                progress("c", 0, 90_000),
+                progress("gone", 1, 1),
+            ],
+        });
+        let (s, _) = TopologySnapshot::from_wire(&t, &resolved(&t), &TopologySnapshot::none());
+        assert_eq!(
+            s.replication,
+            Some(ReplicationView {
+                epoch: 7,
+                writer_offset: 100,
+                measured_at_ms: 1_764_650_000_123
+            })
+        );
+        assert_eq!(
+            s.writer.as_ref().and_then(|w| w.progress).map(|p| p.offset),
+            Some(100)
+        );
+        assert_eq!(
+            s.readers[0].progress,
+            Some(Progress {
+                offset: 60,
+                lag_offsets: 40,
+                lag_ms: 2000,
+                lag_at_least: false
+            })
+        );
+        assert_eq!(s.readers[1].progress, None, "b was not read");
+        assert!(s.readers[2].progress.is_some_and(|p| p.lag_at_least));
+
+        // Measured against another epoch's writer: ignored whole.
+        if let Some(r) = t.replication.as_mut() {
+            r.epoch = 6;
+        }
+        let (s, _) = TopologySnapshot::from_wire(&t, &resolved(&t), &TopologySnapshot::none());
+        assert_eq!(s.replication, None);
+        assert!(s.all().all(|u| u.progress.is_none()));
+        t.replication = None;
+        let (s, _) = TopologySnapshot::from_wire(&t, &resolved(&t), &TopologySnapshot::none());
+        assert_eq!(s.replication, None);
     }
 
     #[test]
