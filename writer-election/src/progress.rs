@@ -422,28 +422,22 @@ mod tests {
         let t0 = Instant::now();
         let mut h = history(t0, &[(0, 100), (1000, 200)]);
         assert_eq!(h.epoch(), Some(7));
-        h.record(
-            8,
-            Sample {
-                at: at(t0, 2000),
-                offset: 5,
-            },
-        );
+        // The new writer happens to be further on: its offsets still start a history of their own.
+        let first = Sample {
+            at: at(t0, 2000),
+            offset: 250,
+        };
+        h.record(8, first);
         assert_eq!(h.epoch(), Some(8));
-        assert_eq!(
-            h.samples(),
-            &[Sample {
-                at: at(t0, 2000),
-                offset: 5
-            }]
-        );
-        // A node at 150 is level with nothing of the new writer's but its one sample.
-        let r = estimate(8, h.samples(), 0, &nodes(&[("a", 3), ("b", 150)])).unwrap();
+        assert_eq!(h.samples(), &[first]);
+        // A node at 150 is behind everything known of the new writer: a bound, not the old
+        // writer's 2000 ms.
+        let r = estimate(8, h.samples(), 0, &nodes(&[("a", 150), ("b", 300)])).unwrap();
         assert_eq!(r.epoch, 8);
-        assert_eq!(r.writer_offset, 5);
+        assert_eq!(r.writer_offset, 250);
         assert_eq!(
             lags(&r),
-            vec![("a", 3, 2, 0, true), ("b", 150, 0, 0, false)]
+            vec![("a", 150, 100, 0, true), ("b", 300, 0, 0, false)]
         );
     }
 

@@ -115,7 +115,11 @@ pub struct NodeState {
     pub ready: AtomicBool,
     /// Accept connections, never answer the probe (a hung process).
     pub hang: AtomicBool,
+    /// What `GET /replication/offset` answers (`{"offset": n}`).
     pub offset: AtomicU64,
+    /// `GET /replication/offset` answers 503 (the offset cannot be read; readiness unaffected).
+    pub offset_fails: AtomicBool,
+    pub offset_calls: AtomicU64,
     pub start_calls: AtomicU32,
     pub finish_calls: AtomicU32,
     /// `finish` answers "true" from this call on (after a `start`).
@@ -183,10 +187,16 @@ async fn handle(
             StatusCode::OK,
             state.promoted.load(Ordering::SeqCst).to_string(),
         ),
-        ("GET", "/replication/offset") => text(
-            StatusCode::OK,
-            format!("{{\"offset\": {}}}", state.offset.load(Ordering::SeqCst)),
-        ),
+        ("GET", "/replication/offset") => {
+            state.offset_calls.fetch_add(1, Ordering::SeqCst);
+            if state.offset_fails.load(Ordering::SeqCst) {
+                return text(StatusCode::SERVICE_UNAVAILABLE, "not now".into());
+            }
+            text(
+                StatusCode::OK,
+                format!("{{\"offset\": {}}}", state.offset.load(Ordering::SeqCst)),
+            )
+        }
         _ => text(StatusCode::NOT_FOUND, "no".into()),
     }
 }
@@ -355,6 +365,25 @@ impl TestNode {
 
     pub fn set_ready(&self, ready: bool) {
         self.state.ready.store(ready, Ordering::SeqCst);
+    }
+
+    /// The replication offset `GET /replication/offset` answers from now on.
+    pub fn set_offset(&self, offset: u64) {
+        self.state.offset.store(offset, Ordering::SeqCst);
+    }
+
+    pub fn offset(&self) -> u64 {
+        self.state.offset.load(Ordering::SeqCst)
+    }
+
+    /// `GET /replication/offset` answers 503 while on.
+    pub fn set_offset_fails(&self, fail: bool) {
+        self.state.offset_fails.store(fail, Ordering::SeqCst);
+    }
+
+    /// `GET /replication/offset` requests answered so far.
+    pub fn offset_calls(&self) -> u64 {
+        self.state.offset_calls.load(Ordering::SeqCst)
     }
 
     pub fn set_hang(&self, hang: bool) {
