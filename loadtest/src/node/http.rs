@@ -23,6 +23,10 @@ use super::store::Store;
 
 pub const EPOCH_HEADER: &str = "x-writer-epoch";
 pub const NODE_HEADER: &str = "x-node";
+/// On a write the writer acknowledged: the smallest `/replication/offset` at which a reader has
+/// applied that write. Offsets count log lines applied and the write is line `seq` of the log,
+/// so this is the write's `seq`.
+pub const OFFSET_HEADER: &str = "x-replication-offset";
 pub struct Node {
     pub name: String,
     pub api: Api,
@@ -53,6 +57,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/health/ready", get(ready))
         .route("/admin/ready", post(set_ready).get(ready))
         .route("/admin/demote", post(demote))
+        .route("/admin/lag", post(set_lag).get(get_lag))
         .route(&api.health_path(), get(health))
         .route(&api.ready_path(), get(api_ready))
         .route(&api.distributor_path(), get(distributor))
@@ -191,6 +196,7 @@ async fn write(
             let h = r.headers_mut();
             h.insert(NODE_HEADER, node.name_header.clone());
             h.insert(EPOCH_HEADER, HeaderValue::from(acc.epoch));
+            h.insert(OFFSET_HEADER, HeaderValue::from(acc.seq));
             r
         }
         Err(WriteError::Refused(refusal)) => refused(&node, &refusal),
@@ -294,6 +300,39 @@ async fn set_ready(State(node): State<Arc<Node>>, body: Bytes) -> Response {
         tracing::info!(ready = v, "readiness switched");
     }
     axum::Json(json!({"ready": v})).into_response()
+}
+
+fn lag_body(lag: std::time::Duration) -> serde_json::Value {
+    json!({
+        "lag": humantime::format_duration(lag).to_string(),
+        "lag_ms": lag.as_millis() as u64,
+    })
+}
+
+/// Test knob: changes the simulated replication lag while the node runs (body: a duration such
+/// as `5s`, `300ms` or `0s`). Lines already read but not applied follow the new lag, so `0s`
+/// makes a lagging reader catch up at once.
+async fn set_lag(State(node): State<Arc<Node>>, body: Bytes) -> Response {
+    let parsed = std::str::from_utf8(&body)
+        .ok()
+        .map(str::trim)
+        .and_then(|s| humantime::parse_duration(s).ok());
+    let Some(lag) = parsed else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            "POST /admin/lag takes a duration as its body, e.g. 5s, 300ms or 0s",
+        );
+    };
+    let was = node.store.set_lag(lag);
+    tracing::info!(lag = ?lag, was = ?was, "replication lag changed");
+    let mut body = lag_body(lag);
+    body["was_ms"] = json!(was.as_millis() as u64);
+    axum::Json(body).into_response()
+}
+
+async fn get_lag(State(node): State<Arc<Node>>) -> Response {
+    axum::Json(lag_body(node.store.lag())).into_response()
 }
 
 fn text_bool(v: bool) -> Response {

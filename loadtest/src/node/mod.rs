@@ -36,7 +36,8 @@ pub struct NodeArgs {
     /// The shared append-only log file (created if missing). Every node of a cluster gets the same.
     #[arg(long)]
     pub log: PathBuf,
-    /// Simulated replication lag: a line is applied here this long after it was appended.
+    /// Simulated replication lag: a line is applied here this long after it was appended
+    /// (changeable while running: POST /admin/lag with a duration body).
     #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
     pub lag: Duration,
     /// Which generation of the storage node API to serve (paths of readiness, distributor,

@@ -31,8 +31,9 @@ pub struct KvState {
 #[derive(Debug)]
 pub struct Replica {
     pub tail: LogTail,
-    /// Read from the log, waiting for `ts_ms + lag`. `None` = a corrupt line (applied as a no-op,
-    /// so that the offset still counts it).
+    /// Read from the log, waiting for `ts_ms + lag` (the lag as it is when the line is due, so
+    /// a lag changed at runtime also moves lines already read). `None` = a corrupt line
+    /// (applied as a no-op, so that the offset still counts it; due with whatever is before it).
     pending: VecDeque<(u64, Option<Record>)>,
     /// Highest epoch in any line read (applied or not): the fencing check needs all of them.
     pub highest_log_epoch: u64,
@@ -40,7 +41,8 @@ pub struct Replica {
 
 #[derive(Debug)]
 pub struct Store {
-    lag_ms: u64,
+    /// The simulated replication lag, changeable while the node runs (`POST /admin/lag`).
+    lag_ms: AtomicU64,
     replica: Mutex<Replica>,
     kv: RwLock<KvState>,
     highest_request_epoch: AtomicU64,
@@ -51,7 +53,7 @@ pub struct Store {
 impl Store {
     pub fn open(log: &Path, lag: Duration) -> io::Result<Self> {
         Ok(Store {
-            lag_ms: lag.as_millis() as u64,
+            lag_ms: AtomicU64::new(lag.as_millis() as u64),
             replica: Mutex::new(Replica {
                 tail: LogTail::open(log)?,
                 pending: VecDeque::new(),
@@ -61,6 +63,17 @@ impl Store {
             highest_request_epoch: AtomicU64::new(0),
             highest_log_epoch: AtomicU64::new(0),
         })
+    }
+
+    pub fn lag(&self) -> Duration {
+        Duration::from_millis(self.lag_ms.load(Ordering::Relaxed))
+    }
+
+    /// Sets the simulated lag; returns the previous one. A shorter lag lets the lines it held
+    /// back apply at the next poll, a longer one holds back lines not applied yet.
+    pub fn set_lag(&self, lag: Duration) -> Duration {
+        let ms = u64::try_from(lag.as_millis()).unwrap_or(u64::MAX);
+        Duration::from_millis(self.lag_ms.swap(ms, Ordering::Relaxed))
     }
 
     pub fn replica(&self) -> MutexGuard<'_, Replica> {
@@ -104,8 +117,7 @@ impl Store {
             match line {
                 Line::Record(r) => {
                     replica.highest_log_epoch = replica.highest_log_epoch.max(r.epoch);
-                    let due = r.ts_ms.saturating_add(self.lag_ms);
-                    replica.pending.push_back((due, Some(r)));
+                    replica.pending.push_back((r.ts_ms, Some(r)));
                 }
                 Line::Corrupt { line_no, reason } => {
                     tracing::warn!(line_no, %reason, "skipping a log line that is not a record");
@@ -124,9 +136,10 @@ impl Store {
             return;
         }
         let now = now_ms();
+        let lag_ms = self.lag_ms.load(Ordering::Relaxed);
         let mut kv = self.kv_mut();
-        while let Some((due, _)) = replica.pending.front() {
-            if !force && *due > now {
+        while let Some((ts_ms, _)) = replica.pending.front() {
+            if !force && ts_ms.saturating_add(lag_ms) > now {
                 break;
             }
             if let Some((_, rec)) = replica.pending.pop_front() {
@@ -224,6 +237,37 @@ mod tests {
         assert_eq!(store.kv().applied, 3);
         assert_eq!(store.kv().last_writer, Some(("w".into(), 5)));
         assert_eq!(store.kv().bytes, 2, "only b=2 is held");
+    }
+
+    #[test]
+    fn a_lag_changed_at_runtime_holds_back_and_releases_lines_already_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let store = Store::open(&path, Duration::ZERO).unwrap();
+        let mut f = super::super::log::open_for_append(&path).unwrap();
+        let mut rep = store.replica();
+        f.write_all(line(1, now_ms(), 1, "a", Some("1")).as_bytes())
+            .unwrap();
+        store.poll(&mut rep, false).unwrap();
+        assert_eq!(store.kv().applied, 1, "no lag: applied at once");
+
+        assert_eq!(store.set_lag(Duration::from_secs(3600)), Duration::ZERO);
+        assert_eq!(store.lag(), Duration::from_secs(3600));
+        f.write_all(line(2, now_ms(), 1, "b", Some("2")).as_bytes())
+            .unwrap();
+        f.write_all(b"{torn\n").unwrap();
+        store.poll(&mut rep, false).unwrap();
+        assert_eq!(store.kv().applied, 1, "held back by the new lag");
+        assert_eq!(store.get("b"), None);
+
+        store.set_lag(Duration::ZERO);
+        store.poll(&mut rep, false).unwrap();
+        assert_eq!(
+            store.kv().applied,
+            3,
+            "released, the corrupt line behind it too"
+        );
+        assert_eq!(store.get("b").as_deref(), Some(&b"2"[..]));
     }
 
     #[test]
