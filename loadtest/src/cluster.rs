@@ -88,6 +88,28 @@ pub struct ClusterOptions {
     /// rw-proxy build does not accept election_url yet).
     pub force_static: bool,
     pub log_format: LogFormat,
+    /// rw-proxy's `routing.read_your_writes` (the token cookie with its defaults). Off by
+    /// default: the existing scenarios measure the cluster without it.
+    pub read_your_writes: bool,
+    /// rw-proxy's `routing.read_your_writes.window` (None: the proxy's default).
+    pub read_your_writes_window: Option<Duration>,
+    /// rw-proxy's `routing.max_reader_lag` (None: no lag gate).
+    pub max_reader_lag: Option<MaxReaderLag>,
+    /// writer-election's `election.progress.interval` (None: its default, the probe interval).
+    pub progress_interval: Option<Duration>,
+}
+
+/// The limits of rw-proxy's lag gate; at least one is set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MaxReaderLag {
+    pub offsets: Option<u64>,
+    pub duration: Option<Duration>,
+}
+
+impl MaxReaderLag {
+    pub fn is_empty(&self) -> bool {
+        self.offsets.is_none() && self.duration.is_none()
+    }
 }
 
 impl Default for ClusterOptions {
@@ -111,7 +133,22 @@ impl Default for ClusterOptions {
             candidate_order: "most_caught_up".into(),
             force_static: false,
             log_format: LogFormat::Text,
+            read_your_writes: false,
+            read_your_writes_window: None,
+            max_reader_lag: None,
+            progress_interval: None,
         }
+    }
+}
+
+impl ClusterOptions {
+    /// The election measures replication progress for `most_caught_up` and whenever the proxy
+    /// routes by it (read-your-writes, the lag gate): both read the topology's `replication`.
+    pub fn needs_progress(&self) -> bool {
+        self.candidate_order == "most_caught_up"
+            || self.read_your_writes
+            || self.max_reader_lag.is_some_and(|l| !l.is_empty())
+            || self.progress_interval.is_some()
     }
 }
 
@@ -145,6 +182,8 @@ pub struct Cluster {
     /// The writer given to a static-topology proxy.
     pub static_writer: Option<String>,
     pub client: HttpClient,
+    /// rw-proxy issues and honours read-your-writes tokens.
+    pub read_your_writes: bool,
 }
 
 fn duration_str(d: Duration) -> String {
@@ -184,8 +223,12 @@ pub fn election_config(
     token_file: &Path,
 ) -> serde_json::Value {
     let mut election = json!({ "candidate_order": opts.candidate_order, "min_ready_nodes": 1 });
-    if opts.candidate_order == "most_caught_up" {
-        election["progress"] = json!({ "path": "/replication/offset", "json_pointer": "/offset" });
+    if opts.needs_progress() {
+        let mut progress = json!({ "path": "/replication/offset", "json_pointer": "/offset" });
+        if let Some(every) = opts.progress_interval {
+            progress["interval"] = json!(duration_str(every));
+        }
+        election["progress"] = progress;
     }
     json!({
         "listen": format!("127.0.0.1:{listen}"),
@@ -210,13 +253,35 @@ pub fn proxy_config(
     admin: u16,
     topology: serde_json::Value,
 ) -> serde_json::Value {
-    json!({
+    let mut cfg = json!({
         "listen": format!("127.0.0.1:{listen}"),
         "admin_listen": format!("127.0.0.1:{admin}"),
         "topology": topology,
         "failover": { "hold_writes": duration_str(opts.hold_writes) },
         "access_log": "errors"
-    })
+    });
+    let mut routing = serde_json::Map::new();
+    if opts.read_your_writes {
+        let mut ryw = json!({ "enabled": true });
+        if let Some(w) = opts.read_your_writes_window {
+            ryw["window"] = json!(duration_str(w));
+        }
+        routing.insert("read_your_writes".into(), ryw);
+    }
+    if let Some(lag) = opts.max_reader_lag.filter(|l| !l.is_empty()) {
+        let mut gate = serde_json::Map::new();
+        if let Some(o) = lag.offsets {
+            gate.insert("offsets".into(), json!(o));
+        }
+        if let Some(d) = lag.duration {
+            gate.insert("duration".into(), json!(duration_str(d)));
+        }
+        routing.insert("max_reader_lag".into(), gate.into());
+    }
+    if !routing.is_empty() {
+        cfg["routing"] = routing.into();
+    }
+    cfg
 }
 
 /// `writer` is the node the election promoted: the only one that accepts writes.
@@ -312,6 +377,7 @@ impl Cluster {
             topology_mode: TopologyMode::Election,
             static_writer: None,
             client: HttpClient::new(Duration::from_secs(5)),
+            read_your_writes: opts.read_your_writes,
         };
 
         // Nodes first: the election probes them from its first second.
@@ -556,5 +622,62 @@ impl Cluster {
     /// the Cluster is dropped.
     pub fn stop(&mut self, grace: Duration) {
         self.group.shutdown(grace);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nodes() -> Vec<NodeInfo> {
+        vec![NodeInfo {
+            name: "node-1".into(),
+            address: "127.0.0.1:1".into(),
+            url: "http://127.0.0.1:1".into(),
+        }]
+    }
+
+    #[test]
+    fn defaults_leave_routing_alone_and_measure_progress_for_most_caught_up() {
+        let opts = ClusterOptions::default();
+        let p = proxy_config(&opts, 1, 2, json!({}));
+        assert!(p.get("routing").is_none(), "{p}");
+        let e = election_config(&opts, 3, &nodes(), Path::new("s"), Path::new("t"));
+        assert_eq!(
+            e["election"]["progress"],
+            json!({ "path": "/replication/offset", "json_pointer": "/offset" })
+        );
+        let by_name = ClusterOptions {
+            candidate_order: "name".into(),
+            ..ClusterOptions::default()
+        };
+        let e = election_config(&by_name, 3, &nodes(), Path::new("s"), Path::new("t"));
+        assert!(e["election"].get("progress").is_none(), "{e}");
+    }
+
+    #[test]
+    fn read_your_writes_and_the_lag_gate_turn_progress_on() {
+        let opts = ClusterOptions {
+            candidate_order: "name".into(),
+            read_your_writes: true,
+            read_your_writes_window: Some(Duration::from_secs(3)),
+            max_reader_lag: Some(MaxReaderLag {
+                offsets: Some(50),
+                duration: Some(Duration::from_millis(1500)),
+            }),
+            progress_interval: Some(Duration::from_millis(100)),
+            ..ClusterOptions::default()
+        };
+        let p = proxy_config(&opts, 1, 2, json!({}));
+        assert_eq!(
+            p["routing"],
+            json!({
+                "read_your_writes": { "enabled": true, "window": "3000ms" },
+                "max_reader_lag": { "offsets": 50, "duration": "1500ms" }
+            })
+        );
+        let e = election_config(&opts, 3, &nodes(), Path::new("s"), Path::new("t"));
+        assert_eq!(e["election"]["progress"]["interval"], "100ms");
+        assert_eq!(e["election"]["progress"]["path"], "/replication/offset");
     }
 }

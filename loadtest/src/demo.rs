@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
-use crate::cluster::{Cluster, ClusterOptions, TopologyMode};
+use crate::cluster::{Cluster, ClusterOptions, MaxReaderLag, TopologyMode};
 use crate::logging::LogFormat;
 use crate::node::api::Api;
 
@@ -35,6 +35,20 @@ pub struct DemoArgs {
     /// Storage node API of the nodes (and of the election's promotion calls).
     #[arg(long, value_enum, default_value_t = Api::Microstream)]
     pub api: Api,
+    /// Turn rw-proxy's read-your-writes off (on by default in the demo: a write answers with
+    /// the `rwp_read_after` cookie, a read that carries it sees that write).
+    #[arg(long)]
+    pub no_read_your_writes: bool,
+    /// How long a read-your-writes token matters (rw-proxy's default when not given).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub read_your_writes_window: Option<Duration>,
+    /// rw-proxy's lag gate: a reader further behind the writer than this leaves the read pool
+    /// (it comes back under half of it).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub max_reader_lag: Option<Duration>,
+    /// rw-proxy's lag gate in log lines (offsets) instead of, or besides, time.
+    #[arg(long)]
+    pub max_reader_lag_offsets: Option<u64>,
 }
 
 fn now() -> String {
@@ -60,6 +74,13 @@ pub async fn main(args: DemoArgs, log_format: LogFormat) -> anyhow::Result<u8> {
         force_static: args.static_topology,
         api: args.api,
         log_format,
+        read_your_writes: !args.no_read_your_writes,
+        read_your_writes_window: args.read_your_writes_window,
+        max_reader_lag: (args.max_reader_lag.is_some() || args.max_reader_lag_offsets.is_some())
+            .then_some(MaxReaderLag {
+                offsets: args.max_reader_lag_offsets,
+                duration: args.max_reader_lag,
+            }),
         ..ClusterOptions::default()
     };
     eprintln!(
@@ -139,6 +160,21 @@ fn banner(c: &Cluster) -> String {
         s,
         "  curl {p}/whoami                       # a reader answers"
     );
+    if c.read_your_writes {
+        // With --lag the plain read shows the old value and the one with the token the new.
+        let _ = writeln!(
+            s,
+            "  curl -c jar -X PUT --data 'hello again' {p}/kv/greeting   # keeps the token cookie"
+        );
+        let _ = writeln!(
+            s,
+            "  curl {p}/kv/greeting                  # without it: a reader, maybe stale"
+        );
+        let _ = writeln!(
+            s,
+            "  curl -b jar {p}/kv/greeting           # with it: your write"
+        );
+    }
     let _ = writeln!(s, "  curl {}/v1/topology", c.election_url);
     if let Some(n) = c.nodes.first() {
         let _ = writeln!(
