@@ -37,6 +37,9 @@ impl Default for FollowOptions {
     }
 }
 
+// One event per document change, handed straight to the callback: boxing the document would
+// cost an allocation per change to save stack space nobody keeps.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FollowEvent {
     /// A document that differs from the last one delivered, or the first one after a failed
