@@ -17,6 +17,7 @@
 pub mod conn;
 pub mod history;
 pub mod pacer;
+pub mod pairs;
 pub mod stats;
 
 use std::collections::BTreeMap;
@@ -88,6 +89,25 @@ pub struct RunArgs {
     /// No progress bar even on a terminal.
     #[arg(long)]
     pub no_progress: bool,
+    /// PUT->GET pairs instead of the read/write mix: each pair writes a key of its own and
+    /// reads it back, and a read that does not return the value just written is counted stale.
+    /// `on` (the default when the flag is given without a value) carries the token the proxy
+    /// returned (a cookie jar per connection, or --token-header); `off` runs the same pairs
+    /// without it. --rate and the latency rows count pairs' requests; --rate paces pairs.
+    #[arg(long, value_enum, num_args = 0..=1, default_missing_value = "on", value_name = "on|off")]
+    pub read_your_writes: Option<pairs::TokenUse>,
+    /// With --read-your-writes: the token travels in this request/response header instead of
+    /// the cookie (rw-proxy's `read_your_writes.token: header`, e.g. X-Read-After).
+    #[arg(long, requires = "read_your_writes")]
+    pub token_header: Option<String>,
+    /// With --read-your-writes: how long each read waits after its write's answer, fixed
+    /// (`300ms`) or drawn uniformly from a range (`0ms..1s`), so that some reads come after the
+    /// readers caught up.
+    #[arg(long, requires = "read_your_writes", value_parser = pairs::parse_read_delay, default_value = "0s")]
+    pub read_delay: pairs::ReadDelay,
+    /// With --read-your-writes: stop after this many pairs (or at --duration, if sooner).
+    #[arg(long, requires = "read_your_writes")]
+    pub pairs: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -173,6 +193,9 @@ pub struct RunReport {
     /// every connection busy (then more `--connections` help).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub schedule_lateness: Option<LatencySummary>,
+    /// `--read-your-writes` only: the pairs and how many reads were stale.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub read_your_writes: Option<pairs::PairReport>,
 }
 
 pub struct RunOutcome {
@@ -277,15 +300,36 @@ impl RunArgs {
             progress: !self.no_progress && !self.json && std::io::stdout().is_terminal(),
         })
     }
+
+    /// The pair settings of `--read-your-writes`, when given.
+    pub fn pair_config(&self) -> anyhow::Result<Option<pairs::PairConfig>> {
+        let Some(token) = self.read_your_writes else {
+            return Ok(None);
+        };
+        let mut pc = pairs::PairConfig::new(token);
+        pc.read_delay = self.read_delay;
+        pc.pairs = self.pairs;
+        if let Some(h) = &self.token_header {
+            pc.token_header = Some(
+                HeaderName::from_bytes(h.trim().as_bytes())
+                    .with_context(|| format!("--token-header {h:?}: invalid header name"))?,
+            );
+        }
+        if pc.pairs == Some(0) {
+            bail!("--pairs 0: needs at least one pair");
+        }
+        Ok(Some(pc))
+    }
 }
 
 /// `loadtest run`.
 pub async fn main(args: RunArgs) -> anyhow::Result<u8> {
     let cfg = args.to_config().await?;
+    let pair_cfg = args.pair_config()?;
     if args.prefill {
         prefill(&cfg).await?;
     }
-    let outcome = execute(cfg, &args.url).await;
+    let outcome = execute_with(cfg, pair_cfg, args.url.clone(), Instant::now()).await;
     if let Some(path) = &args.history {
         history::write_jsonl(path, &outcome.history)?;
     }
@@ -294,8 +338,14 @@ pub async fn main(args: RunArgs) -> anyhow::Result<u8> {
     } else {
         print!("{}", render_text(&outcome.report));
     }
+    let r = &outcome.report;
+    // With the token on, a stale read breaks the guarantee under test.
+    let stale_with_token = r
+        .read_your_writes
+        .as_ref()
+        .is_some_and(|p| p.token == pairs::TokenUse::On && p.stats.stale > 0);
     Ok(
-        if outcome.report.requests > 0 && outcome.report.requests == total_errors(&outcome.report) {
+        if (r.requests > 0 && r.requests == total_errors(r)) || stale_with_token {
             1
         } else {
             0
@@ -321,6 +371,7 @@ struct Shared {
 struct WorkerOut {
     stats: Stats,
     history: Vec<WriteRecord>,
+    pairs: pairs::PairStats,
 }
 
 /// Runs the load described by `cfg` and returns the report (and the write history when
@@ -332,6 +383,17 @@ pub async fn execute(cfg: LoadConfig, url: &str) -> RunOutcome {
 /// [`execute`] with the schedule (and the history's clock) starting at `start`, so a caller
 /// can place its own events on the same clock.
 pub async fn execute_at(cfg: LoadConfig, url: String, start: Instant) -> RunOutcome {
+    execute_with(cfg, None, url, start).await
+}
+
+/// [`execute_at`], or with `pairs` the PUT->GET pairs of `--read-your-writes` instead of the
+/// read/write mix (`cfg.read_ratio`, `keys` and `unique_write_keys` do not apply then).
+pub async fn execute_with(
+    cfg: LoadConfig,
+    pairs: Option<pairs::PairConfig>,
+    url: String,
+    start: Instant,
+) -> RunOutcome {
     let started_unix_ms = crate::node::log::now_ms();
     let connections = cfg.mode.connections();
     let progress = cfg.progress;
@@ -355,15 +417,21 @@ pub async fn execute_at(cfg: LoadConfig, url: String, start: Instant) -> RunOutc
         failed: AtomicU64::new(0),
     });
     let ticker = progress.then(|| tokio::spawn(progress_bar(shared.clone(), duration)));
+    let pair_cfg = pairs.map(Arc::new);
     let workers: Vec<_> = (0..connections)
-        .map(|id| tokio::spawn(worker(id, shared.clone())))
+        .map(|id| match &pair_cfg {
+            Some(pc) => tokio::spawn(pairs::pair_worker(id, shared.clone(), pc.clone())),
+            None => tokio::spawn(worker(id, shared.clone())),
+        })
         .collect();
     let mut stats = Stats::default();
+    let mut pair_stats = pairs::PairStats::default();
     let mut hist = Vec::new();
     for w in workers {
         match w.await {
             Ok(out) => {
                 stats.merge(&out.stats);
+                pair_stats.merge(&out.pairs);
                 hist.extend(out.history);
             }
             Err(e) => tracing::error!(error = %e, "a load worker panicked"),
@@ -402,6 +470,9 @@ pub async fn execute_at(cfg: LoadConfig, url: String, start: Instant) -> RunOutc
         },
         schedule_lateness: matches!(shared.cfg.mode, Mode::Open { .. })
             .then(|| summarize(&stats.schedule_lateness)),
+        read_your_writes: pair_cfg
+            .as_deref()
+            .map(|pc| pairs::PairReport::new(pc, pair_stats)),
     };
     RunOutcome {
         report,
@@ -554,7 +625,11 @@ async fn worker(id: usize, shared: Arc<Shared>) -> WorkerOut {
             });
         }
     }
-    WorkerOut { stats, history }
+    WorkerOut {
+        stats,
+        history,
+        pairs: pairs::PairStats::default(),
+    }
 }
 
 struct SendResult {
@@ -767,6 +842,35 @@ pub fn render_text(r: &RunReport) -> String {
         }
     };
     s.push_str(legend);
+    if let Some(p) = &r.read_your_writes {
+        let st = &p.stats;
+        let token = match p.token {
+            pairs::TokenUse::On => format!("token on ({})", p.carried_in),
+            pairs::TokenUse::Off => "token off".to_owned(),
+        };
+        let _ = writeln!(
+            s,
+            "pairs      {} checked, {token}, read {}..{} ms after the write",
+            st.checked, p.read_delay_ms[0], p.read_delay_ms[1]
+        );
+        let _ = writeln!(
+            s,
+            "  stale    {} (fresh {}; writes failed {}, reads failed {}; tokens issued {})",
+            st.stale, st.fresh, st.write_failed, st.read_failed, st.tokens_issued
+        );
+        let by_node: Vec<String> = st
+            .reads_by_node
+            .iter()
+            .map(|(n, c)| match st.stale_by_node.get(n) {
+                Some(x) => format!("{n}={c} ({x} stale)"),
+                None => format!("{n}={c}"),
+            })
+            .collect();
+        let _ = writeln!(s, "  reads by {}", by_node.join(" "));
+        for e in st.stale_examples.iter().take(3) {
+            let _ = writeln!(s, "  e.g.     {e}");
+        }
+    }
     s
 }
 
