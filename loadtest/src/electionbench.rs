@@ -1,11 +1,16 @@
-//! `loadtest election-bench`: writer-election's CPU and memory while it probes many nodes.
+//! `loadtest election-bench`: writer-election's CPU and memory while it probes many nodes, with
+//! and without progress rounds (`--progress off,on`: `election.progress`, every ready node's
+//! replication offset read once per round and published as `replication`).
 //! The nodes are simulated by this process: one listener per node on 127.0.0.1, answering
 //! the MicroStream API's readiness probe and promotion calls and the progress endpoint
-//! (`/replication/offset`).
+//! (`/replication/offset`), whose offset moves all the time (one per millisecond) with each
+//! node a little behind the one before, so every round publishes a new measurement.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use axum::routing::{get, post};
@@ -27,9 +32,15 @@ pub struct ElectionBenchArgs {
     /// Measured time per run (after the first election).
     #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
     pub duration: Duration,
-    /// probe.interval given to writer-election (the SPEC default is 1s).
+    /// probe.interval given to writer-election (the default of the election config is 1s).
     #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
     pub probe_interval: Duration,
+    /// Progress rounds off and/or on (`election.progress`), one run each per node count.
+    #[arg(long, value_delimiter = ',', default_value = "off")]
+    pub progress: Vec<ProgressMode>,
+    /// election.progress.interval with `--progress on` (default: the probe interval).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub progress_interval: Option<Duration>,
     /// Directory holding writer-election (default: next to this executable).
     #[arg(long)]
     pub bin_dir: Option<PathBuf>,
@@ -37,10 +48,20 @@ pub struct ElectionBenchArgs {
     pub json: bool,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProgressMode {
+    Off,
+    On,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct ElectionBenchResult {
     pub nodes: usize,
     pub probe_interval_ms: u64,
+    pub progress: ProgressMode,
+    /// election.progress.interval in effect (progress on).
+    pub progress_interval_ms: Option<u64>,
     pub duration_s: f64,
     /// CPU time used / wall time, in % of one core.
     pub cpu_percent: f64,
@@ -49,6 +70,13 @@ pub struct ElectionBenchResult {
     /// From writer_election_probe_duration_seconds, when exported.
     pub probes: Option<u64>,
     pub mean_probe_ms: Option<f64>,
+    /// From writer_election_progress_round_seconds (progress on).
+    pub progress_rounds: Option<u64>,
+    pub mean_round_ms: Option<f64>,
+    /// Revisions of /v1/topology published during the measured time.
+    pub revisions: u64,
+    /// Size of one /v1/topology answer at the end.
+    pub topology_bytes: usize,
 }
 
 /// (utime + stime) clock ticks of `pid`.
@@ -90,29 +118,40 @@ pub fn histogram_sum_count(text: &str, name: &str) -> Option<(f64, u64)> {
     Some((value("_sum")?, count))
 }
 
+/// The offset simulated node `i` reports `elapsed` after the fleet started: one per millisecond,
+/// each node 10 ms further behind than the one before, in ten steps (node 0, the writer elected
+/// by name, is level).
+pub fn simulated_offset(i: usize, elapsed: Duration) -> u64 {
+    let ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
+    ms.saturating_sub((i % 10) as u64 * 10)
+}
+
 async fn start_fleet(n: usize) -> anyhow::Result<(Vec<String>, Vec<tokio::task::JoinHandle<()>>)> {
     // The storage node API (readiness, and the promotion the first election runs), so the
     // election runs with the preset it has in production. Every node says it is not the
     // distributor yet and promotes at once.
     let api = Api::Microstream;
-    let app = Router::new()
+    let started = Arc::new(Instant::now());
+    let base = Router::new()
         .route(&api.ready_path(), get(|| async { "ok" }))
         .route("/health", get(|| async { "ok" }))
         .route(&api.distributor_path(), get(|| async { "false" }))
         .route(&api.start_path(), post(|| async { "" }))
-        .route(&api.finish_path(), post(|| async { "true" }))
-        .route(
-            "/replication/offset",
-            get(|| async { axum::Json(json!({"offset": 0})) }),
-        );
+        .route(&api.finish_path(), post(|| async { "true" }));
     let mut addrs = Vec::with_capacity(n);
     let mut tasks = Vec::with_capacity(n);
-    for _ in 0..n {
+    for i in 0..n {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .context("binding a simulated node")?;
         addrs.push(l.local_addr()?.to_string());
-        let app = app.clone();
+        let started = started.clone();
+        let app = base.clone().route(
+            "/replication/offset",
+            get(move || async move {
+                axum::Json(json!({"offset": simulated_offset(i, started.elapsed())}))
+            }),
+        );
         tasks.push(tokio::spawn(async move {
             let _ = axum::serve(l, app).await;
         }));
@@ -120,10 +159,20 @@ async fn start_fleet(n: usize) -> anyhow::Result<(Vec<String>, Vec<tokio::task::
     Ok((addrs, tasks))
 }
 
+/// The revision and the number of nodes in `replication` of a /v1/topology answer.
+fn revision_and_measured(doc: &serde_json::Value) -> (u64, usize) {
+    let revision = doc["revision"].as_u64().unwrap_or(0);
+    let measured = doc["replication"]["nodes"]
+        .as_array()
+        .map_or(0, |nodes| nodes.len());
+    (revision, measured)
+}
+
 async fn one_run(
     args: &ElectionBenchArgs,
     bin: &Path,
     n: usize,
+    progress: ProgressMode,
     log_format: LogFormat,
 ) -> anyhow::Result<ElectionBenchResult> {
     let dir = tempfile::Builder::new()
@@ -131,6 +180,15 @@ async fn one_run(
         .tempdir()?;
     let (addrs, fleet) = start_fleet(n).await?;
     let port = free_port()?;
+    let progress_interval = args.progress_interval.unwrap_or(args.probe_interval);
+    let mut election = json!({});
+    if progress == ProgressMode::On {
+        election["progress"] = json!({
+            "path": "/replication/offset",
+            "json_pointer": "/offset",
+            "interval": format!("{}ms", progress_interval.as_millis()),
+        });
+    }
     let cfg = json!({
         "listen": format!("127.0.0.1:{port}"),
         "discovery": {"static": {"nodes": addrs.iter().enumerate()
@@ -138,6 +196,7 @@ async fn one_run(
             .collect::<Vec<_>>()}},
         "probe": {"interval": format!("{}ms", args.probe_interval.as_millis())},
         "promotion": promotion_config(Api::Microstream),
+        "election": election,
         "state": {"file": dir.path().join("state.json")}
     });
     let cfg_path = dir.path().join("election.yaml");
@@ -157,14 +216,19 @@ async fn one_run(
     let client = HttpClient::new(Duration::from_secs(5));
     let url = format!("http://127.0.0.1:{port}");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    // Measured from the first election on; with progress, from the first round that read every
+    // node.
     loop {
-        let writer = client
+        let doc: Option<serde_json::Value> = client
             .get(&format!("{url}/v1/topology"))
             .await
             .ok()
-            .and_then(|r| r.json().ok())
-            .is_some_and(|v| v["writer"].is_object());
-        if writer {
+            .and_then(|r| r.json().ok());
+        let settled = doc.as_ref().is_some_and(|v| {
+            v["writer"].is_object()
+                && (progress == ProgressMode::Off || revision_and_measured(v).1 == n)
+        });
+        if settled {
             break;
         }
         if let Some((_, st)) = group.reap().into_iter().next() {
@@ -172,16 +236,51 @@ async fn one_run(
         }
         if tokio::time::Instant::now() >= deadline {
             bail!(
-                "no writer elected among {n} nodes within 120s:\n{}",
+                "no writer elected (or, with progress, not every node measured) among {n} nodes within 120s:\n{}",
                 log_tail(&log, 20)
             );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // A proxy's view: one blocking query after another, counting the revisions it is woken for.
+    let watched = Arc::new(AtomicU64::new(0));
+    let watcher = {
+        let client = HttpClient::new(Duration::from_secs(40));
+        let url = url.clone();
+        let watched = watched.clone();
+        tokio::spawn(async move {
+            let mut revision = 0u64;
+            let mut seen = 0u64;
+            loop {
+                let q = if revision == 0 {
+                    format!("{url}/v1/topology")
+                } else {
+                    format!("{url}/v1/topology?after={revision}&wait=30s")
+                };
+                let Some(doc) = client.get(&q).await.ok().and_then(|r| r.json().ok()) else {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
+                let (r, _) = revision_and_measured(&doc);
+                if revision != 0 && r != revision {
+                    seen += 1;
+                }
+                revision = r;
+                watched.store(seen, Ordering::Relaxed);
+            }
+        })
+    };
     let before = cpu_ticks(pid).context("reading writer-election's CPU time")?;
     let t0 = tokio::time::Instant::now();
     tokio::time::sleep(args.duration).await;
     let after = cpu_ticks(pid).context("reading writer-election's CPU time")?;
+    watcher.abort();
+    let revisions = watched.load(Ordering::Relaxed);
+    let topology_bytes = client
+        .get(&format!("{url}/v1/topology"))
+        .await
+        .map(|r| r.text().len())
+        .unwrap_or(0);
     let wall = t0.elapsed().as_secs_f64();
     // SAFETY: sysconf has no preconditions.
     let tck = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
@@ -193,6 +292,7 @@ async fn one_run(
         .map(|r| r.text())
         .unwrap_or_default();
     let probe = histogram_sum_count(&metrics, "writer_election_probe_duration_seconds");
+    let rounds = histogram_sum_count(&metrics, "writer_election_progress_round_seconds");
     tokio::task::block_in_place(|| group.shutdown(Duration::from_secs(10)));
     for t in fleet {
         t.abort();
@@ -200,12 +300,19 @@ async fn one_run(
     Ok(ElectionBenchResult {
         nodes: n,
         probe_interval_ms: args.probe_interval.as_millis() as u64,
+        progress,
+        progress_interval_ms: (progress == ProgressMode::On)
+            .then_some(progress_interval.as_millis() as u64),
         duration_s: (wall * 10.0).round() / 10.0,
         cpu_percent: ((after - before) as f64 / tck / wall * 1000.0).round() / 10.0,
         rss_kib: rss,
         peak_rss_kib: peak,
         probes: probe.map(|(_, c)| c),
         mean_probe_ms: probe.map(|(s, c)| (s / c as f64 * 1e6).round() / 1000.0),
+        progress_rounds: rounds.map(|(_, c)| c),
+        mean_round_ms: rounds.map(|(s, c)| (s / c as f64 * 1e6).round() / 1000.0),
+        revisions,
+        topology_bytes,
     })
 }
 
@@ -216,24 +323,39 @@ pub async fn main(args: ElectionBenchArgs, log_format: LogFormat) -> anyhow::Res
         if n == 0 {
             bail!("--nodes: every count must be at least 1");
         }
-        eprintln!(
-            "writer-election probing {n} simulated nodes for {:?} ...",
-            args.duration
-        );
-        results.push(one_run(&args, &bins.writer_election, n, log_format).await?);
+        for &progress in &args.progress {
+            eprintln!(
+                "writer-election probing {n} simulated nodes for {:?}, progress {progress:?} ...",
+                args.duration
+            );
+            results.push(one_run(&args, &bins.writer_election, n, progress, log_format).await?);
+        }
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&results)?);
     } else {
         println!(
-            "{:>6} {:>9} {:>8} {:>10} {:>10} {:>9} {:>10}",
-            "nodes", "interval", "cpu %", "rss KiB", "peak KiB", "probes", "probe ms"
+            "{:>6} {:>9} {:>9} {:>8} {:>10} {:>10} {:>9} {:>10} {:>7} {:>9} {:>6} {:>9}",
+            "nodes",
+            "interval",
+            "progress",
+            "cpu %",
+            "rss KiB",
+            "peak KiB",
+            "probes",
+            "probe ms",
+            "rounds",
+            "round ms",
+            "revs",
+            "doc bytes"
         );
+        let opt = |v: Option<String>| v.unwrap_or_else(|| "-".into());
         for r in &results {
             println!(
-                "{:>6} {:>7}ms {:>8.1} {:>10} {:>10} {:>9} {:>10}",
+                "{:>6} {:>7}ms {:>9} {:>8.1} {:>10} {:>10} {:>9} {:>10} {:>7} {:>9} {:>6} {:>9}",
                 r.nodes,
                 r.probe_interval_ms,
+                opt(r.progress_interval_ms.map(|i| format!("{i}ms"))),
                 r.cpu_percent,
                 r.rss_kib,
                 r.peak_rss_kib,
@@ -242,7 +364,11 @@ pub async fn main(args: ElectionBenchArgs, log_format: LogFormat) -> anyhow::Res
                     .unwrap_or_else(|| "-".into()),
                 r.mean_probe_ms
                     .map(|p| format!("{p:.3}"))
-                    .unwrap_or_else(|| "-".into())
+                    .unwrap_or_else(|| "-".into()),
+                opt(r.progress_rounds.map(|c| c.to_string())),
+                opt(r.mean_round_ms.map(|m| format!("{m:.3}"))),
+                r.revisions,
+                r.topology_bytes
             );
         }
     }
@@ -265,6 +391,15 @@ mod tests {
         assert_eq!(count, 40);
         assert!((sum - 2.0).abs() < 1e-9);
         assert_eq!(histogram_sum_count("", "x"), None);
+    }
+
+    #[test]
+    fn simulated_nodes_trail_the_writer_in_ten_steps() {
+        let t = Duration::from_secs(5);
+        assert_eq!(simulated_offset(0, t), 5000);
+        assert_eq!(simulated_offset(3, t), 4970);
+        assert_eq!(simulated_offset(13, t), 4970);
+        assert_eq!(simulated_offset(9, Duration::from_millis(20)), 0);
     }
 
     #[test]
