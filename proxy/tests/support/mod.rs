@@ -47,6 +47,8 @@ struct Record {
     refused: Mutex<Vec<Seen>>,
     /// (path, when the answer was ready), for requests answered in full.
     answered: Mutex<Vec<(String, Instant)>>,
+    /// Fields added to every answer to a write (`Backend::answer_writes_with`).
+    write_answer_fields: Mutex<Vec<(String, String)>>,
 }
 
 /// An HTTP/1.1 backend that answers with its name. `/slow/<ms>` answers after `ms`;
@@ -161,6 +163,17 @@ impl Backend {
             .unwrap_or_default()
     }
 
+    /// Every answer to a write (not GET/HEAD) from now on carries these fields (replacing
+    /// those set before), as a storage node reports the replication offset a write reached.
+    pub fn answer_writes_with(&self, fields: &[(&str, &str)]) {
+        if let Ok(mut f) = self.record.write_answer_fields.lock() {
+            *f = fields
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+        }
+    }
+
     /// How many requests for `path` were taken (not refused).
     pub fn count_path(&self, path: &str) -> usize {
         self.seen().iter().filter(|s| s.path == path).count()
@@ -237,10 +250,17 @@ async fn handle(
     if let Ok(mut v) = record.seen.lock() {
         v.push(seen);
     }
+    let mut builder = Response::builder().header("x-backend", name.as_str());
+    if !is_read {
+        if let Ok(fields) = record.write_answer_fields.lock() {
+            for (k, v) in fields.iter() {
+                builder = builder.header(k.as_str(), v.as_str());
+            }
+        }
+    }
     if path.starts_with("/bad/") {
-        return Ok(Response::builder()
+        return Ok(builder
             .status(StatusCode::BAD_REQUEST)
-            .header("x-backend", name.as_str())
             .body(Full::new(Bytes::from_static(b"bad input")))
             .unwrap_or_default());
     }
@@ -254,8 +274,7 @@ async fn handle(
     if let Ok(mut v) = record.answered.lock() {
         v.push((path.clone(), Instant::now()));
     }
-    let resp = Response::builder()
-        .header("x-backend", name.as_str())
+    let resp = builder
         .header("content-type", "text/plain")
         .body(Full::new(Bytes::from(name)))
         .unwrap_or_default();
