@@ -87,9 +87,10 @@ pub struct NodeProgress {
     /// `writer_offset - offset`, 0 when the node is level with (or ahead of) the writer.
     pub lag_offsets: u64,
     /// How long before `measured_at_ms` the writer was at `offset`, in milliseconds: 0 when
-    /// level. An estimate from the writer's recent offsets, rounded up to the probe round that
-    /// passed `offset`; when the node is behind every offset the history holds, the history's
-    /// age (and `lag_at_least` is true).
+    /// level or ahead. An estimate from the writer's recent offsets: the time of the last
+    /// progress round whose writer offset was at most `offset`, so never smaller than the true
+    /// lag; when the node is behind every offset the history holds, the history's age (and
+    /// `lag_at_least` is true). See `writer_election::progress::estimate`.
     pub lag_ms: u64,
     /// `lag_ms` is a lower bound: the node is further behind than the history reaches.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
