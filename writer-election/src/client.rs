@@ -280,6 +280,7 @@ fn same_content(a: &Topology, b: &Topology) -> bool {
         && a.readers == b.readers
         && a.nodes == b.nodes
         && a.switchover == b.switchover
+        && a.replication == b.replication
 }
 
 /// Cheap jitter without a dependency: xorshift seeded from the clock.
@@ -349,6 +350,29 @@ mod tests {
             ),
             "http://a/v1/topology?after=42&wait=30000ms&client=proxy%20a%2F1"
         );
+    }
+
+    #[test]
+    fn a_new_replication_measurement_is_a_change() {
+        use crate::topology::{NodeProgress, Replication};
+        let a = Topology::empty();
+        let mut b = a.clone();
+        b.revision += 1;
+        b.updated_at = "later".into();
+        assert!(same_content(&a, &b), "revision and time alone are not news");
+        b.replication = Some(Replication {
+            epoch: 0,
+            writer_offset: 5,
+            measured_at_ms: 1,
+            nodes: vec![NodeProgress {
+                name: "r".into(),
+                offset: 4,
+                lag_offsets: 1,
+                lag_ms: 10,
+                lag_at_least: false,
+            }],
+        });
+        assert!(!same_content(&a, &b), "proxies route by the lag in it");
     }
 
     #[test]
