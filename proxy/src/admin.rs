@@ -9,7 +9,6 @@ use pingora_core::apps::http_app::ServeHttp;
 use pingora_core::protocols::http::ServerSession;
 
 use crate::state::Shared;
-use crate::topology::TopologySink;
 
 pub struct Admin {
     shared: Arc<Shared>,
@@ -25,7 +24,8 @@ impl Admin {
     /// Ready = listening and holding a topology (proxy/README.md, "Admin endpoints").
     pub fn readiness(&self) -> (bool, serde_json::Value) {
         let listening = self.listening.load(Ordering::Acquire);
-        let topo = self.shared.current();
+        let active = self.shared.load();
+        let topo = &active.topology;
         let ready = listening && topo.is_known();
         let body = serde_json::json!({
             "ready": ready,
@@ -35,6 +35,7 @@ impl Admin {
             "revision": topo.revision,
             "writer": topo.writer.as_ref().map(|w| &*w.name),
             "readers": topo.readers.iter().map(|r| &*r.name).collect::<Vec<_>>(),
+            "lagging_readers": active.lagging.iter().map(|r| &**r).collect::<Vec<_>>(),
             "switchover": topo.switchover.as_ref().map(|s| serde_json::json!({
                 "id": s.id, "state": &*s.state, "from": &*s.from, "to": &*s.to,
             })),

@@ -633,6 +633,21 @@ mod tests {
         m.upstream_error(1, "connect_refused");
         m.config_reload_error.inc();
         m.writer_epoch.set(7);
+        m.read_your_writes(None);
+        m.read_your_writes(Some(ToWriter::OtherEpoch));
+        m.read_your_writes(Some(ToWriter::OtherEpoch));
+        m.token_issued(Source::Published);
+        m.lagging_readers.set(1);
+        let p = Progress {
+            offset: 10,
+            lag_offsets: 90,
+            lag_ms: 1500,
+            lag_at_least: false,
+        };
+        m.reader_lag("node-1", &p);
+        m.reader_lag("node-2", &p);
+        m.reader_gone("node-2");
+        m.reader_gone("never-seen");
         let text = String::from_utf8(m.render(Some(Duration::from_secs(2)))).unwrap();
         for want in [
             r#"rw_proxy_requests_total{method="PUT",status="201",target="writer"} 1"#,
@@ -653,6 +668,14 @@ mod tests {
             r#"rw_proxy_config_reloads_total{result="error"} 1"#,
             r#"rw_proxy_config_reloads_total{result="success"} 0"#,
             "rw_proxy_log_lines_dropped_total 0",
+            r#"rw_proxy_read_your_writes_total{reason="covered",target="readers"} 1"#,
+            r#"rw_proxy_read_your_writes_total{reason="other_epoch",target="writer"} 2"#,
+            r#"rw_proxy_read_your_writes_total{reason="no_replication",target="writer"} 0"#,
+            r#"rw_proxy_read_your_writes_tokens_total{source="published"} 1"#,
+            r#"rw_proxy_read_your_writes_tokens_total{source="writer"} 0"#,
+            "rw_proxy_lagging_readers 1",
+            r#"rw_proxy_reader_lag_offsets{reader="node-1"} 90"#,
+            r#"rw_proxy_reader_lag_seconds{reader="node-1"} 1.5"#,
         ] {
             assert!(text.contains(want), "missing {want} in\n{text}");
         }
@@ -665,6 +688,7 @@ mod tests {
             text.contains(&build_info),
             "missing {build_info} in\n{text}"
         );
+        assert!(!text.contains("node-2"), "{text}");
     }
 
     #[test]

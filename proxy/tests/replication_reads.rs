@@ -455,6 +455,9 @@ async fn a_lagging_reader_gets_no_reads_until_it_is_under_half_the_limit() {
     proxy
         .wait_log("reader lags past routing.max_reader_lag: out of the read pool")
         .await;
+    let ready = get(proxy.admin, "/health/ready").await.json();
+    assert_eq!(ready["lagging_readers"], serde_json::json!(["r1"]));
+    assert_eq!(ready["readers"], serde_json::json!(["r0", "r1"]));
     let m = proxy.metrics().await;
     assert_eq!(support::metric_value(&m, "rw_proxy_lagging_readers"), 1.0);
     assert_eq!(
