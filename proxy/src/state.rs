@@ -115,7 +115,8 @@ impl Active {
         };
         let writer = topology.writer.as_ref().map(|w| Backend::new(w, true));
         let readers = topology.readers.iter().map(|r| Backend::new(r, false));
-        let in_read_pool = |b: &Backend| !lagging.contains(&b.upstream.name);
+        let out: HashSet<&str> = lagging.iter().map(|n| &**n).collect();
+        let in_read_pool = |b: &Backend| !out.contains(&*b.upstream.name);
         let read_pool: Box<[Backend]> = if settings.config.routing.writer_serves_reads {
             readers
                 .clone()
