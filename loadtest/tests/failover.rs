@@ -55,6 +55,12 @@ fn assert_safe(report: &serde_json::Value) {
     for (node, missing) in report["read_back"]["missing_on_node"].as_object().unwrap() {
         assert_eq!(missing, 0, "{node}: {report:#}");
     }
+    // Reads carrying the read-your-writes token, through the fault.
+    assert_eq!(report["token_reads"]["stale"], 0, "{report:#}");
+    assert!(
+        report["token_reads"]["checked"].as_u64().unwrap() > 0,
+        "{report:#}"
+    );
 }
 
 /// Full pass (held writes, failover seen by the client, nothing failed beyond the rules)

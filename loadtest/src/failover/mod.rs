@@ -6,6 +6,11 @@
 //! to `--duration` (a hung writer gets SIGCONT then) -> every live node catches up with the
 //! log -> each acknowledged write is looked for in the log, on every live node and through the
 //! proxy.
+//!
+//! Beside the load, clients write keys of their own and read them back carrying rw-proxy's
+//! read-your-writes token (`run --read-your-writes`), through the fault: a read that does not
+//! return the value just written fails the run (docs/consistency.md says what a token promises
+//! across a change of writer).
 
 pub mod check;
 pub mod partition;
@@ -85,6 +90,14 @@ pub struct FailoverArgs {
     /// Share of reads among requests.
     #[arg(long, default_value_t = 0.2)]
     pub read_ratio: f64,
+    /// PUT->GET pairs per second carrying the read-your-writes token, besides the load; every
+    /// stale read among them fails the run. 0: none.
+    #[arg(long, default_value_t = 50.0)]
+    pub token_pair_rate: f64,
+    /// Longest wait between a pair's write and its read (each read draws from 0 to this), so
+    /// that some token reads come after the readers caught up and go to them.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "500ms")]
+    pub token_read_delay: Duration,
     /// Client timeout per request.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
     pub timeout: Duration,
@@ -163,6 +176,9 @@ pub struct FailoverReport {
     pub analysis: Analysis,
     pub read_back: ReadBack,
     pub read_errors: std::collections::BTreeMap<String, u64>,
+    /// The pairs that carried the read-your-writes token (absent with --token-pair-rate 0).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_reads: Option<run::pairs::PairReport>,
     pub proxy_metrics: Vec<String>,
     pub load: RunReport,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -175,6 +191,12 @@ pub(crate) fn ms_between(a: Instant, b: Instant) -> f64 {
 }
 
 pub async fn main(args: FailoverArgs, log_format: LogFormat) -> anyhow::Result<u8> {
+    if !(args.token_pair_rate >= 0.0 && args.token_pair_rate.is_finite()) {
+        bail!(
+            "--token-pair-rate {}: must be 0 (none) or a positive number of pairs per second",
+            args.token_pair_rate
+        );
+    }
     if args.fault_after >= args.duration {
         bail!(
             "--fault-after {:?} must be shorter than --duration {:?}",
@@ -199,6 +221,7 @@ pub async fn main(args: FailoverArgs, log_format: LogFormat) -> anyhow::Result<u
             ]
         },
         log_format,
+        read_your_writes: true,
         ..ClusterOptions::default()
     };
     if args.nodes < 2 {
@@ -281,6 +304,26 @@ async fn scenario(
         progress: false,
     };
     let start = Instant::now();
+    let pairs = (args.token_pair_rate > 0.0).then(|| {
+        let mut pc = run::pairs::PairConfig::new(run::pairs::TokenUse::On);
+        pc.read_delay = run::pairs::ReadDelay {
+            min: Duration::ZERO,
+            max: args.token_read_delay,
+        };
+        let pair_load = LoadConfig {
+            mode: Mode::Open {
+                rate: args.token_pair_rate,
+                connections: 16,
+            },
+            ..cfg.clone()
+        };
+        tokio::spawn(run::execute_with(
+            pair_load,
+            Some(pc),
+            cluster.proxy_url.clone(),
+            start,
+        ))
+    });
     let load = tokio::spawn(run::execute_at(cfg, cluster.proxy_url.clone(), start));
 
     tokio::time::sleep_until(start + args.fault_after).await;
@@ -297,7 +340,17 @@ async fn scenario(
         cluster.group.signal(&old.name, SIGCONT)?;
         tracing::info!(writer = %old.name, "SIGCONT");
     }
-    let outcome = load.await.context("the load task failed")?;
+    let mut outcome = load.await.context("the load task failed")?;
+    let token_reads = match pairs {
+        Some(p) => {
+            let o = p.await.context("the token pairs task failed")?;
+            // The pairs' writes are writes like any other: the same no-loss checks apply.
+            outcome.history.extend(o.history);
+            outcome.history.sort_by_key(|r| (r.intended_us, r.worker));
+            o.report.read_your_writes
+        }
+        None => None,
+    };
     follower.abort();
 
     let new_topology = timeline.lock().ok().and_then(|v| {
@@ -332,6 +385,9 @@ async fn scenario(
     let read_back = read_back(&cluster.client, &cluster.proxy_url, &live, &outcome.history).await;
 
     let mut failures = check::failures(fault, &analysis, &old.name);
+    if let Some(t) = &token_reads {
+        failures.extend(token_read_failures(&t.stats));
+    }
     for (node, missing) in &read_back.missing_on_node {
         if *missing > 0 {
             failures.push(format!(
@@ -388,10 +444,35 @@ async fn scenario(
         analysis,
         read_back,
         read_errors,
+        token_reads,
         proxy_metrics,
         load: outcome.report,
         kept_dir: None,
     })
+}
+
+/// A token read that misses the write before it breaks read-your-writes; so does a run whose
+/// token pairs checked nothing (then the check proved nothing).
+pub(crate) fn token_read_failures(p: &run::pairs::PairStats) -> Vec<String> {
+    let mut f = Vec::new();
+    if p.stale > 0 {
+        f.push(format!(
+            "{} of {} reads carrying a read-your-writes token did not return the write before \
+             them (e.g. {})",
+            p.stale,
+            p.checked,
+            p.stale_examples
+                .iter()
+                .take(3)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("; ")
+        ));
+    }
+    if p.checked == 0 {
+        f.push("no read carrying a read-your-writes token was answered: nothing checked".into());
+    }
+    f
 }
 
 /// The run counts errors of reads and writes together; the history has the write ones.
@@ -574,6 +655,8 @@ async fn proxy_metrics(cluster: &Cluster) -> Vec<String> {
                 || l.contains("refusals")
                 || l.starts_with("rw_proxy_writer_epoch")
                 || l.starts_with("rw_proxy_topology_updates_total")
+                || l.starts_with("rw_proxy_read_your_writes")
+                || l.starts_with("rw_proxy_lagging_readers")
         })
         .map(str::to_owned)
         .collect()
@@ -684,9 +767,46 @@ pub fn render_text(r: &FailoverReport) -> String {
     row("election published new writer", opt(r.election_publish_ms));
     row("client-seen failover time", opt(a.client_failover_ms));
     history_rows(a, &r.read_errors, &r.read_back, &r.load, &mut row);
+    if let Some(t) = &r.token_reads {
+        let st = &t.stats;
+        row(
+            "stale token reads (must be 0)",
+            format!(
+                "{} of {} checked ({} read errors, reads by node {:?})",
+                st.stale, st.checked, st.read_failed, st.reads_by_node
+            ),
+        );
+    }
     if let Some(k) = &r.kept_dir {
         row("cluster files", k.clone());
     }
     verdict(&mut s, r.passed, &r.failures);
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stale_token_read_or_none_checked_fails_the_run() {
+        let clean = run::pairs::PairStats {
+            checked: 10,
+            fresh: 10,
+            ..Default::default()
+        };
+        assert!(token_read_failures(&clean).is_empty());
+        let stale = run::pairs::PairStats {
+            checked: 10,
+            fresh: 9,
+            stale: 1,
+            stale_examples: vec!["p1: node-2 answered 404".into()],
+            ..Default::default()
+        };
+        let f = token_read_failures(&stale);
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert!(f[0].contains("1 of 10") && f[0].contains("node-2"), "{f:?}");
+        let none = run::pairs::PairStats::default();
+        assert!(token_read_failures(&none)[0].contains("nothing checked"));
+    }
 }
