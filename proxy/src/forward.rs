@@ -1,9 +1,9 @@
 //! The request path: one request's life, top to bottom, on the worker that accepted its
 //! connection.
 //!
-//! parse the head → check it (`request_rules`) → route (`routing::route`; a read for the readers
-//! that carries a read-your-writes token, `read_your_writes::decide`) → read a small body
-//! whole → for the writer, pass the write hold (`hold::admit`) → pick a node → take a pooled
+//! parse the head → check it (`request_rules`) → route (`routing::route`; for a read that
+//! carries a read-your-writes token, `read_your_writes::decide`) → read a small body whole →
+//! for the writer, pass the write hold (`hold::admit`) → pick a node → take a pooled
 //! connection of that node or connect → send the head (and a whole body with it) → read the
 //! answer's head → pass it back with its body → return the connection to the pool. When an
 //! attempt fails, `attempt::next` says whether the request goes again.

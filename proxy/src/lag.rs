@@ -1,6 +1,6 @@
-//! The lag gate: whether a reader stays out of the read pool for lagging (`routing.max_reader_lag`).
-//! One pure function, [`excluded`], applied when a topology or a configuration arrives (never per
-//! request) by `state::Active::build`.
+//! The lag gate: whether a reader stays out of the read pool for lagging
+//! (`routing.max_reader_lag`). One pure function, [`excluded`], applied when a topology or a
+//! configuration arrives (never per request) by `state::Active::build`.
 //!
 //! A reader leaves when its published lag is over a limit and comes back only once it is under
 //! half of every limit that is set, so a reader hovering at a limit does not flap in and out

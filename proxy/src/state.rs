@@ -107,7 +107,10 @@ impl Active {
                 topology
                     .readers
                     .iter()
-                    .filter(|r| lag::excluded(was.contains(&*r.name), r.progress.as_ref(), &limits))
+                    .filter(|r| {
+                        let was_out = was.contains(&*r.name);
+                        lag::excluded(was_out, r.progress.as_ref(), &limits)
+                    })
                     .map(|r| r.name.clone())
                     .collect()
             }
