@@ -122,8 +122,13 @@ async fn put(proxy: &Proxy, path: &str) -> Reply {
     r
 }
 
-/// The token of a `Set-Cookie: rwp_read_after=...` answer field, checked for its attributes.
+/// The token of a `Set-Cookie: rwp_read_after=...` answer field, checked for its attributes
+/// (`Max-Age` 10: the default window).
 fn cookie_token(r: &Reply) -> String {
+    cookie_token_for(r, 10)
+}
+
+fn cookie_token_for(r: &Reply, max_age: u64) -> String {
     let v = r
         .header("set-cookie")
         .unwrap_or_else(|| panic!("no Set-Cookie in {:?}", r.headers));
@@ -133,7 +138,7 @@ fn cookie_token(r: &Reply) -> String {
     let (token, attributes) = rest.split_once(';').expect("attributes");
     assert_eq!(
         attributes.trim(),
-        "Path=/; Max-Age=10; HttpOnly; SameSite=Lax"
+        format!("Path=/; Max-Age={max_age}; HttpOnly; SameSite=Lax")
     );
     token.to_string()
 }
@@ -267,15 +272,17 @@ async fn without_the_writers_offset_the_time_decides_and_odd_tokens_read_from_th
         )
     };
     let fake = FakeElection::start(with_round(1)).await;
+    // A window long enough that a token written before the round is young whatever this
+    // machine's pace.
     let proxy = Proxy::start(&following(
         &fake,
-        "routing: { read_your_writes: { enabled: true } }",
+        "routing: { read_your_writes: { enabled: true, window: 1h } }",
     ))
     .await;
 
     // No offset on the answer: the published writer offset, marked as such.
     let before = now_ms();
-    let token = cookie_token(&put(&proxy, "/kv/a").await);
+    let token = cookie_token_for(&put(&proxy, "/kv/a").await, 3600);
     assert_eq!(
         token_parts(&token, before, now_ms()),
         (3, 100, "p".to_string())
@@ -303,7 +310,7 @@ async fn without_the_writers_offset_the_time_decides_and_odd_tokens_read_from_th
         readers_of(&proxy, 2, &[("cookie", "rwp_read_after=v1-3-x")]).await,
         names(&["w"])
     );
-    let expired = format!("rwp_read_after=v1-3-999999-w-{}", now_ms() - 11_000);
+    let expired = format!("rwp_read_after=v1-3-999999-w-{}", now_ms() - 3_601_000);
     assert_eq!(
         readers_of(&proxy, 9, &[("cookie", &expired)]).await,
         names(&["r0", "r1", "r2"])
@@ -317,7 +324,7 @@ async fn without_the_writers_offset_the_time_decides_and_odd_tokens_read_from_th
         names(&["w"])
     );
     let before = now_ms();
-    let token = cookie_token(&put(&proxy, "/kv/c").await);
+    let token = cookie_token_for(&put(&proxy, "/kv/c").await, 3600);
     assert_eq!(
         token_parts(&token, before, now_ms()),
         (3, 0, "p".to_string())
