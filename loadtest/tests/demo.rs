@@ -79,6 +79,9 @@ async fn demo_serves_through_the_proxy_and_ctrl_c_leaves_nothing_behind() {
     let proxy = format!("http://127.0.0.1:{}", ports[0]);
     let r = put(&proxy, "greeting", "hello", None).await;
     assert_eq!(r.status, 200, "{}", r.text());
+    // The demo's proxy has read-your-writes on: the write's answer carries the token.
+    let cookie = r.header("set-cookie").unwrap_or_default();
+    assert!(cookie.starts_with("rwp_read_after=v1-"), "{cookie:?}");
     let c = client();
     let got = loadtest::procs::wait_for("the value through the proxy", WAIT, || {
         let c = c.clone();

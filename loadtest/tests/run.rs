@@ -201,4 +201,49 @@ fn bad_flags_are_named() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--read-ratio"), "{err}");
+    for (args, named) in [
+        (&["--read-your-writes", "--pairs", "0"][..], "--pairs"),
+        (
+            &["--read-your-writes", "--read-delay", "1s..0s"][..],
+            "--read-delay",
+        ),
+        (&["--pairs", "5"][..], "--read-your-writes"),
+        (&["--read-your-writes=maybe"][..], "--read-your-writes"),
+    ] {
+        let out = Command::new(loadtest_bin())
+            .args(["run", "--url", "http://127.0.0.1:1"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(named), "{args:?}: {err}");
+    }
+}
+
+#[tokio::test]
+async fn read_your_writes_pairs_read_back_every_write_of_their_own() {
+    let (code, report) = run_against_a_node(
+        "--connections 3 --duration 20s --read-your-writes --pairs 60 --read-delay 0ms..5ms",
+        &["--header", "X-Writer-Epoch: 1"],
+    )
+    .await;
+    assert_eq!(code, 0, "{report:#}");
+    let p = &report["read_your_writes"];
+    assert_eq!(p["token"], "on", "{report:#}");
+    assert_eq!(p["checked"], 60, "{report:#}");
+    assert_eq!(p["fresh"], 60, "a single node has every write: {report:#}");
+    assert_eq!(p["stale"], 0, "{report:#}");
+    assert_eq!(p["tokens_issued"], 0, "a node issues no token: {report:#}");
+    assert_eq!(p["reads_by_node"], serde_json::json!({"node-a": 60}));
+    assert_eq!(report["ok_writes"], 60);
+    assert_eq!(report["ok_reads"], 60);
+
+    let (_, report) = run_against_a_node(
+        "--connections 1 --duration 20s --read-your-writes=off --pairs 5",
+        &["--header", "X-Writer-Epoch: 1"],
+    )
+    .await;
+    assert_eq!(report["read_your_writes"]["token"], "off", "{report:#}");
+    assert_eq!(report["read_your_writes"]["checked"], 5, "{report:#}");
 }
