@@ -21,12 +21,13 @@ use crate::decision::{CandidateOrder, ElectionPolicy, NamePattern};
 pub struct ElectionConfig {
     #[serde(default = "defaults::listen")]
     pub listen: SocketAddr,
-    #[serde(with = "serde_yaml::with::singleton_map")]
+    #[serde(with = "one_key")]
     pub discovery: Discovery,
     #[serde(default)]
     pub probe: ProbeConfig,
     #[serde(default)]
     pub election: ElectionSection,
+    #[serde(with = "one_key")]
     pub state: StateConfig,
     #[serde(default)]
     pub ha: HaConfig,
@@ -209,39 +210,14 @@ pub struct ProgressConfig {
     pub interval: Option<Duration>,
 }
 
-/// Where the writer is recorded. Parsed from a map with exactly one of `file` and `lease`, so
-/// exactly one is set; both stay fields for the code that picks the store.
+/// Where the writer is recorded: `state` is a map with exactly one of these keys.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(from = "OneStateStore")]
-pub struct StateConfig {
-    pub file: Option<PathBuf>,
-    pub lease: Option<LeaseStateConfig>,
-}
-
-#[derive(Deserialize)]
 #[serde(rename_all = "snake_case")]
-enum StateStore {
+pub enum StateConfig {
+    /// A JSON file (static and dns discovery).
     File(PathBuf),
+    /// A Kubernetes Lease (kubernetes discovery).
     Lease(LeaseStateConfig),
-}
-
-#[derive(Deserialize)]
-#[serde(transparent)]
-struct OneStateStore(#[serde(with = "serde_yaml::with::singleton_map")] StateStore);
-
-impl From<OneStateStore> for StateConfig {
-    fn from(one: OneStateStore) -> Self {
-        match one.0 {
-            StateStore::File(f) => StateConfig {
-                file: Some(f),
-                lease: None,
-            },
-            StateStore::Lease(l) => StateConfig {
-                file: None,
-                lease: Some(l),
-            },
-        }
-    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -337,8 +313,10 @@ impl PromotionConfig {
 }
 
 /// The REST calls of one release line of the MicroStream / Eclipse DataGrid cluster node
-/// library (its cluster controller), as read in the library's source.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// library (its cluster controller), as read in the library's source. An unknown name is refused
+/// with the list of these (serde's unknown-variant error).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum PromotionPreset {
     /// `/microstream-cluster-controller`, activation in two steps (start, then finish until true).
     #[default]
@@ -364,25 +342,6 @@ pub struct PresetCalls {
 }
 
 impl PromotionPreset {
-    pub const ALL: [(&'static str, PromotionPreset); 5] = [
-        ("microstream", PromotionPreset::Microstream),
-        ("microstream-legacy", PromotionPreset::MicrostreamLegacy),
-        ("eclipse-datagrid", PromotionPreset::EclipseDatagrid),
-        (
-            "eclipse-datagrid-unprefixed",
-            PromotionPreset::EclipseDatagridUnprefixed,
-        ),
-        ("none", PromotionPreset::None),
-    ];
-
-    pub fn name(self) -> &'static str {
-        Self::ALL
-            .iter()
-            .find(|(_, p)| *p == self)
-            .map(|(n, _)| *n)
-            .unwrap_or("none")
-    }
-
     pub fn calls(self) -> Option<PresetCalls> {
         match self {
             PromotionPreset::Microstream => Some(PresetCalls {
@@ -410,23 +369,6 @@ impl PromotionPreset {
             }),
             PromotionPreset::None => None,
         }
-    }
-}
-
-impl<'de> Deserialize<'de> for PromotionPreset {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        Self::ALL
-            .iter()
-            .find(|(n, _)| *n == s.trim())
-            .map(|(_, p)| *p)
-            .ok_or_else(|| {
-                let names: Vec<&str> = Self::ALL.iter().map(|(n, _)| *n).collect();
-                serde::de::Error::custom(format!(
-                    "unknown preset {s:?} (expected one of {})",
-                    names.join(", ")
-                ))
-            })
     }
 }
 
@@ -608,6 +550,134 @@ fn de_method<'de, D: Deserializer<'de>>(d: D) -> Result<http::Method, D::Error> 
         .map_err(|_| serde::de::Error::custom(format!("{s:?} is not an HTTP method")))
 }
 
+/// `discovery` and `state`: a map with exactly one key, which names the choice (a newtype
+/// variant of the enum) and holds its settings. `serde_yaml::with::singleton_map` reads the same
+/// shape but refuses no key or a second key with only "expected map with a single key"; serde
+/// hands the variant names to `deserialize_enum`, so here the refusal says which keys there are.
+mod one_key {
+    use std::fmt;
+
+    use serde::de::{
+        self, DeserializeSeed, Deserializer, EnumAccess, MapAccess, VariantAccess, Visitor,
+    };
+
+    pub fn deserialize<'de, D, T>(d: D) -> Result<T, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: de::Deserialize<'de>,
+    {
+        T::deserialize(OneKey(d))
+    }
+
+    struct OneKey<D>(D);
+
+    impl<'de, D: Deserializer<'de>> Deserializer<'de> for OneKey<D> {
+        type Error = D::Error;
+
+        fn deserialize_enum<V: Visitor<'de>>(
+            self,
+            _name: &'static str,
+            variants: &'static [&'static str],
+            visitor: V,
+        ) -> Result<V::Value, D::Error> {
+            self.0.deserialize_map(MapVisitor { variants, visitor })
+        }
+
+        fn deserialize_any<V: Visitor<'de>>(self, _visitor: V) -> Result<V::Value, D::Error> {
+            Err(de::Error::custom("one_key reads enums only"))
+        }
+
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
+            option unit unit_struct newtype_struct seq tuple tuple_struct map struct identifier
+            ignored_any
+        }
+    }
+
+    /// "a single key, one of `static`, `kubernetes`, `dns`"
+    fn allowed(variants: &[&str]) -> String {
+        let names: Vec<String> = variants.iter().map(|v| format!("`{v}`")).collect();
+        format!("a single key, one of {}", names.join(", "))
+    }
+
+    struct MapVisitor<V> {
+        variants: &'static [&'static str],
+        visitor: V,
+    }
+
+    impl<'de, V: Visitor<'de>> Visitor<'de> for MapVisitor<V> {
+        type Value = V::Value;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "a map with {}", allowed(self.variants))
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<V::Value, A::Error> {
+            self.visitor.visit_enum(Entry {
+                map,
+                variants: self.variants,
+            })
+        }
+    }
+
+    struct Entry<A> {
+        map: A,
+        variants: &'static [&'static str],
+    }
+
+    impl<'de, A: MapAccess<'de>> EnumAccess<'de> for Entry<A> {
+        type Error = A::Error;
+        type Variant = Self;
+
+        fn variant_seed<S: DeserializeSeed<'de>>(
+            mut self,
+            seed: S,
+        ) -> Result<(S::Value, Self), A::Error> {
+            match self.map.next_key_seed(seed)? {
+                Some(variant) => Ok((variant, self)),
+                None => Err(de::Error::custom(format!(
+                    "expected {}, found none",
+                    allowed(self.variants)
+                ))),
+            }
+        }
+    }
+
+    impl<'de, A: MapAccess<'de>> VariantAccess<'de> for Entry<A> {
+        type Error = A::Error;
+
+        fn newtype_variant_seed<S: DeserializeSeed<'de>>(
+            mut self,
+            seed: S,
+        ) -> Result<S::Value, A::Error> {
+            let value = self.map.next_value_seed(seed)?;
+            match self.map.next_key::<String>()? {
+                None => Ok(value),
+                Some(another) => Err(de::Error::custom(format!(
+                    "expected {}, found `{another}` as well",
+                    allowed(self.variants)
+                ))),
+            }
+        }
+
+        fn unit_variant(self) -> Result<(), A::Error> {
+            Err(de::Error::custom("one_key reads newtype variants only"))
+        }
+
+        fn tuple_variant<V: Visitor<'de>>(self, _len: usize, _v: V) -> Result<V::Value, A::Error> {
+            Err(de::Error::custom("one_key reads newtype variants only"))
+        }
+
+        fn struct_variant<V: Visitor<'de>>(
+            self,
+            _fields: &'static [&'static str],
+            _v: V,
+        ) -> Result<V::Value, A::Error> {
+            Err(de::Error::custom("one_key reads newtype variants only"))
+        }
+    }
+}
+
 impl ElectionConfig {
     /// Parses and validates a config document.
     pub fn from_yaml_str(text: &str) -> Result<ElectionConfig, ConfigError> {
@@ -787,15 +857,8 @@ impl ElectionConfig {
         }
 
         let kube = self.is_kubernetes();
-        match (&self.state.file, &self.state.lease) {
-            // Only a config built in code can get here: parsing sets exactly one.
-            (Some(_), Some(_)) | (None, None) => {
-                return Err(ConfigError::invalid(
-                    "state",
-                    "set exactly one of file | lease",
-                ))
-            }
-            (Some(f), None) => {
+        match &self.state {
+            StateConfig::File(f) => {
                 if kube {
                     return Err(ConfigError::invalid(
                         "state.file",
@@ -806,7 +869,7 @@ impl ElectionConfig {
                     return Err(ConfigError::invalid("state.file", "must not be empty"));
                 }
             }
-            (None, Some(l)) => {
+            StateConfig::Lease(l) => {
                 if !kube {
                     return Err(ConfigError::invalid(
                         "state.lease",
@@ -864,7 +927,7 @@ impl ElectionConfig {
                     }
                 }
             }
-            if let Some(state) = &self.state.lease {
+            if let StateConfig::Lease(state) = &self.state {
                 if state.name == ha.lease_name {
                     return Err(ConfigError::invalid(
                         "ha.lease_name",
@@ -1195,8 +1258,45 @@ state:
         assert!(
             matches!(c.discovery(), Discovery::Dns(d) if d.interval == Duration::from_millis(250))
         );
-        assert_eq!(c.state.file, Some(PathBuf::from("s.json")));
-        assert!(c.state.lease.is_none());
+        assert!(matches!(&c.state, StateConfig::File(p) if p == Path::new("s.json")));
+    }
+
+    #[test]
+    fn no_key_or_two_keys_is_refused_with_the_keys_there_are() {
+        let state = |v: &str| STATIC.replace("file: ./election-state.json", v);
+        let (key, reason) = err(&state("{}"));
+        assert_eq!(key, "state");
+        assert!(
+            reason.starts_with("expected a single key, one of `file`, `lease`, found none"),
+            "{reason}"
+        );
+        let (key, reason) = err(&state("{ file: a.json, lease: {} }"));
+        assert_eq!(key, "state");
+        assert!(
+            reason.starts_with(
+                "expected a single key, one of `file`, `lease`, found `lease` as well"
+            ),
+            "{reason}"
+        );
+        let (key, reason) =
+            err("discovery: { kubernetes: {} }\nstate: { lease: {}, file: a.json }\n");
+        assert_eq!(key, "state");
+        assert!(reason.contains("found `file` as well"), "{reason}");
+        let (key, reason) = err(&state("./election-state.json"));
+        assert_eq!(key, "state");
+        assert!(
+            reason.contains("expected a map with a single key, one of `file`, `lease`"),
+            "{reason}"
+        );
+        let (key, reason) = err("discovery: {}\nstate: { file: x.json }\n");
+        assert_eq!(key, "discovery");
+        assert!(
+            reason.contains("one of `static`, `kubernetes`, `dns`, found none"),
+            "{reason}"
+        );
+        let (key, reason) = err(&STATIC.replace("state:\n  file: ./election-state.json\n", ""));
+        assert_eq!(key, "");
+        assert!(reason.contains("missing field `state`"), "{reason}");
     }
 
     #[test]
@@ -1259,7 +1359,7 @@ switchover: { token_env: SWITCHOVER_TOKEN }
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(c.state.lease.as_ref().unwrap().name, "storage-writer");
+        assert!(matches!(&c.state, StateConfig::Lease(l) if l.name == "storage-writer"));
         assert_eq!(
             c.token_source(),
             Some(TokenSource::Env("SWITCHOVER_TOKEN".into()))
@@ -1328,6 +1428,7 @@ switchover: { token_env: SWITCHOVER_TOKEN }
         let cases = [
             (
                 "microstream",
+                PromotionPreset::Microstream,
                 (
                     some("/microstream-cluster-controller/microstream-activate-distributor/start"),
                     some("/microstream-cluster-controller/microstream-activate-distributor/finish"),
@@ -1337,6 +1438,7 @@ switchover: { token_env: SWITCHOVER_TOKEN }
             ),
             (
                 "microstream-legacy",
+                PromotionPreset::MicrostreamLegacy,
                 (
                     some("/microstream-cluster-controller/microstream-activate-distributor"),
                     None,
@@ -1346,6 +1448,7 @@ switchover: { token_env: SWITCHOVER_TOKEN }
             ),
             (
                 "eclipse-datagrid",
+                PromotionPreset::EclipseDatagrid,
                 (
                     some("/eclipse-datagrid-cluster-controller/eclipse-datagrid-activate-distributor/start"),
                     some("/eclipse-datagrid-cluster-controller/eclipse-datagrid-activate-distributor/finish"),
@@ -1355,6 +1458,7 @@ switchover: { token_env: SWITCHOVER_TOKEN }
             ),
             (
                 "eclipse-datagrid-unprefixed",
+                PromotionPreset::EclipseDatagridUnprefixed,
                 (
                     some("/eclipse-datagrid/activate-distributor/start"),
                     some("/eclipse-datagrid/activate-distributor/finish"),
@@ -1362,14 +1466,18 @@ switchover: { token_env: SWITCHOVER_TOKEN }
                     "/eclipse-datagrid/health/ready".to_string(),
                 ),
             ),
-            ("none", (None, None, None, "/health/ready".to_string())),
+            (
+                "none",
+                PromotionPreset::None,
+                (None, None, None, "/health/ready".to_string()),
+            ),
         ];
-        for (name, want) in cases {
+        for (name, preset, want) in cases {
             let c = ElectionConfig::from_yaml_str(&format!(
                 "{STATIC}promotion: {{ preset: {name} }}\n"
             ))
             .unwrap_or_else(|e| panic!("{name}: {e}"));
-            assert_eq!(c.promotion.preset.name(), name);
+            assert_eq!(c.promotion.preset, preset, "{name}");
             assert_eq!(paths(&c), want, "{name}");
             assert_eq!(c.promotion.is_configured(), name != "none", "{name}");
             if let Some(start) = &c.promotion.start {
@@ -1447,7 +1555,15 @@ promotion:
         ] {
             assert!(reason.contains(allowed), "{reason}");
         }
-        assert!(reason.contains("microstreem"), "{reason}");
+        assert!(
+            reason.starts_with("unknown variant `microstreem`, expected one of `microstream`"),
+            "{reason}"
+        );
+        // The names are exact: no other spelling or case.
+        for near in ["Microstream", "eclipse_datagrid", "eclipse datagrid"] {
+            let (key, _) = err(&format!("{STATIC}promotion: {{ preset: {near} }}\n"));
+            assert_eq!(key, "promotion.preset", "{near}");
+        }
         let (key, _) = err(&format!("{STATIC}promotion: {{ preset: 3 }}\n"));
         assert_eq!(key, "promotion.preset");
         let (key, _) = err(&format!("{STATIC}probe: {{ path: \"\" }}\n"));

@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::api::{router, AppState};
-use crate::config::{Discovery, ElectionConfig};
+use crate::config::{Discovery, ElectionConfig, StateConfig};
 use crate::discovery::{self, kubernetes::PodWatch, MembershipTx};
 use crate::drain::{ClientRegistry, DrainBarrier};
 use crate::engine::{Engine, EngineDeps};
@@ -191,12 +191,8 @@ pub async fn start(
     };
 
     // The record first: a corrupt one stops the start, before anything is probed or served.
-    let (store, initial): (Arc<dyn RecordStore>, Option<_>) = match (
-        &cfg.state.file,
-        &cfg.state.lease,
-        &kube_ctx,
-    ) {
-        (Some(path), _, _) => {
+    let (store, initial): (Arc<dyn RecordStore>, Option<_>) = match (&cfg.state, &kube_ctx) {
+        (StateConfig::File(path), _) => {
             let store = FileStore::open(path).map_err(|e| ServiceError::Startup(e.to_string()))?;
             let rec = store
                 .load()
@@ -204,7 +200,7 @@ pub async fn start(
                 .map_err(|e| ServiceError::Startup(e.to_string()))?;
             (Arc::new(store), Some(rec))
         }
-        (None, Some(lease), Some((kc, ns, _))) => {
+        (StateConfig::Lease(lease), Some((kc, ns, _))) => {
             let store = LeaseStore::new(Api::<Lease>::namespaced(kc.clone(), ns), ns, &lease.name);
             let rec = match store.load().await {
                 Ok(r) => Some(r),
@@ -216,9 +212,9 @@ pub async fn start(
             };
             (Arc::new(store), rec)
         }
-        _ => {
+        (StateConfig::Lease(_), None) => {
             return Err(ServiceError::Startup(
-                "state: kubernetes discovery needs state.lease, static and dns need state.file"
+                "state.lease: needs kubernetes discovery; static and dns modes use state.file"
                     .into(),
             ))
         }
