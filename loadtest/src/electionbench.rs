@@ -81,23 +81,20 @@ pub struct ElectionBenchResult {
 
 /// (utime + stime) clock ticks of `pid`.
 pub fn cpu_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may contain spaces: fields start after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+    let stat = process(pid)?.stat().ok()?;
+    Some(stat.utime + stat.stime)
 }
 
-fn status_kib(pid: u32, key: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(key))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
+/// VmRSS and VmHWM of `pid`, KiB; 0 for what cannot be read.
+fn rss_and_peak_kib(pid: u32) -> (u64, u64) {
+    match process(pid).and_then(|p| p.status().ok()) {
+        Some(s) => (s.vmrss.unwrap_or(0), s.vmhwm.unwrap_or(0)),
+        None => (0, 0),
+    }
+}
+
+fn process(pid: u32) -> Option<procfs::process::Process> {
+    procfs::process::Process::new(i32::try_from(pid).ok()?).ok()
 }
 
 /// Sum and count of a Prometheus histogram in a /metrics text.
@@ -282,10 +279,8 @@ async fn one_run(
         .map(|r| r.text().len())
         .unwrap_or(0);
     let wall = t0.elapsed().as_secs_f64();
-    // SAFETY: sysconf has no preconditions.
-    let tck = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    let rss = status_kib(pid, "VmRSS:");
-    let peak = status_kib(pid, "VmHWM:");
+    let tck = procfs::ticks_per_second().max(1) as f64;
+    let (rss, peak) = rss_and_peak_kib(pid);
     let metrics = client
         .get(&format!("{url}/metrics"))
         .await
@@ -405,5 +400,11 @@ mod tests {
     #[test]
     fn cpu_ticks_of_this_process() {
         assert!(cpu_ticks(std::process::id()).is_some());
+    }
+
+    #[test]
+    fn memory_of_this_process() {
+        let (rss, peak) = rss_and_peak_kib(std::process::id());
+        assert!(rss > 0 && peak >= rss, "VmRSS {rss} KiB, VmHWM {peak} KiB");
     }
 }
