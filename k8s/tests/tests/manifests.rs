@@ -590,7 +590,7 @@ fn writer_election_accepts_its_config_map_as_the_manifests_use_it() {
         "the preset's readiness path is the storage pods' readinessProbe"
     );
     assert!(
-        cfg.state.lease.is_some() && cfg.state.file.is_none(),
+        matches!(cfg.state, writer_election::config::StateConfig::Lease(_)),
         "state in a Lease"
     );
     assert!(cfg.ha.enabled, "two replicas need ha.enabled");
