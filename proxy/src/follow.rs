@@ -22,8 +22,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use writer_election::client::{FollowEvent, FollowOptions, TopologyFollower};
-use writer_election::topology::Topology;
+use topology_client::client::{FollowEvent, FollowOptions, TopologyFollower};
+use topology_client::topology::Topology;
 
 use crate::hold::WriteHold;
 use crate::metrics::Metrics;

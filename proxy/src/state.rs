@@ -444,7 +444,7 @@ mod tests {
     /// Writer `w` and readers `r0..` at epoch 3, revision `rev`; `lags`: each reader's
     /// published `lag_offsets` (`None`: not in the round); `round`: publish a round at all.
     fn lagged(shared: &Shared, rev: u64, lags: &[Option<u64>], round: bool) -> TopologySnapshot {
-        use writer_election::topology::{NodeProgress, NodeRef, Replication, Topology};
+        use topology_client::topology::{NodeProgress, NodeRef, Replication, Topology};
         let node = |name: String, port: usize| NodeRef {
             name,
             address: format!("127.0.0.1:{}", 1000 + port),

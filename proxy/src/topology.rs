@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use http::HeaderValue;
-use writer_election::topology::{NodeProgress, NodeRef, Topology};
+use topology_client::topology::{NodeProgress, NodeRef, Topology};
 
 use crate::balance::UpstreamStats;
 use crate::config::StaticTopology;
@@ -388,8 +388,8 @@ mod tests {
         assert_eq!(warnings.len(), 1);
     }
 
-    fn progress(name: &str, offset: u64, lag_ms: u64) -> writer_election::topology::NodeProgress {
-        writer_election::topology::NodeProgress {
+    fn progress(name: &str, offset: u64, lag_ms: u64) -> topology_client::topology::NodeProgress {
+        topology_client::topology::NodeProgress {
             name: name.into(),
             offset,
             lag_offsets: 100 - offset,
@@ -414,7 +414,7 @@ mod tests {
                 address: format!("127.0.0.1:{}", i + 2),
             })
             .collect();
-        t.replication = Some(writer_election::topology::Replication {
+        t.replication = Some(topology_client::topology::Replication {
             epoch: 7,
             writer_offset: 100,
             measured_at_ms: 1_764_650_000_123,

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use support::election::{doc, writer_name, Election, FakeElection};
 use support::{eventually, get, send, Backend, Proxy, Reply};
-use writer_election::topology::Switchover;
+use topology_client::topology::Switchover;
 
 fn election_cfg(url: &str, extra: &str) -> String {
     format!("topology: {{ election_url: \"{url}\" }}\n{extra}")

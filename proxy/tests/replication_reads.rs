@@ -10,7 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use support::election::{doc, FakeElection};
 use support::{eventually, get, send, Backend, Proxy, Reply};
-use writer_election::topology::{NodeProgress, Replication, Topology};
+use topology_client::topology::{NodeProgress, Replication, Topology};
 
 fn now_ms() -> u64 {
     SystemTime::now()

@@ -39,7 +39,6 @@ use crate::decision::{
 };
 use crate::discovery::{Membership, MembershipRx};
 use crate::drain::{Barrier, ClientRegistry, DrainBarrier};
-use crate::http::HttpClient;
 use crate::kube_actions::KubeActions;
 use crate::leader::LeaderState;
 use crate::metrics::Metrics;
@@ -54,6 +53,7 @@ use crate::switchover::{
 };
 use crate::topology::{push_history, HistoryEntry, Replication};
 use crate::writer_change::{self, pod_to_fence, Failure, Fence, PodFencer, Steps};
+use topology_client::http::HttpClient;
 
 pub use crate::switchover::{SwitchoverCmd, SwitchoverOutcome};
 

@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 use axum::http::HeaderMap;
 use bytes::Bytes;
 
-use crate::http::{build_client, call_with, CallError, HttpClient};
 use crate::leader::LeaderState;
+use topology_client::http::{build_client, call_with, CallError, HttpClient};
 
 /// Set on forwarded requests (value: the forwarding replica's identity).
 pub const FORWARDED_HEADER: &str = "x-writer-election-forwarded";

@@ -1,12 +1,12 @@
-//! writer-election: the library half.
+//! writer-election: the library half of the election service.
 //!
-//! Always built: [`topology`] (the types of the topology API, shared with rw-proxy) and
-//! [`client`] (follows `/v1/topology` with blocking queries). Everything else is the election
-//! service itself and is behind the default `server` feature, so the proxy does not compile kube.
+//! [`topology`] (the types of the topology API) and [`client`] (follows `/v1/topology` with
+//! blocking queries) live in the topology-client crate, which rw-proxy depends on without this
+//! one; they are re-exported here so `writer_election::topology` keeps working. Everything else
+//! is the election service itself, behind the default `server` feature (loadtest depends on
+//! this crate without it).
 
-pub mod client;
-mod http;
-pub mod topology;
+pub use topology_client::{client, topology};
 
 #[cfg(feature = "server")]
 pub mod api;

@@ -12,8 +12,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde::Serialize;
 
-use crate::http::{build_client, call_with, CallError, HttpClient};
 use crate::topology::{History, HistoryEntry, ReplicaStatus, Role, Topology};
+use topology_client::http::{build_client, call_with, CallError, HttpClient};
 
 pub const EXIT_REFUSED: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;

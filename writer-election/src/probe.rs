@@ -23,8 +23,8 @@ use tracing::{debug, info};
 use crate::config::ProbeConfig;
 use crate::decision::Health;
 use crate::discovery::Membership;
-use crate::http::{call, node_url, CallError, HttpClient};
 use crate::metrics::Metrics;
+use topology_client::http::{call, node_url, CallError, HttpClient};
 
 /// Delay of the second probe that confirms a refused connection.
 pub const REFUSED_CONFIRM: Duration = Duration::from_millis(50);
@@ -423,7 +423,7 @@ mod tests {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap().to_string();
         drop(l);
-        let client = crate::http::build_client(Duration::from_millis(500));
+        let client = topology_client::http::build_client(Duration::from_millis(500));
         let (o, _) = probe_once(&client, &addr, &ProbeConfig::default()).await;
         assert_eq!(o, Outcome::Refused);
     }

@@ -37,12 +37,12 @@ use tracing::debug;
 use crate::config::ProgressConfig;
 use crate::decision::{natural_cmp, Progress};
 use crate::discovery::{Membership, MembershipRx};
-use crate::http::HttpClient;
 use crate::metrics::Metrics;
 use crate::probe::HealthTable;
 use crate::promotion::fetch_progress;
 use crate::publish::{node_views, Readiness, TopologyHub};
 use crate::topology::{NodeProgress, Replication, Topology};
+use topology_client::http::HttpClient;
 
 /// How far back the writer's offsets are kept.
 pub const HISTORY_SPAN: Duration = Duration::from_secs(600);

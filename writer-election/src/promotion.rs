@@ -14,7 +14,7 @@ use bytes::Bytes;
 
 use crate::config::{ProgressConfig, PromotionConfig};
 use crate::decision::{Progress, PromotionStep};
-use crate::http::{call, node_url, HttpClient};
+use topology_client::http::{call, node_url, HttpClient};
 
 #[derive(Clone)]
 pub struct Promoter {

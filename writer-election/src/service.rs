@@ -19,7 +19,6 @@ use crate::discovery::{self, kubernetes::PodWatch, MembershipTx};
 use crate::drain::{ClientRegistry, DrainBarrier};
 use crate::engine::{Engine, EngineDeps};
 use crate::forward::Forwarder;
-use crate::http::build_client;
 use crate::kube_actions::KubeActions;
 use crate::leader::{LeaderConfig, LeaderElector, LeaderState};
 use crate::metrics::{prime, Metrics};
@@ -28,6 +27,7 @@ use crate::store::file::FileStore;
 use crate::store::lease::LeaseStore;
 use crate::store::{RecordStore, StoreError};
 use crate::topology::Topology;
+use topology_client::http::build_client;
 
 #[derive(Default)]
 pub struct ServiceOptions {

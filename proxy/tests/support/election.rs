@@ -17,8 +17,8 @@ use hyper::body::Incoming;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use writer_election::client::fetch_topology;
-use writer_election::topology::{NodeRef, Switchover, Topology};
+use topology_client::client::fetch_topology;
+use topology_client::topology::{NodeRef, Switchover, Topology};
 
 use super::{free_port, WAIT};
 

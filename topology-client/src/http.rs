@@ -121,7 +121,6 @@ pub async fn call_with(
     }
 }
 
-#[cfg_attr(not(feature = "server"), allow(dead_code))]
 pub fn node_url(address: &str, path: &str) -> String {
     format!("http://{address}{path}")
 }
