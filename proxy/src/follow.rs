@@ -22,6 +22,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use topology_client::backoff::{self, BackoffBuilder, ExponentialBuilder};
 use topology_client::client::{FollowEvent, FollowOptions, TopologyFollower};
 use topology_client::topology::Topology;
 
@@ -36,6 +37,12 @@ pub const FOLLOW_WAIT: Duration = Duration::from_secs(10);
 const ACK_TIMEOUT: Duration = Duration::from_secs(2);
 const ACK_BACKOFF_INITIAL: Duration = Duration::from_millis(50);
 const ACK_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// Pauses between rounds of drain acknowledgements: the switchover waits on them, so they stay
+/// short.
+fn ack_policy() -> ExponentialBuilder {
+    backoff::doubling(ACK_BACKOFF_INITIAL, ACK_BACKOFF_MAX)
+}
 
 /// This process's client id, `<hostname>-<pid>-<8 hex digits>`: sent as `client=` on every
 /// topology query and in drain acknowledgements. Fixed for the life of the process.
@@ -243,7 +250,7 @@ async fn acknowledge_drain(
     connector.set_nodelay(true);
     let client: Client<HttpConnector, Full<Bytes>> =
         Client::builder(TokioExecutor::new()).build(connector);
-    let mut backoff = ACK_BACKOFF_INITIAL;
+    let mut delays = ack_policy().build();
     let mut attempts = 0u32;
     loop {
         for base in &urls {
@@ -273,8 +280,7 @@ async fn acknowledge_drain(
                  accepts it or the switchover ends"
             );
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(ACK_BACKOFF_MAX);
+        tokio::time::sleep(delays.next().unwrap_or(ACK_BACKOFF_MAX)).await;
         let still = sink
             .current()
             .switchover
@@ -333,6 +339,17 @@ mod tests {
         assert!(hex.bytes().all(|b| b.is_ascii_hexdigit()));
         assert_eq!(pid, std::process::id().to_string());
         assert!(!host.is_empty());
+    }
+
+    #[test]
+    fn drain_acknowledgements_retry_after_50ms_doubling_to_1s() {
+        // backon computes in f32: whole milliseconds are what matters.
+        let d: Vec<u64> = ack_policy()
+            .build()
+            .take(8)
+            .map(|d| (d.as_secs_f64() * 1000.0).round() as u64)
+            .collect();
+        assert_eq!(d, [50, 100, 200, 400, 800, 1000, 1000, 1000]);
     }
 
     #[test]

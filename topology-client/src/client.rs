@@ -4,14 +4,16 @@
 //! [`TopologyFollower::run`] keeps one request `GET /v1/topology?after=<rev>&wait=<wait>` open on
 //! one of the configured URLs (HA replicas, or one Service). The server answers when the revision
 //! moves past `after`, or after `wait` with the same document. A failed attempt moves on to the
-//! next URL at once; when every URL failed in a row, it backs off (doubling, capped, with jitter).
+//! next URL at once; when every URL failed in a row, it backs off ([`backoff::doubling_jittered`]).
 //! Revisions are per replica, so after moving to another URL the first request asks without
 //! `after` and gets the current document immediately.
 
 use std::time::{Duration, Instant};
 
+use backon::BackoffBuilder;
 use bytes::Bytes;
 
+use crate::backoff;
 use crate::http::{build_client, call, CallError, HttpClient};
 use crate::topology::Topology;
 
@@ -19,7 +21,8 @@ use crate::topology::Topology;
 pub struct FollowOptions {
     /// How long the server may hold a blocking query (30s).
     pub wait: Duration,
-    /// First pause after every URL failed (100ms); doubles up to `backoff_max` (5s).
+    /// First pause after every URL failed (100ms); doubles up to `backoff_max` (5s), each pause
+    /// drawn from the upper half of that ([`backoff::doubling_jittered`]).
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
     /// Sent as `client=<id>` so the service can tell its followers apart.
@@ -223,8 +226,8 @@ impl TopologyFollower {
         let mut after: Option<u64> = None;
         let mut last: Option<Topology> = None;
         let mut failures_in_row = 0usize;
-        let mut backoff = self.opts.backoff_initial;
-        let mut jitter = Jitter::new();
+        let policy = retry_policy(&self.opts);
+        let mut delays = policy.build();
         loop {
             let (given, url) = &self.urls[idx];
             let started = Instant::now();
@@ -240,7 +243,7 @@ impl TopologyFollower {
             {
                 Ok(t) => {
                     failures_in_row = 0;
-                    backoff = self.opts.backoff_initial;
+                    delays = policy.build();
                     let changed = last.as_ref().is_none_or(|l| !same_content(l, &t));
                     let early = after.is_some() && started.elapsed() < self.opts.wait / 2;
                     after = Some(t.revision);
@@ -264,13 +267,19 @@ impl TopologyFollower {
                     after = None;
                     last = None;
                     if failures_in_row.is_multiple_of(n) {
-                        tokio::time::sleep(jitter.apply(backoff)).await;
-                        backoff = (backoff * 2).min(self.opts.backoff_max);
+                        let pause = delays.next().unwrap_or(self.opts.backoff_max);
+                        tokio::time::sleep(pause).await;
                     }
                 }
             }
         }
     }
+}
+
+/// Pauses after every URL failed in a row: many followers lose the election together (it
+/// restarts), so they are jittered apart.
+fn retry_policy(opts: &FollowOptions) -> backon::ExponentialBuilder {
+    backoff::doubling_jittered(opts.backoff_initial, opts.backoff_max)
 }
 
 /// What a follower acts on; revision and time differ between HA replicas for the same content.
@@ -281,30 +290,6 @@ fn same_content(a: &Topology, b: &Topology) -> bool {
         && a.nodes == b.nodes
         && a.switchover == b.switchover
         && a.replication == b.replication
-}
-
-/// Cheap jitter without a dependency: xorshift seeded from the clock.
-struct Jitter(u64);
-
-impl Jitter {
-    fn new() -> Self {
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0x9E37_79B9_7F4A_7C15);
-        Jitter(seed | 1)
-    }
-
-    /// A duration in [d/2, d].
-    fn apply(&mut self, d: Duration) -> Duration {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        let frac = (x % 1000) as f64 / 1000.0;
-        d.mul_f64(0.5 + frac * 0.5)
-    }
 }
 
 #[cfg(test)]
@@ -376,14 +361,23 @@ mod tests {
     }
 
     #[test]
-    fn jitter_stays_in_range() {
-        let mut j = Jitter::new();
-        for _ in 0..1000 {
-            let d = j.apply(Duration::from_millis(1000));
-            assert!(
-                d >= Duration::from_millis(500) && d <= Duration::from_millis(1000),
-                "{d:?}"
-            );
+    fn the_pause_after_all_urls_failed_doubles_from_initial_to_max_with_jitter() {
+        let opts = FollowOptions::default();
+        for _ in 0..100 {
+            // backon computes in f32: whole milliseconds are what matters.
+            let d: Vec<u64> = retry_policy(&opts)
+                .build()
+                .take(10)
+                .map(|d| (d.as_secs_f64() * 1000.0).round() as u64)
+                .collect();
+            assert!((50..=100).contains(&d[0]), "first {}ms", d[0]);
+            assert!((100..=200).contains(&d[1]), "second {}ms", d[1]);
+            for late in &d[6..] {
+                assert!(
+                    (2500..=5000).contains(late),
+                    "capped at backoff_max: {late}ms"
+                );
+            }
         }
     }
 

@@ -12,12 +12,11 @@ use std::sync::Arc;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
-use kube::runtime::utils::Backoff;
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
-use rand::Rng;
 use std::time::Duration;
 use tokio::sync::watch;
+use topology_client::backoff;
 use tracing::{debug, info, warn};
 
 use super::{DiscoveredNode, Membership, MembershipTx};
@@ -92,39 +91,16 @@ pub fn node_from_pod(pod: &Pod, port: &PortRef, label_key: Option<&str>) -> Opti
     })
 }
 
-/// Retry delays of the pod watch after an error: 200 ms doubling to 3 s, with jitter. kube's
-/// default goes up to 30 s, which would delay noticing that the API is back (and so every failover
-/// held during the outage) by as much.
-#[derive(Debug, Clone)]
-pub struct WatchBackoff {
-    next: Duration,
+/// Retry delays of the pod watch after an error: 200 ms doubling to 3 s, with jitter
+/// ([`backoff::doubling_jittered`]); a successful watch event starts them over. kube's default goes
+/// up to 30 s, which would delay noticing that the API is back (and so every failover held during
+/// the outage) by as much.
+fn watch_backoff() -> watcher::ExponentialBackoff {
+    watcher::ExponentialBackoff::from(backoff::doubling_jittered(BACKOFF_MIN, BACKOFF_MAX))
 }
 
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(3);
-
-impl Default for WatchBackoff {
-    fn default() -> Self {
-        WatchBackoff { next: BACKOFF_MIN }
-    }
-}
-
-impl Iterator for WatchBackoff {
-    type Item = Duration;
-
-    fn next(&mut self) -> Option<Duration> {
-        let d = self.next;
-        self.next = (self.next * 2).min(BACKOFF_MAX);
-        let f: f64 = rand::rng().random_range(0.5..1.0);
-        Some(d.mul_f64(f))
-    }
-}
-
-impl Backoff for WatchBackoff {
-    fn reset(&mut self) {
-        self.next = BACKOFF_MIN;
-    }
-}
 
 pub struct PodWatch {
     pub api: Api<Pod>,
@@ -153,7 +129,7 @@ pub async fn run(
     mut stop: watch::Receiver<bool>,
 ) {
     let cfg = watcher::Config::default().labels(&w.label_selector);
-    let stream = watcher::watcher(w.api.clone(), cfg).backoff(WatchBackoff::default());
+    let stream = watcher::watcher(w.api.clone(), cfg).backoff(watch_backoff());
     futures::pin_mut!(stream);
     let mut pods: BTreeMap<String, DiscoveredNode> = BTreeMap::new();
     let mut listing: Option<BTreeMap<String, DiscoveredNode>> = None;
@@ -258,6 +234,26 @@ mod tests {
                        "containerStatuses": [{"name": "storagenode", "image": "x", "imageID": "",
                           "ready": true, "restartCount": 0, "state": {"running": {}}}]}
         })
+    }
+
+    #[test]
+    fn the_watch_retries_after_200ms_doubling_to_3s_with_jitter_and_starts_over() {
+        use kube::runtime::utils::Backoff;
+        // backon computes in f32: whole milliseconds are what matters.
+        let millis = |d: Duration| (d.as_secs_f64() * 1000.0).round() as u64;
+        let mut b = watch_backoff();
+        let d: Vec<u64> = b.by_ref().take(10).map(millis).collect();
+        assert!((100..=200).contains(&d[0]), "first {}ms", d[0]);
+        assert!((200..=400).contains(&d[1]), "second {}ms", d[1]);
+        for late in &d[5..] {
+            assert!((1500..=3000).contains(late), "capped: {late}ms");
+        }
+        b.reset();
+        let first = b.next().map(millis);
+        assert!(
+            first.is_some_and(|f| (100..=200).contains(&f)),
+            "after reset {first:?}"
+        );
     }
 
     #[test]
