@@ -1,7 +1,8 @@
 //! What the YAML configs of rw-proxy and writer-election have in common, so both services
 //! parse, check and report the same way: [`ConfigError`] (`key: reason`, like `nginx -t`),
 //! [`from_yaml`] (strict serde parsing that names the key of any error), the one
-//! [`check_host_port`] rule for node addresses and the byte sizes of [`size`].
+//! [`check_host_port`] rule for node addresses, the byte sizes of [`size`] and [`one_key`] for a
+//! choice written as a map with exactly one key.
 //!
 //! Durations are not here: both configs use `humantime-serde` directly.
 
@@ -9,6 +10,8 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
 use serde::de::DeserializeOwned;
+
+pub mod one_key;
 
 /// An error in a configuration file: which key, and why.
 #[derive(Debug, thiserror::Error)]

@@ -296,7 +296,7 @@ pub fn default_threads() -> usize {
 struct Raw {
     listen: Option<String>,
     admin_listen: Option<String>,
-    #[serde(default, with = "serde_yaml::with::singleton_map")]
+    #[serde(default, with = "config_common::one_key")]
     topology: Option<RawTopology>,
     routing: Option<RawRouting>,
     reader_balancing: Option<String>,
@@ -1292,10 +1292,34 @@ access_log: errors
     fn topology_is_exactly_one_of_two() {
         let e = err("topology: {}");
         assert_eq!(e.key(), Some("topology"));
-        assert!(e.to_string().contains("single key"), "{e}");
+        assert!(
+            e.to_string().starts_with(
+                "topology: expected a single key, one of `election_url`, `static`, found none"
+            ),
+            "{e}"
+        );
         let e =
             err("topology: { election_url: \"http://a:1\", static: { writer: \"127.0.0.1:1\" } }");
         assert_eq!(e.key(), Some("topology"));
+        assert!(
+            e.to_string().starts_with(
+                "topology: expected a single key, one of `election_url`, `static`, found `static` as well"
+            ),
+            "{e}"
+        );
+        let e = err("topology: \"http://a:1\"");
+        assert_eq!(e.key(), Some("topology"));
+        assert!(
+            e.to_string()
+                .contains("expected a map with a single key, one of `election_url`, `static`"),
+            "{e}"
+        );
+        // Null is no choice made: the default election URL, as with the key left out.
+        let c = ProxyConfig::from_yaml_str("topology: ~").unwrap();
+        assert_eq!(
+            c.topology,
+            TopologyConfig::ElectionUrl(vec![DEFAULT_ELECTION_URL.into()])
+        );
         let e = err("topology: { statik: {} }");
         assert_eq!(e.key(), Some("topology.statik"), "{e}");
         assert!(

@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use config_common::one_key;
 pub use config_common::ConfigError;
 use serde::{Deserialize, Deserializer};
 
@@ -548,134 +549,6 @@ fn de_method<'de, D: Deserializer<'de>>(d: D) -> Result<http::Method, D::Error> 
     let upper = s.to_ascii_uppercase();
     http::Method::from_bytes(upper.as_bytes())
         .map_err(|_| serde::de::Error::custom(format!("{s:?} is not an HTTP method")))
-}
-
-/// `discovery` and `state`: a map with exactly one key, which names the choice (a newtype
-/// variant of the enum) and holds its settings. `serde_yaml::with::singleton_map` reads the same
-/// shape but refuses no key or a second key with only "expected map with a single key"; serde
-/// hands the variant names to `deserialize_enum`, so here the refusal says which keys there are.
-mod one_key {
-    use std::fmt;
-
-    use serde::de::{
-        self, DeserializeSeed, Deserializer, EnumAccess, MapAccess, VariantAccess, Visitor,
-    };
-
-    pub fn deserialize<'de, D, T>(d: D) -> Result<T, D::Error>
-    where
-        D: Deserializer<'de>,
-        T: de::Deserialize<'de>,
-    {
-        T::deserialize(OneKey(d))
-    }
-
-    struct OneKey<D>(D);
-
-    impl<'de, D: Deserializer<'de>> Deserializer<'de> for OneKey<D> {
-        type Error = D::Error;
-
-        fn deserialize_enum<V: Visitor<'de>>(
-            self,
-            _name: &'static str,
-            variants: &'static [&'static str],
-            visitor: V,
-        ) -> Result<V::Value, D::Error> {
-            self.0.deserialize_map(MapVisitor { variants, visitor })
-        }
-
-        fn deserialize_any<V: Visitor<'de>>(self, _visitor: V) -> Result<V::Value, D::Error> {
-            Err(de::Error::custom("one_key reads enums only"))
-        }
-
-        serde::forward_to_deserialize_any! {
-            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
-            option unit unit_struct newtype_struct seq tuple tuple_struct map struct identifier
-            ignored_any
-        }
-    }
-
-    /// "a single key, one of `static`, `kubernetes`, `dns`"
-    fn allowed(variants: &[&str]) -> String {
-        let names: Vec<String> = variants.iter().map(|v| format!("`{v}`")).collect();
-        format!("a single key, one of {}", names.join(", "))
-    }
-
-    struct MapVisitor<V> {
-        variants: &'static [&'static str],
-        visitor: V,
-    }
-
-    impl<'de, V: Visitor<'de>> Visitor<'de> for MapVisitor<V> {
-        type Value = V::Value;
-
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            write!(f, "a map with {}", allowed(self.variants))
-        }
-
-        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<V::Value, A::Error> {
-            self.visitor.visit_enum(Entry {
-                map,
-                variants: self.variants,
-            })
-        }
-    }
-
-    struct Entry<A> {
-        map: A,
-        variants: &'static [&'static str],
-    }
-
-    impl<'de, A: MapAccess<'de>> EnumAccess<'de> for Entry<A> {
-        type Error = A::Error;
-        type Variant = Self;
-
-        fn variant_seed<S: DeserializeSeed<'de>>(
-            mut self,
-            seed: S,
-        ) -> Result<(S::Value, Self), A::Error> {
-            match self.map.next_key_seed(seed)? {
-                Some(variant) => Ok((variant, self)),
-                None => Err(de::Error::custom(format!(
-                    "expected {}, found none",
-                    allowed(self.variants)
-                ))),
-            }
-        }
-    }
-
-    impl<'de, A: MapAccess<'de>> VariantAccess<'de> for Entry<A> {
-        type Error = A::Error;
-
-        fn newtype_variant_seed<S: DeserializeSeed<'de>>(
-            mut self,
-            seed: S,
-        ) -> Result<S::Value, A::Error> {
-            let value = self.map.next_value_seed(seed)?;
-            match self.map.next_key::<String>()? {
-                None => Ok(value),
-                Some(another) => Err(de::Error::custom(format!(
-                    "expected {}, found `{another}` as well",
-                    allowed(self.variants)
-                ))),
-            }
-        }
-
-        fn unit_variant(self) -> Result<(), A::Error> {
-            Err(de::Error::custom("one_key reads newtype variants only"))
-        }
-
-        fn tuple_variant<V: Visitor<'de>>(self, _len: usize, _v: V) -> Result<V::Value, A::Error> {
-            Err(de::Error::custom("one_key reads newtype variants only"))
-        }
-
-        fn struct_variant<V: Visitor<'de>>(
-            self,
-            _fields: &'static [&'static str],
-            _v: V,
-        ) -> Result<V::Value, A::Error> {
-            Err(de::Error::custom("one_key reads newtype variants only"))
-        }
-    }
 }
 
 impl ElectionConfig {
