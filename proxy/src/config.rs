@@ -40,12 +40,17 @@ pub const DEFAULT_MAX_HELD_WRITES: usize = 10_000;
 pub const DEFAULT_MAX_BODY: u64 = 64 * 1024 * 1024;
 pub const DEFAULT_MAX_HEADER_BYTES: u64 = 64 * 1024;
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-/// Pingora refuses request headers above 1 MiB - 1 with its own 400 before we see them, so a
-/// larger `limits.max_header_bytes` could never be enforced as configured.
+/// Upper bound of `limits.max_header_bytes`. The request path holds a request's whole head in
+/// its connection's buffer until the head is complete (`downstream::read_header_end` grows it up
+/// to the limit), so the limit is what one client connection can make a worker hold before a
+/// single byte is forwarded; the bound keeps that per-connection memory small at any setting.
+/// Its value is the one the head limit always had, so configs written for it stay valid.
 pub const MAX_HEADER_BYTES_CEILING: u64 = 1_048_575;
 
-/// Where a request is sent: the `routing` targets (README.md, configuration reference).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// Where a request is sent: the `routing` targets (README.md, configuration reference). A name
+/// the file gets wrong is refused by serde with the names there are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Target {
     /// The elected writer only.
     Writer,
@@ -61,15 +66,6 @@ impl Target {
             Target::Writer => "writer",
             Target::Readers => "readers",
             Target::Any => "any",
-        }
-    }
-
-    fn parse(s: &str) -> Option<Target> {
-        match s {
-            "writer" => Some(Target::Writer),
-            "readers" => Some(Target::Readers),
-            "any" => Some(Target::Any),
-            _ => None,
         }
     }
 }
@@ -215,22 +211,14 @@ pub struct Limits {
     pub max_header_bytes: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum AccessLog {
     /// Status >= 400 only, like the seed nginx's `map $status $loggable`.
+    #[default]
     Errors,
     All,
     Off,
-}
-
-impl AccessLog {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AccessLog::Errors => "errors",
-            AccessLog::All => "all",
-            AccessLog::Off => "off",
-        }
-    }
 }
 
 /// The whole validated configuration.
@@ -303,7 +291,7 @@ struct Raw {
     timeouts: Option<RawTimeouts>,
     failover: Option<RawFailover>,
     limits: Option<RawLimits>,
-    access_log: Option<String>,
+    access_log: Option<AccessLog>,
     threads: Option<usize>,
     #[serde(default, with = "humantime_serde")]
     shutdown_grace: Option<Duration>,
@@ -328,8 +316,8 @@ struct RawStatic {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawRouting {
-    methods: Option<BTreeMap<String, TargetName>>,
-    default: Option<TargetName>,
+    methods: Option<BTreeMap<String, Target>>,
+    default: Option<Target>,
     rules: Option<Vec<RawRule>>,
     writer_serves_reads: Option<bool>,
     reads_fall_back_to_writer: Option<bool>,
@@ -362,7 +350,7 @@ struct RawReadYourWrites {
 struct RawRule {
     path_prefix: Option<String>,
     methods: Option<Vec<String>>,
-    to: TargetName,
+    to: Target,
 }
 
 #[derive(Deserialize, Default)]
@@ -398,20 +386,6 @@ struct RawLimits {
     max_body: Option<u64>,
     #[serde(default, deserialize_with = "config_common::size::deserialize_option")]
     max_header_bytes: Option<u64>,
-}
-
-/// `writer | readers | any`.
-struct TargetName(Target);
-
-impl<'de> Deserialize<'de> for TargetName {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        Target::parse(&s).map(TargetName).ok_or_else(|| {
-            de::Error::custom(format!(
-                "unknown target {s:?} (expected writer, readers or any)"
-            ))
-        })
-    }
 }
 
 /// One string or a list of strings (`topology.election_url`).
@@ -561,23 +535,13 @@ fn validate(raw: Raw) -> Result<ProxyConfig, ConfigError> {
         return Err(ConfigError::invalid(
             "limits.max_header_bytes",
             format!(
-                "{} bytes is above the maximum of {MAX_HEADER_BYTES_CEILING} (1MiB - 1, Pingora's own limit)",
+                "{} bytes is above the maximum of {MAX_HEADER_BYTES_CEILING} (1MiB - 1; a head is held whole in memory until it is complete)",
                 limits.max_header_bytes
             ),
         ));
     }
 
-    let access_log = match raw.access_log.as_deref().unwrap_or("errors") {
-        "errors" => AccessLog::Errors,
-        "all" => AccessLog::All,
-        "off" => AccessLog::Off,
-        other => {
-            return Err(ConfigError::invalid(
-                "access_log",
-                format!("unknown value {other:?} (expected errors, all or off)"),
-            ))
-        }
-    };
+    let access_log = raw.access_log.unwrap_or_default();
 
     let threads = raw.threads.unwrap_or_else(default_threads);
     if threads == 0 || threads > 1024 {
@@ -728,7 +692,7 @@ fn validate_routing(raw: RawRouting) -> Result<RoutingConfig, ConfigError> {
                         ),
                     ));
                 }
-                out.insert(upper, (m, t.0));
+                out.insert(upper, (m, t));
             }
             out.into_iter().map(|(m, (_, t))| (m, t)).collect()
         }
@@ -773,7 +737,7 @@ fn validate_routing(raw: RawRouting) -> Result<RoutingConfig, ConfigError> {
         rules.push(Rule {
             path_prefix: r.path_prefix,
             methods,
-            to: r.to.0,
+            to: r.to,
         });
     }
 
@@ -798,7 +762,7 @@ fn validate_routing(raw: RawRouting) -> Result<RoutingConfig, ConfigError> {
 
     Ok(RoutingConfig {
         methods,
-        default: raw.default.map(|t| t.0).unwrap_or(defaults.default),
+        default: raw.default.unwrap_or(defaults.default),
         rules,
         writer_serves_reads: raw
             .writer_serves_reads
@@ -1070,19 +1034,49 @@ access_log: errors
         assert_eq!(e.to_string(), "timeouts.connect: must be greater than zero");
         let e = err("routing: { methods: { GETT: writr } }");
         assert_eq!(e.key(), Some("routing.methods.GETT"), "{e}");
-        assert!(e.to_string().contains("unknown target \"writr\""), "{e}");
+        assert!(
+            e.to_string().starts_with(
+                "routing.methods.GETT: unknown variant `writr`, expected one of `writer`, `readers`, `any`"
+            ),
+            "{e}"
+        );
         let e = err("routing: { methods: { \"GE T\": writer } }");
         assert_eq!(e.key(), Some("routing.methods.GE T"), "{e}");
         let e = err("routing: { default: all }");
         assert_eq!(e.key(), Some("routing.default"));
+        assert!(
+            e.to_string()
+                .contains("unknown variant `all`, expected one of `writer`, `readers`, `any`"),
+            "{e}"
+        );
+        let e = err("routing: { rules: [ { to: Writer } ] }");
+        assert_eq!(e.key(), Some("routing.rules[0].to"), "{e}");
+        assert!(e.to_string().contains("unknown variant `Writer`"), "{e}");
         let e = err("reader_balancing: random");
         assert_eq!(e.key(), Some("reader_balancing"));
         let e = err("access_log: some");
         assert_eq!(e.key(), Some("access_log"));
+        assert!(
+            e.to_string().starts_with(
+                "access_log: unknown variant `some`, expected one of `errors`, `all`, `off`"
+            ),
+            "{e}"
+        );
+        let e = err("access_log: [all]");
+        assert_eq!(e.key(), Some("access_log"), "{e}");
         let e = err("limits: { max_body: 64XB }");
         assert_eq!(e.key(), Some("limits.max_body"));
         let e = err("limits: { max_header_bytes: 4MiB }");
         assert_eq!(e.key(), Some("limits.max_header_bytes"));
+        assert!(
+            e.to_string()
+                .contains("4194304 bytes is above the maximum of 1048575"),
+            "{e}"
+        );
+        let e = err("limits: { max_header_bytes: 1MiB }");
+        assert_eq!(e.key(), Some("limits.max_header_bytes"));
+        let c = ProxyConfig::from_yaml_str("limits: { max_header_bytes: 1048575 }").unwrap();
+        assert_eq!(c.limits.max_header_bytes, MAX_HEADER_BYTES_CEILING);
         let e = err("listen: localhost:8080");
         assert_eq!(e.key(), Some("listen"));
         let e = err("listen: 127.0.0.1:1\nadmin_listen: 127.0.0.1:1");
@@ -1280,6 +1274,32 @@ access_log: errors
             .unwrap();
         assert!(c.failover.hold_writes.is_zero());
         assert_eq!(c.failover.max_held_writes, 0);
+    }
+
+    #[test]
+    fn targets_and_access_log_take_their_documented_names() {
+        for (name, target) in [
+            ("writer", Target::Writer),
+            ("readers", Target::Readers),
+            ("any", Target::Any),
+        ] {
+            let c = ProxyConfig::from_yaml_str(&format!(
+                "routing: {{ default: {name}, methods: {{ GET: {name} }}, rules: [ {{ path_prefix: /a, to: {name} }} ] }}"
+            ))
+            .unwrap();
+            assert_eq!(c.routing.default, target);
+            assert_eq!(c.routing.methods, vec![("GET".to_string(), target)]);
+            assert_eq!(c.routing.rules[0].to, target);
+            assert_eq!(target.as_str(), name);
+        }
+        for (name, log) in [
+            ("errors", AccessLog::Errors),
+            ("all", AccessLog::All),
+            ("off", AccessLog::Off),
+        ] {
+            let c = ProxyConfig::from_yaml_str(&format!("access_log: {name}")).unwrap();
+            assert_eq!(c.access_log, log, "{name}");
+        }
     }
 
     #[test]
