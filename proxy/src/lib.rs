@@ -5,6 +5,7 @@ pub mod admin;
 pub mod attempt;
 pub mod balance;
 pub mod config;
+pub mod contact;
 pub mod control;
 pub mod downstream;
 pub mod errors;
