@@ -6,11 +6,7 @@ include!("build_commit.rs");
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=build_commit.rs");
-    // Only the service (its binary and metrics) names its commit. Without `server` (the
-    // library rw-proxy and loadtest use) nothing is set, so a new commit does not rebuild that
-    // library and everything depending on it.
-    if std::env::var_os("CARGO_FEATURE_SERVER").is_none() {
-        return;
-    }
+    // rw-proxy and loadtest follow the election through topology-client, so a new commit
+    // rebuilds only the service and its tests.
     println!("cargo:rustc-env=WRITER_ELECTION_COMMIT={}", build_commit());
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use serde_json::json;
-use writer_election::topology::Topology;
+use topology_client::topology::Topology;
 
 use crate::httpc::HttpClient;
 use crate::logging::LogFormat;

@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use writer_election::client::{FollowEvent, FollowOptions, TopologyFollower};
-use writer_election::topology::Topology;
+use topology_client::client::{FollowEvent, FollowOptions, TopologyFollower};
+use topology_client::topology::Topology;
 
 /// One line per thing a person watching the demo cares about, comparing `old` to `new`.
 pub fn describe_change(old: Option<&Topology>, new: &Topology) -> Vec<String> {
@@ -71,7 +71,7 @@ pub async fn follow(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use writer_election::topology::{NodeRef, NodeStatus, Role};
+    use topology_client::topology::{NodeRef, NodeStatus, Role};
 
     fn topo(epoch: u64, rev: u64, writer: Option<&str>, ready: &[(&str, bool)]) -> Topology {
         Topology {

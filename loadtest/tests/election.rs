@@ -15,7 +15,7 @@ use loadtest::node::api::Api;
 use loadtest::node::log::{read_all, Line};
 use loadtest::procs::{free_port, wait_for, Group};
 use support::*;
-use writer_election::topology::Topology;
+use topology_client::topology::Topology;
 
 struct Setup {
     dir: tempfile::TempDir,

@@ -1,7 +1,6 @@
 //! The fake Kubernetes API server, driven by the real kube client and kube-runtime's watcher:
 //! if these pass, writer-election's Kubernetes mode talks to the fake exactly as it would talk to
 //! a cluster.
-#![cfg(feature = "server")]
 
 mod support;
 

@@ -2,7 +2,6 @@
 //! follows the follower replica must be part of the leader's drain set and see its draining
 //! document: the follower forwards topology queries and acknowledgements to the leader (whose URL
 //! it reads from the leader Lease), and serves its own record when the leader does not answer.
-#![cfg(feature = "server")]
 
 mod support;
 

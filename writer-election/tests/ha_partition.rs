@@ -5,7 +5,6 @@
 //! saw: the Leases in the API server, who called which node and when, each replica's
 //! `/v1/status`, `/v1/topology` and `/metrics`. Needs root and `ip netns`; without them each test
 //! says SKIPPED and why, and returns.
-#![cfg(feature = "server")]
 
 mod support;
 

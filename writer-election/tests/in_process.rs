@@ -1,6 +1,5 @@
 //! The service as a library (what tests of other crates and HA replicas use), dns discovery, and
 //! the topology follower of the client module against a real service.
-#![cfg(feature = "server")]
 
 mod support;
 

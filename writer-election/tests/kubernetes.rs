@@ -1,7 +1,6 @@
 //! Kubernetes mode against the fake API server (real wire protocol, real kube client), with the
 //! storage pods' IP:port pointing at real HTTP nodes on 127.0.0.1. Every test enforces the Role
 //! of k8s/writer-election/rbac.yaml, so a call the Role does not grant fails the test.
-#![cfg(feature = "server")]
 
 mod support;
 

@@ -1,6 +1,5 @@
 //! `writer-election status` and `writer-election switchover` (the real binary) against a real
 //! writer-election with real nodes on 127.0.0.1, and the history across a restart.
-#![cfg(feature = "server")]
 
 mod support;
 

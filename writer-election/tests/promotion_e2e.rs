@@ -1,7 +1,6 @@
 //! Promotion presets end to end: the writer-election binary against fake nodes on 127.0.0.1 that
 //! serve exactly one node library release's calls (tests/support/cluster.rs `Api`), configured with nothing
 //! but `promotion.preset`.
-#![cfg(feature = "server")]
 
 mod support;
 

@@ -1,6 +1,5 @@
 //! Replication progress end to end: the writer-election binary against stand-in nodes whose
 //! `/replication/offset` the tests set, read back over /v1/topology and /metrics.
-#![cfg(feature = "server")]
 
 mod support;
 

@@ -1,5 +1,4 @@
 //! Static mode end to end: the writer-election binary against three real HTTP nodes on 127.0.0.1.
-#![cfg(feature = "server")]
 
 mod support;
 

@@ -1,7 +1,6 @@
 //! The planned-switchover drain barrier against the real binary: fake "proxies" (plain HTTP loops
 //! that follow `/v1/topology` with a client id and acknowledge the drain the way rw-proxy does)
 //! and three fake storage nodes.
-#![cfg(feature = "server")]
 
 mod support;
 

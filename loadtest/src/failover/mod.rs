@@ -23,7 +23,7 @@ use anyhow::{bail, Context};
 use futures::StreamExt;
 use serde::Serialize;
 use tokio::time::Instant;
-use writer_election::topology::Topology;
+use topology_client::topology::Topology;
 
 use crate::cluster::{Cluster, ClusterOptions, TopologyMode};
 use crate::logging::LogFormat;

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use serde::Serialize;
 use tokio::time::Instant;
-use writer_election::topology::Topology;
+use topology_client::topology::Topology;
 
 use super::check::{self, Analysis};
 use super::{ms_between, ReadBack, WriterRef};

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use serde_json::json;
-use writer_election::topology::Topology;
+use topology_client::topology::Topology;
 
 use super::relay::Relay;
 use super::{block_on_in, Lab, NsHandle};

@@ -5,7 +5,6 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod cluster;
-#[cfg(feature = "server")]
 pub mod fake_k8s;
 pub mod fake_proxy;
 
