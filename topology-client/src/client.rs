@@ -244,7 +244,7 @@ impl TopologyFollower {
                 Ok(t) => {
                     failures_in_row = 0;
                     delays = policy.build();
-                    let changed = last.as_ref().is_none_or(|l| !same_content(l, &t));
+                    let changed = last.as_ref().is_none_or(|l| !l.same_content(&t));
                     let early = after.is_some() && started.elapsed() < self.opts.wait / 2;
                     after = Some(t.revision);
                     if changed {
@@ -280,16 +280,6 @@ impl TopologyFollower {
 /// restarts), so they are jittered apart.
 fn retry_policy(opts: &FollowOptions) -> backon::ExponentialBuilder {
     backoff::doubling_jittered(opts.backoff_initial, opts.backoff_max)
-}
-
-/// What a follower acts on; revision and time differ between HA replicas for the same content.
-fn same_content(a: &Topology, b: &Topology) -> bool {
-    a.epoch == b.epoch
-        && a.writer == b.writer
-        && a.readers == b.readers
-        && a.nodes == b.nodes
-        && a.switchover == b.switchover
-        && a.replication == b.replication
 }
 
 #[cfg(test)]
@@ -344,7 +334,7 @@ mod tests {
         let mut b = a.clone();
         b.revision += 1;
         b.updated_at = "later".into();
-        assert!(same_content(&a, &b), "revision and time alone are not news");
+        assert!(a.same_content(&b), "revision and time alone are not news");
         b.replication = Some(Replication {
             epoch: 0,
             writer_offset: 5,
@@ -357,7 +347,7 @@ mod tests {
                 lag_at_least: false,
             }],
         });
-        assert!(!same_content(&a, &b), "proxies route by the lag in it");
+        assert!(!a.same_content(&b), "proxies route by the lag in it");
     }
 
     #[test]

@@ -200,6 +200,20 @@ pub fn push_history(history: &mut Vec<HistoryEntry>, entry: HistoryEntry) {
 }
 
 impl Topology {
+    /// Whether two documents say the same thing: `revision` and `updated_at` are left out,
+    /// since they change on every publication and differ between HA replicas for one content.
+    /// Every other field counts, `replication` included: proxies route by the lag in it. The
+    /// publisher bumps the revision only when this is false, and the follower hands on only
+    /// such documents.
+    pub fn same_content(&self, other: &Topology) -> bool {
+        self.epoch == other.epoch
+            && self.writer == other.writer
+            && self.readers == other.readers
+            && self.nodes == other.nodes
+            && self.switchover == other.switchover
+            && self.replication == other.replication
+    }
+
     /// The document of a service that has not decided anything yet.
     pub fn empty() -> Self {
         Topology {

@@ -127,15 +127,6 @@ pub fn build_topology(rec: &Recorded, nodes: &[NodeView]) -> Topology {
     }
 }
 
-fn same_content(a: &Topology, b: &Topology) -> bool {
-    a.epoch == b.epoch
-        && a.writer == b.writer
-        && a.readers == b.readers
-        && a.nodes == b.nodes
-        && a.switchover == b.switchover
-        && a.replication == b.replication
-}
-
 fn now_millis() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -190,7 +181,7 @@ impl TopologyHub {
     pub fn publish(&self, mut doc: Topology) -> Option<Arc<Topology>> {
         let mut published = None;
         self.tx.send_if_modified(|cur| {
-            if cur.revision > 0 && same_content(cur, &doc) {
+            if cur.revision > 0 && cur.same_content(&doc) {
                 return false;
             }
             doc.revision = (cur.revision + 1).max(now_millis());
