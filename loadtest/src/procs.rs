@@ -186,8 +186,38 @@ impl Drop for Group {
     }
 }
 
-/// A port free right now on 127.0.0.1 (for children whose port must be known up front).
+/// Ports [`free_port`] hands out: below the kernel's ephemeral range (Linux's default starts at
+/// 32768). A port the kernel picks for `bind(0)` comes from that range, and so does the source
+/// port of every outgoing connection: between the moment such a port is found free and the
+/// moment a child binds it, any connection of a test running beside this one can take it (seen
+/// as rw-proxy's "Address already in use" at start-up).
+const PORTS: std::ops::Range<u16> = 20_000..32_000;
+/// Ports of one process's block (see [`port_candidate`]).
+const BLOCK: u32 = 24;
+
+/// The `n`th port to try for process `pid`: each process starts in its own block of [`PORTS`], so
+/// test processes running side by side do not hand out the same ports, and goes on through the
+/// range from there.
+fn port_candidate(pid: u32, n: u32) -> u16 {
+    let span = u32::from(PORTS.end - PORTS.start);
+    let start = (pid % (span / BLOCK)) * BLOCK;
+    // The remainder is below `span`, which fits in u16.
+    PORTS.start + ((start + n) % span) as u16
+}
+
+/// A port free right now on 127.0.0.1 (for children whose port must be known up front). Never the
+/// same port twice in one process.
 pub fn free_port() -> anyhow::Result<u16> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let pid = std::process::id();
+    let span = u32::from(PORTS.end - PORTS.start);
+    for _ in 0..span {
+        let port = port_candidate(pid, NEXT.fetch_add(1, Ordering::Relaxed));
+        if TcpListener::bind(local(port)).is_ok() {
+            return Ok(port);
+        }
+    }
     let l = TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
     Ok(l.local_addr()?.port())
 }
@@ -211,5 +241,26 @@ where
             return Err(anyhow!("timed out after {timeout:?} waiting for {what}"));
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_ports_stay_below_the_ephemeral_range_and_never_repeat() {
+        let ports: Vec<u16> = (0..50).map(|_| free_port().unwrap()).collect();
+        let unique: std::collections::BTreeSet<u16> = ports.iter().copied().collect();
+        assert_eq!(unique.len(), ports.len(), "{ports:?}");
+        assert!(ports.iter().all(|p| PORTS.contains(p)), "{ports:?}");
+    }
+
+    #[test]
+    fn processes_start_in_blocks_of_their_own() {
+        let a: Vec<u16> = (0..BLOCK).map(|n| port_candidate(1000, n)).collect();
+        let b: Vec<u16> = (0..BLOCK).map(|n| port_candidate(1001, n)).collect();
+        assert!(a.iter().all(|p| !b.contains(p)), "{a:?} {b:?}");
+        assert!((0..30_000).all(|n| PORTS.contains(&port_candidate(4_000_000, n))));
     }
 }
