@@ -553,14 +553,22 @@ async fn wait_gone(cluster: &Cluster, name: &str) -> Instant {
                 .rsplit_once(") ")
                 .and_then(|(_, rest)| rest.chars().next())
             {
-                Some('Z') | Some('X') | None => break,
-                Some(_) => {}
+                // The leader thread turns zombie while the others may still be exiting, with
+                // the node's sockets still open: gone means no other thread is left, so a
+                // write sent from now on cannot reach the node's connections any more.
+                Some('Z') | Some('X') | None if threads_left(pid) <= 1 => break,
+                _ => {}
             },
             Err(_) => break,
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     Instant::now()
+}
+
+/// Threads of `pid` still listed under /proc (0 once it is reaped).
+fn threads_left(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count())
 }
 
 pub(crate) async fn wait_caught_up(
