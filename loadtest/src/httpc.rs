@@ -1,19 +1,19 @@
-//! A small HTTP/1.1 client for control traffic (health polls, topology, read-back, tests).
-//! The load generator does not use it: it drives its own keep-alive connections.
+//! loadtest's control traffic (health polls, topology, read-back, fault calls, tests) goes
+//! through the workspace's one outbound client, [`topology_client::http`], as rw-proxy's and
+//! writer-election's does; this module only adds what loadtest's callers want on top: one
+//! timeout per client, `anyhow` errors that name the request, and a [`Reply`] with text and JSON
+//! helpers. The load generator does not use it: it drives its own keep-alive connections.
 
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 use bytes::Bytes;
-use http::{HeaderMap, Method, Request};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use http::{HeaderMap, Method};
+use topology_client::http::{build_client, call_with, CallError};
 
 #[derive(Clone)]
 pub struct HttpClient {
-    inner: Client<HttpConnector, Full<Bytes>>,
+    inner: topology_client::http::HttpClient,
     timeout: Duration,
 }
 
@@ -46,14 +46,12 @@ impl Default for HttpClient {
 }
 
 impl HttpClient {
+    /// `timeout` bounds each whole request (connect, head and body).
     pub fn new(timeout: Duration) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(timeout));
-        let inner = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(connector);
-        HttpClient { inner, timeout }
+        HttpClient {
+            inner: build_client(timeout),
+            timeout,
+        }
     }
 
     pub async fn send(
@@ -63,34 +61,24 @@ impl HttpClient {
         headers: &[(&str, &str)],
         body: impl Into<Bytes>,
     ) -> anyhow::Result<Reply> {
-        let mut req = Request::builder().method(method.clone()).uri(url);
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        let req = req
-            .body(Full::new(body.into()))
-            .with_context(|| format!("building {method} {url}"))?;
-        let fut = async {
-            let resp = self
-                .inner
-                .request(req)
-                .await
-                .map_err(|e| anyhow!("{method} {url}: {}", error_chain(&e)))?;
-            let (parts, body) = resp.into_parts();
-            let body = body
-                .collect()
-                .await
-                .with_context(|| format!("{method} {url}: reading the body"))?
-                .to_bytes();
-            Ok::<_, anyhow::Error>(Reply {
-                status: parts.status.as_u16(),
-                headers: parts.headers,
-                body,
-            })
-        };
-        tokio::time::timeout(self.timeout, fut)
-            .await
-            .map_err(|_| anyhow!("{method} {url}: no answer within {:?}", self.timeout))?
+        let (status, headers, body) = call_with(
+            &self.inner,
+            method.clone(),
+            url,
+            headers,
+            body.into(),
+            self.timeout,
+        )
+        .await
+        .map_err(|e| match e {
+            CallError::Timeout => anyhow!("{method} {url}: no answer within {:?}", self.timeout),
+            e => anyhow!("{method} {url}: {e}"),
+        })?;
+        Ok(Reply {
+            status: status.as_u16(),
+            headers,
+            body,
+        })
     }
 
     pub async fn get(&self, url: &str) -> anyhow::Result<Reply> {
@@ -100,16 +88,8 @@ impl HttpClient {
     pub async fn post(&self, url: &str, body: impl Into<Bytes>) -> anyhow::Result<Reply> {
         self.send(Method::POST, url, &[], body).await
     }
-}
 
-/// `e` and its sources on one line: hyper's top-level errors alone say little ("client error").
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
+    pub async fn put(&self, url: &str, body: impl Into<Bytes>) -> anyhow::Result<Reply> {
+        self.send(Method::PUT, url, &[], body).await
     }
-    s
 }
