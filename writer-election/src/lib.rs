@@ -16,6 +16,7 @@ pub mod forward;
 pub mod kube_actions;
 pub mod leader;
 pub mod metrics;
+pub mod permissions;
 pub mod ops;
 pub mod probe;
 pub mod progress;

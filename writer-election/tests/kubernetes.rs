@@ -16,6 +16,7 @@ use support::fake_k8s::{
 };
 use writer_election::client::fetch_topology;
 use writer_election::config::ElectionConfig;
+use writer_election::permissions;
 use writer_election::topology::{History, HistoryEntry, Role as NodeRole, Topology};
 use writer_election::{start, ServiceHandle, ServiceOptions};
 
@@ -33,21 +34,6 @@ fn rbac_role() -> Role {
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../k8s/writer-election/rbac.yaml");
     let yaml = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     role_from_manifests(&yaml).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-/// What the Role grants, as (group, resource, verb).
-fn granted(role: &Role) -> Vec<(String, String, String)> {
-    let mut v = Vec::new();
-    for rule in role.rules.iter().flatten() {
-        for g in rule.api_groups.iter().flatten() {
-            for r in rule.resources.iter().flatten() {
-                for verb in &rule.verbs {
-                    v.push((g.clone(), r.clone(), verb.clone()));
-                }
-            }
-        }
-    }
-    v
 }
 
 async fn fake_api(nodes: &[TestNode]) -> FakeApiServer {
@@ -168,8 +154,7 @@ fn role_label(api: &FakeApiServer, name: &str) -> Option<String> {
 
 /// Every request the fake saw was granted by the Role (none got 403).
 fn assert_rbac_clean(api: &FakeApiServer) {
-    let role = rbac_role();
-    let granted = granted(&role);
+    let granted = permissions::granted_by(&rbac_role()).expect("rbac.yaml's Role");
     let requests = api.requests();
     assert!(!requests.is_empty());
     for r in &requests {
@@ -181,7 +166,7 @@ fn assert_rbac_clean(api: &FakeApiServer) {
         }
         let ok = granted
             .iter()
-            .any(|(g, res, v)| g == &r.group && res == &r.resource && v == &r.verb);
+            .any(|p| p.group == r.group && p.resource == r.resource && p.verb == r.verb);
         assert!(ok, "request not granted by rbac.yaml: {r:?}");
     }
 }
@@ -833,25 +818,9 @@ async fn a_leader_that_cannot_renew_stops_leading() {
 #[test]
 fn the_role_grants_what_the_code_calls_and_no_more() {
     // Every verb the role grants is used by some code path (the tests above exercise them).
-    let role = rbac_role();
-    let mut g = granted(&role);
-    g.sort();
-    let mut expected: Vec<(String, String, String)> = [
-        ("", "pods", "get"),
-        ("", "pods", "list"),
-        ("", "pods", "watch"),
-        ("", "pods", "patch"),
-        ("", "pods", "delete"),
-        ("coordination.k8s.io", "leases", "get"),
-        ("coordination.k8s.io", "leases", "create"),
-        ("coordination.k8s.io", "leases", "update"),
-        ("", "events", "create"),
-    ]
-    .iter()
-    .map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string()))
-    .collect();
-    expected.sort();
-    assert_eq!(g, expected);
+    let granted = permissions::granted_by(&rbac_role()).expect("rbac.yaml's Role");
+    let all: std::collections::BTreeSet<_> = permissions::ALL.iter().cloned().collect();
+    assert_eq!(granted, all);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

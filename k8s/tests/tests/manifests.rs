@@ -18,38 +18,13 @@ use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::Value;
 use support::*;
+use writer_election::permissions;
 
 const NAMESPACE: &str = "my-microstream-cluster";
 const PROXY: &str = "rw-proxy";
 const ELECTION: &str = "writer-election";
 /// The label the existing `proxy` Service selects and the storage pods carry.
 const COMPONENT: &str = "microstream.one/cluster-component";
-
-/// (apiGroup, resource, verb) writer-election calls, read from writer-election/src (the
-/// writer-election tests run it against a fake API server that enforces the Role from these
-/// manifests, so a call the Role does not grant fails there):
-/// - pods: `discovery/kubernetes.rs` runs `kube::runtime::watcher` by label selector (list,
-///   watch); `kube_actions.rs` deletes a hung old writer with a UID precondition
-///   (fencing.delete_old_writer_pod), confirms it gone with `get_opt` (get), and merge-patches
-///   role labels (label_pods: patch).
-/// - leases: `store/lease.rs` (writer record, state.lease) and `leader.rs` (HA lock,
-///   ha.lease_name) `get_opt`, `create` when missing, `replace` with the resourceVersion (update).
-/// - events: `kube_actions.rs` creates one core/v1 Event per writer change.
-///
-/// `patch` is only needed with label_pods.enabled and `delete` only with
-/// fencing.delete_old_writer_pod: the Role must grant each exactly when the config turns it on
-/// (see `expected_rbac`).
-const EXPECTED_RBAC: &[(&str, &str, &str)] = &[
-    ("", "pods", "get"),
-    ("", "pods", "list"),
-    ("", "pods", "watch"),
-    ("", "pods", "patch"),
-    ("", "pods", "delete"),
-    ("coordination.k8s.io", "leases", "get"),
-    ("coordination.k8s.io", "leases", "create"),
-    ("coordination.k8s.io", "leases", "update"),
-    ("", "events", "create"),
-];
 
 fn fixtures() -> Vec<Doc> {
     load_docs(&fixtures_dir(), "reference-cluster.yaml")
@@ -864,63 +839,15 @@ fn switchover_token_comes_from_a_secret_that_is_not_committed() {
     );
 }
 
-/// (group, resource, verb) triples a Role grants; panics on wildcards and non-resource URLs.
-fn granted(role: &Role) -> BTreeSet<(String, String, String)> {
-    let mut out = BTreeSet::new();
-    for rule in role.rules.iter().flatten() {
-        assert!(
-            rule.non_resource_urls.is_none(),
-            "a Role cannot grant nonResourceURLs"
-        );
-        let groups = rule.api_groups.clone().unwrap_or_default();
-        let resources = rule.resources.clone().unwrap_or_default();
-        for list in [&groups, &resources, &rule.verbs] {
-            assert!(
-                !list.iter().any(|s| s.contains('*')),
-                "wildcard in Role rule {rule:?}"
-            );
-        }
-        assert!(
-            !groups.is_empty() && !resources.is_empty(),
-            "rule grants nothing: {rule:?}"
-        );
-        for g in &groups {
-            for r in &resources {
-                for v in &rule.verbs {
-                    assert!(
-                        out.insert((g.clone(), r.clone(), v.clone())),
-                        "granted twice: {g}/{r} {v}"
-                    );
-                }
-            }
-        }
-    }
-    out
-}
-
-/// EXPECTED_RBAC minus the verbs of features the ConfigMap leaves off.
-fn expected_rbac(
-    cfg: &writer_election::config::ElectionConfig,
-) -> BTreeSet<(String, String, String)> {
-    EXPECTED_RBAC
-        .iter()
-        .filter(|(_, r, v)| match (*r, *v) {
-            ("pods", "patch") => cfg.label_pods.enabled,
-            ("pods", "delete") => cfg.fencing.delete_old_writer_pod,
-            _ => true,
-        })
-        .map(|(g, r, v)| (g.to_string(), r.to_string(), v.to_string()))
-        .collect()
-}
-
 #[test]
 fn the_role_grants_exactly_the_calls_writer_election_makes() {
     let m = Manifests::load();
     let role: Role = m.get(ELECTION);
     let cfg = parsed_election_config(&m);
+    // The calls themselves are listed beside the code that makes them.
     assert_eq!(
-        granted(&role),
-        expected_rbac(&cfg),
+        permissions::granted_by(&role).unwrap_or_else(|e| panic!("the Role: {e}")),
+        permissions::required(&cfg),
         "Role vs the calls writer-election makes with label_pods.enabled={} fencing.delete_old_writer_pod={}",
         cfg.label_pods.enabled,
         cfg.fencing.delete_old_writer_pod
