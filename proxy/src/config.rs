@@ -125,10 +125,12 @@ pub struct MaxReaderLag {
     pub duration: Option<Duration>,
 }
 
-/// Where the read-your-writes token travels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Where the read-your-writes token travels (`routing.read_your_writes.token`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum TokenCarrier {
     /// `Set-Cookie` on the write's answer, `Cookie` on the reads.
+    #[default]
     Cookie,
     /// A response header on the write's answer, the same request header on the reads.
     Header,
@@ -164,8 +166,11 @@ impl Default for RoutingConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// `reader_balancing`: how a read picks among the ready readers (README.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Balancing {
+    #[default]
     RoundRobin,
     LeastConn,
     P2cEwma,
@@ -287,7 +292,7 @@ struct Raw {
     #[serde(default, with = "config_common::one_key")]
     topology: Option<RawTopology>,
     routing: Option<RawRouting>,
-    reader_balancing: Option<String>,
+    reader_balancing: Option<Balancing>,
     timeouts: Option<RawTimeouts>,
     failover: Option<RawFailover>,
     limits: Option<RawLimits>,
@@ -338,7 +343,7 @@ struct RawMaxReaderLag {
 #[serde(deny_unknown_fields)]
 struct RawReadYourWrites {
     enabled: Option<bool>,
-    token: Option<String>,
+    token: Option<TokenCarrier>,
     name: Option<String>,
     offset_header: Option<String>,
     #[serde(default, with = "humantime_serde")]
@@ -468,19 +473,7 @@ fn validate(raw: Raw) -> Result<ProxyConfig, ConfigError> {
     let topology = validate_topology(raw.topology)?;
     let routing = validate_routing(raw.routing.unwrap_or_default())?;
 
-    let reader_balancing = match raw.reader_balancing.as_deref().unwrap_or("round_robin") {
-        "round_robin" => Balancing::RoundRobin,
-        "least_conn" => Balancing::LeastConn,
-        "p2c_ewma" => Balancing::P2cEwma,
-        other => {
-            return Err(ConfigError::invalid(
-                "reader_balancing",
-                format!(
-                    "unknown balancing {other:?} (expected round_robin, least_conn or p2c_ewma)"
-                ),
-            ))
-        }
-    };
+    let reader_balancing = raw.reader_balancing.unwrap_or_default();
 
     let t = raw.timeouts.unwrap_or_default();
     let timeouts = Timeouts {
@@ -835,16 +828,7 @@ fn validate_read_your_writes(
     raw: RawReadYourWrites,
     consistency_header: &HeaderName,
 ) -> Result<Option<ReadYourWritesConfig>, ConfigError> {
-    let token = match raw.token.as_deref().unwrap_or("cookie") {
-        "cookie" => TokenCarrier::Cookie,
-        "header" => TokenCarrier::Header,
-        other => {
-            return Err(ConfigError::invalid(
-                "routing.read_your_writes.token",
-                format!("unknown value {other:?} (expected cookie or header)"),
-            ))
-        }
-    };
+    let token = raw.token.unwrap_or_default();
     let name = raw.name.map(|n| n.trim().to_string()).unwrap_or_else(|| {
         match token {
             TokenCarrier::Cookie => DEFAULT_TOKEN_COOKIE,
@@ -1054,6 +1038,12 @@ access_log: errors
         assert!(e.to_string().contains("unknown variant `Writer`"), "{e}");
         let e = err("reader_balancing: random");
         assert_eq!(e.key(), Some("reader_balancing"));
+        assert!(
+            e.to_string().starts_with(
+                "reader_balancing: unknown variant `random`, expected one of `round_robin`, `least_conn`, `p2c_ewma`"
+            ),
+            "{e}"
+        );
         let e = err("access_log: some");
         assert_eq!(e.key(), Some("access_log"));
         assert!(
@@ -1193,7 +1183,7 @@ access_log: errors
             (
                 "token: body",
                 "routing.read_your_writes.token",
-                "expected cookie or header",
+                "unknown variant `body`, expected `cookie` or `header`",
             ),
             (
                 "name: \"a b\"",
