@@ -451,9 +451,7 @@ pub async fn admit(
 
 /// How long writes wait after refusal number `n` (from 0) in a row.
 pub fn refused_backoff(n: u32) -> Duration {
-    REFUSED_RECHECK_FIRST
-        .saturating_mul(1u32 << n.min(16))
-        .min(REFUSED_RECHECK_MAX)
+    topology_client::backoff::doubled(REFUSED_RECHECK_FIRST, REFUSED_RECHECK_MAX, n)
 }
 
 /// Re-dials a suspect writer every [`RECHECK_INTERVAL`] until a TCP connect succeeds (then held

@@ -28,6 +28,14 @@ pub fn doubling_jittered(initial: Duration, max: Duration) -> ExponentialBuilder
     doubling(initial / 2, max / 2).with_jitter()
 }
 
+/// The `n`-th delay (from 0) of [`doubling`], exactly: `initial * 2^n`, at most `max`. For state
+/// kept between events rather than a retry loop (how long held writes wait after the `n`-th
+/// refusal in a row, how long a failing URL is skipped), where a delay is looked up by count and
+/// compared with exact figures; backon's sequence is computed in f32.
+pub fn doubled(initial: Duration, max: Duration, n: u32) -> Duration {
+    initial.saturating_mul(1u32 << n.min(31)).min(max)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -49,6 +57,22 @@ mod tests {
             .map(millis)
             .collect();
         assert_eq!(delays, [50, 100, 200, 400, 800, 1000, 1000, 1000]);
+    }
+
+    #[test]
+    fn doubled_is_the_nth_delay_of_doubling() {
+        let seq: Vec<u64> = doubling(ms(50), ms(1000))
+            .build()
+            .take(40)
+            .map(millis)
+            .collect();
+        let exact: Vec<u64> = (0..40)
+            .map(|n| doubled(ms(50), ms(1000), n).as_millis() as u64)
+            .collect();
+        assert_eq!(seq, exact);
+        assert_eq!(doubled(ms(50), ms(1000), 0), ms(50));
+        assert_eq!(doubled(ms(50), ms(1000), u32::MAX), ms(1000));
+        assert_eq!(doubled(Duration::MAX, Duration::MAX, 31), Duration::MAX);
     }
 
     #[test]

@@ -39,9 +39,7 @@ struct Failing {
 }
 
 fn pause_after(in_a_row: u32) -> Duration {
-    PAUSE_FIRST
-        .saturating_mul(1u32 << in_a_row.saturating_sub(1).min(16))
-        .min(PAUSE_MAX)
+    topology_client::backoff::doubled(PAUSE_FIRST, PAUSE_MAX, in_a_row.saturating_sub(1))
 }
 
 /// **The forwarding decision**: the leader's URL when this replica follows a known leader with a
