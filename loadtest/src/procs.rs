@@ -4,7 +4,6 @@
 //! (and anything they fork) with one `killpg`. Each child also gets `PR_SET_PDEATHSIG`, so
 //! that even a `kill -9` of loadtest itself leaves no process behind.
 
-use std::net::{SocketAddr, TcpListener};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, ExitStatus};
 use std::time::{Duration, Instant};
@@ -12,6 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Context};
 
 pub use libc::{SIGCONT, SIGINT, SIGKILL, SIGSTOP, SIGTERM};
+pub use test_kit::ports::local;
 
 pub struct Managed {
     pub name: String,
@@ -186,44 +186,11 @@ impl Drop for Group {
     }
 }
 
-/// Ports [`free_port`] hands out: below the kernel's ephemeral range (Linux's default starts at
-/// 32768). A port the kernel picks for `bind(0)` comes from that range, and so does the source
-/// port of every outgoing connection: between the moment such a port is found free and the
-/// moment a child binds it, any connection of a test running beside this one can take it (seen
-/// as rw-proxy's "Address already in use" at start-up).
-const PORTS: std::ops::Range<u16> = 20_000..32_000;
-/// Ports of one process's block (see [`port_candidate`]).
-const BLOCK: u32 = 24;
-
-/// The `n`th port to try for process `pid`: each process starts in its own block of [`PORTS`], so
-/// test processes running side by side do not hand out the same ports, and goes on through the
-/// range from there.
-fn port_candidate(pid: u32, n: u32) -> u16 {
-    let span = u32::from(PORTS.end - PORTS.start);
-    let start = (pid % (span / BLOCK)) * BLOCK;
-    // The remainder is below `span`, which fits in u16.
-    PORTS.start + ((start + n) % span) as u16
-}
-
-/// A port free right now on 127.0.0.1 (for children whose port must be known up front). Never the
-/// same port twice in one process.
+/// A port free right now on 127.0.0.1, for children whose port must be known up front: from
+/// test-kit's allocator (below the ephemeral range, a block per process, never the same port twice
+/// in one process; the reasons are with [`test_kit::ports`]).
 pub fn free_port() -> anyhow::Result<u16> {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let pid = std::process::id();
-    let span = u32::from(PORTS.end - PORTS.start);
-    for _ in 0..span {
-        let port = port_candidate(pid, NEXT.fetch_add(1, Ordering::Relaxed));
-        if TcpListener::bind(local(port)).is_ok() {
-            return Ok(port);
-        }
-    }
-    let l = TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
-    Ok(l.local_addr()?.port())
-}
-
-pub fn local(port: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], port))
+    test_kit::ports::free_port().context("finding a free port on 127.0.0.1")
 }
 
 /// Polls `check` until it returns `Some`, or fails after `timeout` with `what` in the message.
@@ -241,26 +208,5 @@ where
             return Err(anyhow!("timed out after {timeout:?} waiting for {what}"));
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn free_ports_stay_below_the_ephemeral_range_and_never_repeat() {
-        let ports: Vec<u16> = (0..50).map(|_| free_port().unwrap()).collect();
-        let unique: std::collections::BTreeSet<u16> = ports.iter().copied().collect();
-        assert_eq!(unique.len(), ports.len(), "{ports:?}");
-        assert!(ports.iter().all(|p| PORTS.contains(p)), "{ports:?}");
-    }
-
-    #[test]
-    fn processes_start_in_blocks_of_their_own() {
-        let a: Vec<u16> = (0..BLOCK).map(|n| port_candidate(1000, n)).collect();
-        let b: Vec<u16> = (0..BLOCK).map(|n| port_candidate(1001, n)).collect();
-        assert!(a.iter().all(|p| !b.contains(p)), "{a:?} {b:?}");
-        assert!((0..30_000).all(|n| PORTS.contains(&port_candidate(4_000_000, n))));
     }
 }

@@ -1,1 +1,5 @@
 //! Helpers that more than one crate's tests need. Dev-only: no shipped binary depends on it.
+//!
+//! Not the helpers of one crate's tests: those stay in that crate's `tests/support`.
+
+pub mod ports;
