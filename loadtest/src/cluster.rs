@@ -2,9 +2,14 @@
 //! writer-election (static discovery, state file, promotion calls, switchover token) and
 //! rw-proxy. Used by `loadtest demo`, `loadtest failover` and the tests.
 //!
+//! The start-up (configs, children, the waits) is the same wherever the children run:
+//! [`Cluster::start`] puts them all on 127.0.0.1, [`crate::netns::cluster`] gives each a host
+//! of its own through [`Cluster::start_on`] with its own [`Placement`] and [`Hosts`].
+//!
 //! Everything lives in one temporary directory (configs, the shared log, the election state,
 //! the token, each child's log file) that goes away with the [`Cluster`].
 
+use std::ffi::OsString;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -14,7 +19,7 @@ use anyhow::{anyhow, bail, Context};
 use serde_json::json;
 use topology_client::topology::Topology;
 
-use crate::httpc::HttpClient;
+use crate::httpc::{HttpClient, Reply};
 use crate::logging::LogFormat;
 use crate::node::api::Api;
 use crate::procs::{free_port, Group};
@@ -190,6 +195,15 @@ fn duration_str(d: Duration) -> String {
     format!("{}ms", d.as_millis())
 }
 
+/// `loadtest node`'s flags for a simulated replication lag (none for zero).
+pub fn lag_args(lag: Duration) -> Vec<String> {
+    if lag.is_zero() {
+        vec![]
+    } else {
+        vec!["--lag".into(), humantime::format_duration(lag).to_string()]
+    }
+}
+
 /// Refuses fixed ports that are taken, naming the flag to change.
 fn check_port_free(port: u16, flag: &str) -> anyhow::Result<()> {
     TcpListener::bind(("127.0.0.1", port))
@@ -215,9 +229,10 @@ pub fn promotion_config(api: Api) -> serde_json::Value {
     json!({ "preset": api.as_str() })
 }
 
+/// `listen` is the address writer-election binds (host:port).
 pub fn election_config(
     opts: &ClusterOptions,
-    listen: u16,
+    listen: &str,
     nodes: &[NodeInfo],
     state_file: &Path,
     token_file: &Path,
@@ -231,7 +246,7 @@ pub fn election_config(
         election["progress"] = progress;
     }
     json!({
-        "listen": format!("127.0.0.1:{listen}"),
+        "listen": listen,
         "discovery": { "static": { "nodes": nodes.iter().map(|n| json!({"name": n.name, "address": n.address})).collect::<Vec<_>>() } },
         // No probe.path: the preset's readiness path is the default, as in production.
         "probe": {
@@ -247,15 +262,16 @@ pub fn election_config(
     })
 }
 
+/// `listen` and `admin` are the addresses rw-proxy binds (host:port).
 pub fn proxy_config(
     opts: &ClusterOptions,
-    listen: u16,
-    admin: u16,
+    listen: &str,
+    admin: &str,
     topology: serde_json::Value,
 ) -> serde_json::Value {
     let mut cfg = json!({
-        "listen": format!("127.0.0.1:{listen}"),
-        "admin_listen": format!("127.0.0.1:{admin}"),
+        "listen": listen,
+        "admin_listen": admin,
         "topology": topology,
         "failover": { "hold_writes": duration_str(opts.hold_writes) },
         "access_log": "errors"
@@ -293,27 +309,51 @@ pub fn static_topology(nodes: &[NodeInfo], writer: &str) -> serde_json::Value {
     }})
 }
 
+/// The arguments of `loadtest node` for the node `name` binding `listen`.
+pub fn node_args(
+    opts: &ClusterOptions,
+    name: &str,
+    listen: &str,
+    stream_log: &Path,
+) -> Vec<OsString> {
+    let mut args: Vec<OsString> = ["node", "--name", name, "--listen", listen, "--log"]
+        .map(OsString::from)
+        .into();
+    args.push(stream_log.into());
+    args.extend(
+        [
+            "--api",
+            opts.api.as_str(),
+            "--promotion-delay",
+            &duration_str(opts.promotion_delay),
+        ]
+        .map(OsString::from),
+    );
+    args.extend(opts.node_args.iter().map(OsString::from));
+    args
+}
+
+/// One value of a Prometheus text exposition, summed over its label sets; None when absent.
+pub fn metric_value(text: &str, name: &str) -> Option<f64> {
+    let mut found = None;
+    for l in text.lines() {
+        let Some(rest) = l.strip_prefix(name) else {
+            continue;
+        };
+        if !(rest.starts_with(' ') || rest.starts_with('{')) {
+            continue;
+        }
+        if let Some(v) = l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) {
+            *found.get_or_insert(0.0) += v;
+        }
+    }
+    found
+}
+
 /// JSON is YAML: writing configs as JSON spares a YAML emitter and gets quoting right.
 fn write_config(path: &Path, v: &serde_json::Value) -> anyhow::Result<()> {
     let text = serde_json::to_string_pretty(v)?;
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
-}
-
-fn child_command(
-    program: &Path,
-    log_file: &Path,
-    log_format: LogFormat,
-) -> anyhow::Result<Command> {
-    let out = std::fs::File::create(log_file)
-        .with_context(|| format!("creating {}", log_file.display()))?;
-    let err = out.try_clone()?;
-    let mut cmd = Command::new(program);
-    cmd.stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .arg("--log-format")
-        .arg(log_format.as_str());
-    Ok(cmd)
 }
 
 /// Last lines of a child's log, for error messages.
@@ -323,22 +363,58 @@ pub fn log_tail(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-impl Cluster {
-    pub async fn start(opts: &ClusterOptions) -> anyhow::Result<Cluster> {
-        if opts.nodes == 0 {
-            bail!("a cluster needs at least one node");
-        }
-        let bins = Binaries::find(opts.bin_dir.as_deref())?;
-        let dir = tempfile::Builder::new()
-            .prefix("loadtest-cluster-")
-            .tempdir()
-            .context("creating a temporary directory")?;
-        let d = dir.path().to_path_buf();
-        let stream_log = d.join("stream.log");
-        let token = format!("demo-{:032x}", rand::random::<u128>());
-        let token_file = d.join("switchover-token");
-        std::fs::write(&token_file, &token).context("writing the switchover token")?;
+/// One of a cluster's children, by what it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Child<'a> {
+    Node(&'a str),
+    Election,
+    Proxy,
+}
 
+/// Where a cluster's children run: [`Cluster::start`] runs them all here, the netns cluster
+/// gives each a host of its own ([`crate::netns::cluster`]).
+pub trait Hosts {
+    /// A command that runs `program` where `child` lives.
+    fn command(&self, child: Child<'_>, program: &Path) -> anyhow::Result<Command>;
+
+    /// Called once a node's process is spawned, before anything waits for it.
+    fn node_spawned(&mut self, _node: &NodeInfo) -> anyhow::Result<()> {
+        Ok(())
+    }
+}
+
+/// Every child on this machine, on 127.0.0.1.
+pub struct Local;
+
+impl Hosts for Local {
+    fn command(&self, _child: Child<'_>, program: &Path) -> anyhow::Result<Command> {
+        Ok(Command::new(program))
+    }
+}
+
+/// The addresses of a cluster's children: where each binds and where the client reaches it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    /// Names the temporary directory (`loadtest-<label>-...`) and the switchover token.
+    pub label: &'static str,
+    pub nodes: Vec<NodeInfo>,
+    /// Where each node binds, in the order of `nodes`: its own address unless something relays
+    /// to it.
+    pub node_listen: Vec<String>,
+    pub election_listen: String,
+    pub election_url: String,
+    pub proxy_listen: String,
+    pub admin_listen: String,
+    pub proxy_url: String,
+    pub admin_url: String,
+    /// Restart rw-proxy with a static topology when it does not turn ready following the
+    /// election (see [`Cluster::start`]).
+    pub static_fallback: bool,
+}
+
+impl Placement {
+    /// Everything on 127.0.0.1, at the ports `opts` fixes or free ones.
+    pub fn local(opts: &ClusterOptions) -> anyhow::Result<Placement> {
         let mut nodes = Vec::new();
         for i in 0..opts.nodes {
             let port = match opts.base_port {
@@ -358,121 +434,188 @@ impl Cluster {
                 address,
             });
         }
-        let election_port = port_or_free(opts.election_port, "--election-port")?;
-        let proxy_port = port_or_free(opts.proxy_port, "--proxy-port")?;
-        let admin_port = port_or_free(opts.admin_port, "--admin-port")?;
+        let election = format!(
+            "127.0.0.1:{}",
+            port_or_free(opts.election_port, "--election-port")?
+        );
+        let proxy = format!(
+            "127.0.0.1:{}",
+            port_or_free(opts.proxy_port, "--proxy-port")?
+        );
+        let admin = format!(
+            "127.0.0.1:{}",
+            port_or_free(opts.admin_port, "--admin-port")?
+        );
+        Ok(Placement {
+            label: "cluster",
+            node_listen: nodes.iter().map(|n| n.address.clone()).collect(),
+            nodes,
+            election_url: format!("http://{election}"),
+            election_listen: election,
+            proxy_url: format!("http://{proxy}"),
+            admin_url: format!("http://{admin}"),
+            proxy_listen: proxy,
+            admin_listen: admin,
+            static_fallback: true,
+        })
+    }
+}
+
+impl Cluster {
+    /// The whole cluster on 127.0.0.1.
+    pub async fn start(opts: &ClusterOptions) -> anyhow::Result<Cluster> {
+        if opts.nodes == 0 {
+            bail!("a cluster needs at least one node");
+        }
+        let bins = Binaries::find(opts.bin_dir.as_deref())?;
+        Cluster::start_on(opts, bins, Placement::local(opts)?, &mut Local).await
+    }
+
+    /// Nodes first (each waited for on /health), then writer-election (until it elected a
+    /// writer), then rw-proxy following it (until it is ready).
+    pub async fn start_on(
+        opts: &ClusterOptions,
+        bins: Binaries,
+        at: Placement,
+        hosts: &mut dyn Hosts,
+    ) -> anyhow::Result<Cluster> {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("loadtest-{}-", at.label))
+            .tempdir()
+            .context("creating a temporary directory")?;
+        let d = dir.path().to_path_buf();
+        let stream_log = d.join("stream.log");
+        let token = format!("{}-{:032x}", at.label, rand::random::<u128>());
+        let token_file = d.join("switchover-token");
+        std::fs::write(&token_file, &token).context("writing the switchover token")?;
 
         let mut cluster = Cluster {
             dir,
             api: opts.api,
             group: Group::new(),
             bins,
-            nodes,
-            proxy_url: format!("http://127.0.0.1:{proxy_port}"),
-            admin_url: format!("http://127.0.0.1:{admin_port}"),
-            election_url: format!("http://127.0.0.1:{election_port}"),
+            nodes: at.nodes.clone(),
+            proxy_url: at.proxy_url.clone(),
+            admin_url: at.admin_url.clone(),
+            election_url: at.election_url.clone(),
             stream_log,
             token,
             token_file,
-            topology_mode: TopologyMode::Election,
+            topology_mode: if opts.force_static {
+                TopologyMode::Static
+            } else {
+                TopologyMode::Election
+            },
             static_writer: None,
             client: HttpClient::new(Duration::from_secs(5)),
             read_your_writes: opts.read_your_writes,
         };
 
         // Nodes first: the election probes them from its first second.
-        for n in cluster.nodes.clone() {
-            let mut cmd = child_command(
+        for (n, listen) in at.nodes.iter().zip(&at.node_listen) {
+            let mut cmd = cluster.child_command(
+                hosts,
+                Child::Node(&n.name),
                 &cluster.bins.loadtest,
-                &d.join(format!("{}.log", n.name)),
+                &n.name,
                 opts.log_format,
             )?;
-            cmd.args(["node", "--name", &n.name, "--listen", &n.address])
-                .arg("--log")
-                .arg(&cluster.stream_log)
-                .args(["--api", opts.api.as_str()])
-                .arg("--promotion-delay")
-                .arg(duration_str(opts.promotion_delay))
-                .args(&opts.node_args);
+            cmd.args(node_args(opts, &n.name, listen, &cluster.stream_log));
             cluster.group.spawn(&n.name, cmd)?;
+            hosts.node_spawned(n)?;
         }
-        for n in cluster.nodes.clone() {
+        for n in &at.nodes {
             cluster
                 .wait_healthy(&n.name, &format!("{}/health", n.url))
                 .await?;
         }
 
-        // The proxy follows the election (topology.election_url). A static topology is the
-        // fallback for rw-proxy builds that cannot follow yet (see start_proxy).
-        let proxy_cfg = d.join("proxy.yaml");
-        let live = proxy_config(
-            opts,
-            proxy_port,
-            admin_port,
-            json!({"election_url": cluster.election_url}),
-        );
-        if opts.force_static {
-            cluster.topology_mode = TopologyMode::Static;
-        }
-        let state_file = d.join("election-state.json");
         let election_cfg = d.join("election.yaml");
         write_config(
             &election_cfg,
             &election_config(
                 opts,
-                election_port,
+                &at.election_listen,
                 &cluster.nodes,
-                &state_file,
+                &d.join("election-state.json"),
                 &cluster.token_file,
             ),
         )?;
-
-        let mut cmd = child_command(
+        let mut cmd = cluster.child_command(
+            hosts,
+            Child::Election,
             &cluster.bins.writer_election,
-            &d.join("writer-election.log"),
+            "writer-election",
             opts.log_format,
         )?;
         cmd.arg("--config").arg(&election_cfg);
         cluster.group.spawn("writer-election", cmd)?;
         cluster.wait_writer_elected().await?;
 
-        cluster
-            .start_proxy(&proxy_cfg, &live, opts, proxy_port, admin_port)
-            .await?;
+        cluster.start_proxy(opts, &at, hosts).await?;
         Ok(cluster)
     }
 
-    /// Starts rw-proxy following the election; if it does not turn ready in time (a build that
-    /// accepts `topology.election_url` but cannot follow yet), restarts it with a static
-    /// topology naming the writer the election promoted, and says so.
+    /// `program` where `child` lives, its output in `<log>.log` of the cluster's directory.
+    fn child_command(
+        &self,
+        hosts: &dyn Hosts,
+        child: Child<'_>,
+        program: &Path,
+        log: &str,
+        log_format: LogFormat,
+    ) -> anyhow::Result<Command> {
+        let path = self.child_log(log);
+        let out =
+            std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+        let err = out.try_clone()?;
+        let mut cmd = hosts.command(child, program)?;
+        cmd.stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .arg("--log-format")
+            .arg(log_format.as_str());
+        Ok(cmd)
+    }
+
+    /// Starts rw-proxy following the election (topology.election_url). Where the placement
+    /// allows it, a proxy that does not turn ready in time (a build that accepts
+    /// `topology.election_url` but cannot follow yet) is restarted with a static topology
+    /// naming the writer the election promoted, and the run says so.
     async fn start_proxy(
         &mut self,
-        path: &Path,
-        live: &serde_json::Value,
         opts: &ClusterOptions,
-        proxy_port: u16,
-        admin_port: u16,
+        at: &Placement,
+        hosts: &dyn Hosts,
     ) -> anyhow::Result<()> {
-        let log_format = opts.log_format;
-        let d = self.dir.path().to_path_buf();
+        let path = self.dir.path().join("proxy.yaml");
         let ready = format!("{}/health/ready", self.admin_url);
+        let config = |topology| proxy_config(opts, &at.proxy_listen, &at.admin_listen, topology);
         let spawn = |cluster: &mut Cluster, cfg: &serde_json::Value| -> anyhow::Result<()> {
-            write_config(path, cfg)?;
-            if !cluster.proxy_config_ok(path)? {
+            write_config(&path, cfg)?;
+            if !cluster.proxy_config_ok(&path)? {
                 bail!(
                     "rw-proxy --check rejects the generated config {}: {}",
                     path.display(),
-                    cluster.proxy_check_output(path)?
+                    cluster.proxy_check_output(&path)?
                 );
             }
-            let mut cmd =
-                child_command(&cluster.bins.rw_proxy, &d.join("rw-proxy.log"), log_format)?;
-            cmd.arg("--config").arg(path);
+            let mut cmd = cluster.child_command(
+                hosts,
+                Child::Proxy,
+                &cluster.bins.rw_proxy,
+                "rw-proxy",
+                opts.log_format,
+            )?;
+            cmd.arg("--config").arg(&path);
             cluster.group.spawn("rw-proxy", cmd)?;
             Ok(())
         };
         if self.topology_mode == TopologyMode::Election {
-            spawn(self, live)?;
+            spawn(self, &config(json!({"election_url": self.election_url})))?;
+            if !at.static_fallback {
+                return self.wait_healthy("rw-proxy", &ready).await;
+            }
             match self
                 .wait_healthy_within("rw-proxy", &ready, Duration::from_secs(15))
                 .await
@@ -498,12 +641,7 @@ impl Cluster {
             .writer
             .map(|w| w.name)
             .ok_or_else(|| anyhow!("writer-election has no writer for the static topology"))?;
-        let fixed = proxy_config(
-            opts,
-            proxy_port,
-            admin_port,
-            static_topology(&self.nodes, &writer),
-        );
+        let fixed = config(static_topology(&self.nodes, &writer));
         self.static_writer = Some(writer);
         spawn(self, &fixed)?;
         self.wait_healthy("rw-proxy", &ready).await
@@ -539,6 +677,17 @@ impl Cluster {
         self.dir.path().join(format!("{name}.log"))
     }
 
+    /// Fails, with the child's last log lines, if a child exited.
+    fn check_alive(&mut self) -> anyhow::Result<()> {
+        if let Some((n, st)) = self.group.reap().into_iter().next() {
+            bail!(
+                "{n} exited during start-up ({st}); its log:\n{}",
+                log_tail(&self.child_log(&n), 20)
+            );
+        }
+        Ok(())
+    }
+
     /// Polls `url` until it answers 200; fails early, with the child's last log lines, if the
     /// child exits.
     async fn wait_healthy(&mut self, name: &str, url: &str) -> anyhow::Result<()> {
@@ -554,17 +703,10 @@ impl Cluster {
     ) -> anyhow::Result<()> {
         let deadline = tokio::time::Instant::now() + within;
         loop {
-            if let Ok(r) = self.client.get(url).await {
-                if r.status == 200 {
-                    return Ok(());
-                }
+            if self.client.get(url).await.is_ok_and(|r| r.status == 200) {
+                return Ok(());
             }
-            if let Some((n, st)) = self.group.reap().into_iter().next() {
-                bail!(
-                    "{n} exited during start-up ({st}); its log:\n{}",
-                    log_tail(&self.child_log(&n), 20)
-                );
-            }
+            self.check_alive()?;
             if tokio::time::Instant::now() >= deadline {
                 bail!(
                     "{name} did not answer 200 on {url} within {within:?}; its log:\n{}",
@@ -583,12 +725,7 @@ impl Cluster {
                     return Ok(t);
                 }
             }
-            if let Some((n, st)) = self.group.reap().into_iter().next() {
-                bail!(
-                    "{n} exited during start-up ({st}); its log:\n{}",
-                    log_tail(&self.child_log(&n), 20)
-                );
-            }
+            self.check_alive()?;
             if tokio::time::Instant::now() >= deadline {
                 bail!(
                     "writer-election elected no writer within 60s; its log:\n{}",
@@ -608,6 +745,35 @@ impl Cluster {
             bail!("GET /v1/topology: HTTP {}: {}", r.status, r.text());
         }
         serde_json::from_slice(&r.body).context("GET /v1/topology: not a topology document")
+    }
+
+    /// A planned switchover (POST /v1/switchover with the cluster's token).
+    pub async fn switchover(&self) -> anyhow::Result<Reply> {
+        let auth = format!("Bearer {}", self.token);
+        // A switchover answers only after the proxies drained and the new writer was promoted:
+        // longer than the cluster client's timeout.
+        HttpClient::new(Duration::from_secs(60))
+            .send(
+                http::Method::POST,
+                &format!("{}/v1/switchover", self.election_url),
+                &[
+                    ("Authorization", &auth),
+                    ("Content-Type", "application/json"),
+                ],
+                "{}",
+            )
+            .await
+    }
+
+    /// One value of rw-proxy's metrics (summed over label sets), None when absent or
+    /// unreachable.
+    pub async fn proxy_metric(&self, name: &str) -> Option<f64> {
+        let r = self
+            .client
+            .get(&format!("{}/metrics", self.admin_url))
+            .await
+            .ok()?;
+        metric_value(&r.text(), name)
     }
 
     pub fn node(&self, name: &str) -> Option<&NodeInfo> {
@@ -640,9 +806,15 @@ mod tests {
     #[test]
     fn defaults_leave_routing_alone_and_measure_progress_for_most_caught_up() {
         let opts = ClusterOptions::default();
-        let p = proxy_config(&opts, 1, 2, json!({}));
+        let p = proxy_config(&opts, "127.0.0.1:1", "127.0.0.1:2", json!({}));
         assert!(p.get("routing").is_none(), "{p}");
-        let e = election_config(&opts, 3, &nodes(), Path::new("s"), Path::new("t"));
+        let e = election_config(
+            &opts,
+            "127.0.0.1:3",
+            &nodes(),
+            Path::new("s"),
+            Path::new("t"),
+        );
         assert_eq!(
             e["election"]["progress"],
             json!({ "path": "/replication/offset", "json_pointer": "/offset" })
@@ -651,7 +823,7 @@ mod tests {
             candidate_order: "name".into(),
             ..ClusterOptions::default()
         };
-        let e = election_config(&by_name, 3, &nodes(), Path::new("s"), Path::new("t"));
+        let e = election_config(&by_name, "x:3", &nodes(), Path::new("s"), Path::new("t"));
         assert!(e["election"].get("progress").is_none(), "{e}");
     }
 
@@ -668,7 +840,7 @@ mod tests {
             progress_interval: Some(Duration::from_millis(100)),
             ..ClusterOptions::default()
         };
-        let p = proxy_config(&opts, 1, 2, json!({}));
+        let p = proxy_config(&opts, "127.0.0.1:1", "127.0.0.1:2", json!({}));
         assert_eq!(
             p["routing"],
             json!({
@@ -676,8 +848,138 @@ mod tests {
                 "max_reader_lag": { "offsets": 50, "duration": "1500ms" }
             })
         );
-        let e = election_config(&opts, 3, &nodes(), Path::new("s"), Path::new("t"));
+        let e = election_config(&opts, "x:3", &nodes(), Path::new("s"), Path::new("t"));
         assert_eq!(e["election"]["progress"]["interval"], "100ms");
         assert_eq!(e["election"]["progress"]["path"], "/replication/offset");
+    }
+
+    #[test]
+    fn the_configs_bind_the_addresses_given_and_name_every_node() {
+        let opts = ClusterOptions::default();
+        let e = election_config(
+            &opts,
+            "0.0.0.0:8081",
+            &nodes(),
+            Path::new("/d/state.json"),
+            Path::new("/d/token"),
+        );
+        assert_eq!(e["listen"], "0.0.0.0:8081");
+        assert_eq!(
+            e["discovery"]["static"]["nodes"],
+            json!([{ "name": "node-1", "address": "127.0.0.1:1" }])
+        );
+        assert_eq!(e["probe"]["interval"], "200ms");
+        assert_eq!(e["probe"]["timeout"], "150ms");
+        assert_eq!(e["state"]["file"], "/d/state.json");
+        assert_eq!(e["switchover"]["token_file"], "/d/token");
+        assert_eq!(e["promotion"], json!({ "preset": "microstream" }));
+        let p = proxy_config(
+            &opts,
+            "0.0.0.0:8080",
+            "0.0.0.0:9901",
+            json!({ "election_url": "http://e" }),
+        );
+        assert_eq!(p["listen"], "0.0.0.0:8080");
+        assert_eq!(p["admin_listen"], "0.0.0.0:9901");
+        assert_eq!(p["topology"]["election_url"], "http://e");
+        assert_eq!(p["failover"]["hold_writes"], "5000ms");
+    }
+
+    #[test]
+    fn a_static_topology_names_the_writer_and_the_rest_as_readers() {
+        let two = vec![
+            nodes().remove(0),
+            NodeInfo {
+                name: "node-2".into(),
+                address: "127.0.0.1:2".into(),
+                url: "http://127.0.0.1:2".into(),
+            },
+        ];
+        assert_eq!(
+            static_topology(&two, "node-2"),
+            json!({ "static": {
+                "writer": { "name": "node-2", "address": "127.0.0.1:2" },
+                "readers": [{ "name": "node-1", "address": "127.0.0.1:1" }]
+            }})
+        );
+    }
+
+    #[test]
+    fn a_node_gets_its_name_address_log_api_delay_and_extra_flags() {
+        let opts = ClusterOptions {
+            api: Api::EclipseDatagrid,
+            promotion_delay: Duration::from_millis(1500),
+            node_args: lag_args(Duration::from_millis(300)),
+            ..ClusterOptions::default()
+        };
+        let args = node_args(
+            &opts,
+            "node-2",
+            "127.0.0.1:9101",
+            Path::new("/d/stream.log"),
+        );
+        let args: Vec<&str> = args.iter().map(|a| a.to_str().unwrap()).collect();
+        assert_eq!(
+            args,
+            [
+                "node",
+                "--name",
+                "node-2",
+                "--listen",
+                "127.0.0.1:9101",
+                "--log",
+                "/d/stream.log",
+                "--api",
+                Api::EclipseDatagrid.as_str(),
+                "--promotion-delay",
+                "1500ms",
+                "--lag",
+                "300ms"
+            ]
+        );
+        assert!(lag_args(Duration::ZERO).is_empty());
+    }
+
+    #[test]
+    fn a_metric_is_summed_over_its_label_sets_and_other_names_do_not_count() {
+        let text = "# TYPE rw_proxy_held gauge\n\
+                    rw_proxy_held{kind=\"a\"} 2\n\
+                    rw_proxy_held{kind=\"b\"} 3.5\n\
+                    rw_proxy_held_total 100\n\
+                    rw_proxy_writer_epoch 7\n";
+        assert_eq!(metric_value(text, "rw_proxy_held"), Some(5.5));
+        assert_eq!(metric_value(text, "rw_proxy_writer_epoch"), Some(7.0));
+        assert_eq!(metric_value(text, "rw_proxy_missing"), None);
+    }
+
+    #[test]
+    fn the_local_placement_puts_every_child_on_loopback_at_the_ports_asked_for() {
+        let (base, e, p, a) = (
+            free_port().unwrap(),
+            free_port().unwrap(),
+            free_port().unwrap(),
+            free_port().unwrap(),
+        );
+        let opts = ClusterOptions {
+            nodes: 1,
+            base_port: Some(base),
+            election_port: Some(e),
+            proxy_port: Some(p),
+            admin_port: Some(a),
+            ..ClusterOptions::default()
+        };
+        let at = Placement::local(&opts).unwrap();
+        assert_eq!(at.nodes[0].address, format!("127.0.0.1:{base}"));
+        assert_eq!(at.nodes[0].url, format!("http://127.0.0.1:{base}"));
+        assert_eq!(at.node_listen, [at.nodes[0].address.clone()]);
+        assert_eq!(at.election_url, format!("http://127.0.0.1:{e}"));
+        assert_eq!(at.election_listen, format!("127.0.0.1:{e}"));
+        assert_eq!(at.proxy_url, format!("http://127.0.0.1:{p}"));
+        assert_eq!(at.admin_listen, format!("127.0.0.1:{a}"));
+        assert!(at.static_fallback);
+        // A fixed port that is taken is refused, naming the flag.
+        let _held = TcpListener::bind(("127.0.0.1", e)).unwrap();
+        let err = Placement::local(&opts).unwrap_err().to_string();
+        assert!(err.contains("--election-port"), "{err}");
     }
 }

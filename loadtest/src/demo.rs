@@ -63,14 +63,7 @@ pub async fn main(args: DemoArgs, log_format: LogFormat) -> anyhow::Result<u8> {
         admin_port: Some(args.admin_port),
         election_port: Some(args.election_port),
         bin_dir: args.bin_dir.clone(),
-        node_args: if args.lag.is_zero() {
-            vec![]
-        } else {
-            vec![
-                "--lag".into(),
-                humantime::format_duration(args.lag).to_string(),
-            ]
-        },
+        node_args: crate::cluster::lag_args(args.lag),
         force_static: args.static_topology,
         api: args.api,
         log_format,

@@ -48,7 +48,14 @@ async fn start(api: Api, extra: &[&[&str]]) -> Setup {
     let port = free_port().unwrap();
     let token = dir.path().join("token");
     std::fs::write(&token, "test-token").unwrap();
-    let cfg = election_config(&opts, port, &nodes, &dir.path().join("state.json"), &token);
+    let listen = format!("127.0.0.1:{port}");
+    let cfg = election_config(
+        &opts,
+        &listen,
+        &nodes,
+        &dir.path().join("state.json"),
+        &token,
+    );
     let cfg_path = dir.path().join("election.yaml");
     std::fs::write(&cfg_path, serde_json::to_string_pretty(&cfg).unwrap()).unwrap();
     let election = bin_dir.join("writer-election");
@@ -66,7 +73,7 @@ async fn start(api: Api, extra: &[&[&str]]) -> Setup {
         group,
         log,
         nodes,
-        election_url: format!("http://127.0.0.1:{port}"),
+        election_url: format!("http://{listen}"),
     }
 }
 

@@ -13,7 +13,7 @@ use topology_client::topology::Topology;
 
 use super::check::{self, Analysis};
 use super::{ms_between, ReadBack, WriterRef};
-use crate::cluster::ClusterOptions;
+use crate::cluster::{Cluster, ClusterOptions};
 use crate::logging::LogFormat;
 use crate::netns::cluster::{run_in_client, NetCluster, CLIENT, ELECTION, PROXY};
 use crate::netns::{Lab, NsHandle};
@@ -264,18 +264,18 @@ pub async fn main(
                     log_format,
                     ..ClusterOptions::default()
                 };
-                let mut cluster = NetCluster::start(lab, &opts).await?;
+                let mut net = NetCluster::start(lab, &opts).await?;
                 let mut cancel = cancel_rx;
                 let result = tokio::select! {
-                    r = scenario(&a, partition, &mut cluster) => r,
+                    r = scenario(&a, partition, &net) => r,
                     _ = cancel.changed() => Err(anyhow::anyhow!("interrupted")),
                 };
-                let _ = cluster.lab.heal_all();
-                cluster.stop(Duration::from_secs(10));
+                let _ = net.lab.heal_all();
+                net.stop(Duration::from_secs(10));
                 let kept = a.keep_dir.then(|| {
                     // The directory outlives the cluster; the namespaces do not.
                     let dir = std::mem::replace(
-                        &mut cluster.dir,
+                        &mut net.cluster.dir,
                         match tempfile::tempdir() {
                             Ok(d) => d,
                             Err(_) => return String::new(),
@@ -338,8 +338,9 @@ fn heal(c: &NetCluster) -> anyhow::Result<()> {
 async fn scenario(
     args: &super::FailoverArgs,
     p: Partition,
-    c: &mut NetCluster,
+    net: &NetCluster,
 ) -> anyhow::Result<PartitionReport> {
+    let c = &net.cluster;
     let first = c.topology().await?;
     let Some(old) = first.writer.clone() else {
         bail!("writer-election has no writer before the fault");
@@ -378,7 +379,7 @@ async fn scenario(
 
     tokio::time::sleep_until(start + args.fault_after).await;
     let fault_at = Instant::now();
-    if let Err(e) = inject(p, c, &old.name).await {
+    if let Err(e) = inject(p, net, &old.name).await {
         load.abort();
         follower.abort();
         return Err(e.context("injecting the fault"));
@@ -406,7 +407,7 @@ async fn scenario(
         tokio::time::sleep_until((Instant::now() + Duration::from_millis(100)).min(heal_at)).await;
     }
     let healed_at = Instant::now();
-    heal(c).context("healing the fault")?;
+    heal(net).context("healing the fault")?;
     tracing::info!(partition = %p, "healed");
     let recovered_at = wait_recovered(c, Duration::from_secs(30)).await;
 
@@ -503,7 +504,7 @@ async fn scenario(
 
 /// Heal -> election has a writer, the proxy is at its epoch and reaches the election, and a
 /// write through the proxy is acknowledged. None if that did not happen within `within`.
-async fn wait_recovered(c: &NetCluster, within: Duration) -> Option<Instant> {
+async fn wait_recovered(c: &Cluster, within: Duration) -> Option<Instant> {
     let deadline = Instant::now() + within;
     let mut i = 0u64;
     while Instant::now() < deadline {
