@@ -1,4 +1,4 @@
-//! The topology document served on `GET /v1/topology` (README.md, "Topology API").
+//! The topology document served on `GET /v1/topology` (docs/api.md).
 //!
 //! These types are the wire contract between writer-election and every rw-proxy. Unknown fields
 //! are ignored on purpose: an older proxy must keep working against a newer election service.

@@ -1,5 +1,5 @@
 //! Replication progress: the leader's progress rounds and the lag estimate published as
-//! `replication` in the topology (README, "Topology API").
+//! `replication` in the topology (docs/api.md, "replication").
 //!
 //! With `election.progress` configured, the leader runs one round every
 //! `election.progress.interval` on a task of its own ([`spawn`]; it ends when the replica stops
