@@ -1,13 +1,16 @@
 //! The history check of a failover run, as plain functions over the client's write history and
 //! the shared log: what was acknowledged and lost, which epochs two nodes accepted, how long
-//! the client saw no writer, which writes failed or were held.
+//! the client saw no writer, which writes failed or were held; and the rules both scenarios
+//! judge the read-back, the token reads and the failover time by.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
 
 use serde::Serialize;
 
 use crate::node::log::{Line, Record};
 use crate::run::history::WriteRecord;
+use crate::run::pairs::PairStats;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -77,6 +80,19 @@ pub struct Analysis {
     pub first_new_ack_ms: Option<f64>,
     /// Nodes that acknowledged writes after the fault, in order of first ack.
     pub writers_after_fault: Vec<String>,
+}
+
+/// Every acknowledged write read back after catch-up, from each live node and through the
+/// proxy.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ReadBack {
+    /// Acknowledged writes checked.
+    pub checked: u64,
+    /// node -> acknowledged writes missing or different there after catch-up.
+    pub missing_on_node: BTreeMap<String, u64>,
+    /// Acknowledged writes the proxy could not return (with X-Consistency: strong).
+    pub missing_via_proxy: u64,
+    pub examples: Vec<String>,
 }
 
 fn ms(us: u64) -> f64 {
@@ -294,6 +310,70 @@ pub fn failures(fault: Fault, a: &Analysis, old_writer: &str) -> Vec<String> {
     f
 }
 
+/// An acknowledged write that a live node or the proxy does not return after catch-up is lost
+/// to its readers: one sentence per node that misses some, one for the proxy.
+pub fn read_back_failures(rb: &ReadBack) -> Vec<String> {
+    let mut f = Vec::new();
+    for (node, missing) in &rb.missing_on_node {
+        if *missing > 0 {
+            f.push(format!(
+                "{missing} acknowledged writes missing or different on {node} after catch-up"
+            ));
+        }
+    }
+    if rb.missing_via_proxy > 0 {
+        f.push(format!(
+            "{} acknowledged writes not returned through rw-proxy",
+            rb.missing_via_proxy
+        ));
+    }
+    f
+}
+
+/// A token read that misses the write before it breaks read-your-writes; so does a run whose
+/// token pairs checked nothing (then the check proved nothing).
+pub fn token_read_failures(p: &PairStats) -> Vec<String> {
+    let mut f = Vec::new();
+    if p.stale > 0 {
+        f.push(format!(
+            "{} of {} reads carrying a read-your-writes token did not return the write before \
+             them (e.g. {})",
+            p.stale,
+            p.checked,
+            p.stale_examples
+                .iter()
+                .take(3)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("; ")
+        ));
+    }
+    if p.checked == 0 {
+        f.push("no read carrying a read-your-writes token was answered: nothing checked".into());
+    }
+    f
+}
+
+/// `--max-failover-time` broken: the client saw no writer for longer.
+pub fn failover_time_failure(max: Option<Duration>, got_ms: Option<f64>) -> Option<String> {
+    let (max, got) = (max?, got_ms?);
+    (got > max.as_secs_f64() * 1000.0)
+        .then(|| format!("client-seen failover took {got} ms, over --max-failover-time {max:?}"))
+}
+
+/// The run counts errors of reads and writes together (`run_errors`, by kind); the history has
+/// the write ones.
+pub fn read_errors(run_errors: &BTreeMap<String, u64>, a: &Analysis) -> BTreeMap<String, u64> {
+    run_errors
+        .iter()
+        .map(|(k, v)| {
+            let writes = a.writes.failed_by_kind.get(k).copied().unwrap_or(0);
+            (k.clone(), v.saturating_sub(writes))
+        })
+        .filter(|(_, v)| *v > 0)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -447,5 +527,76 @@ mod tests {
         let a = analyze(&h, &l, 1000, 1000, "node-1");
         let f = failures(Fault::Kill, &a, "node-1");
         assert!(f.iter().any(|s| s.contains("in flight")), "{f:?}");
+    }
+
+    #[test]
+    fn a_write_missing_on_a_node_or_through_the_proxy_fails() {
+        let clean = ReadBack {
+            checked: 5,
+            missing_on_node: BTreeMap::from([("node-2".into(), 0), ("node-3".into(), 0)]),
+            ..ReadBack::default()
+        };
+        assert!(read_back_failures(&clean).is_empty());
+        let bad = ReadBack {
+            checked: 5,
+            missing_on_node: BTreeMap::from([("node-2".into(), 0), ("node-3".into(), 2)]),
+            missing_via_proxy: 1,
+            examples: vec![],
+        };
+        let f = read_back_failures(&bad);
+        assert_eq!(f.len(), 2, "{f:?}");
+        assert!(f[0].starts_with("2 ") && f[0].contains("node-3"), "{f:?}");
+        assert!(f[1].starts_with("1 ") && f[1].contains("rw-proxy"), "{f:?}");
+    }
+
+    #[test]
+    fn a_stale_token_read_or_none_checked_fails_the_run() {
+        let clean = PairStats {
+            checked: 10,
+            fresh: 10,
+            ..Default::default()
+        };
+        assert!(token_read_failures(&clean).is_empty());
+        let stale = PairStats {
+            checked: 10,
+            fresh: 9,
+            stale: 1,
+            stale_examples: vec!["p1: node-2 answered 404".into()],
+            ..Default::default()
+        };
+        let f = token_read_failures(&stale);
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert!(f[0].contains("1 of 10") && f[0].contains("node-2"), "{f:?}");
+        let none = PairStats::default();
+        assert!(token_read_failures(&none)[0].contains("nothing checked"));
+    }
+
+    #[test]
+    fn only_a_measured_failover_longer_than_the_limit_fails() {
+        let max = Some(Duration::from_millis(500));
+        assert_eq!(failover_time_failure(max, Some(500.0)), None);
+        let f = failover_time_failure(max, Some(500.1)).unwrap();
+        assert!(
+            f.contains("500.1 ms") && f.contains("--max-failover-time"),
+            "{f}"
+        );
+        assert_eq!(failover_time_failure(None, Some(9e9)), None);
+        assert_eq!(failover_time_failure(max, None), None);
+    }
+
+    #[test]
+    fn read_errors_are_the_run_errors_less_the_failed_writes() {
+        let (mut h, l) = scenario();
+        h.push(w("e", 5000, 5001, "http_503", None, 0));
+        let a = analyze(&h, &l, 1000, 1000, "node-1");
+        let run = BTreeMap::from([
+            ("io".into(), 3),
+            ("http_503".into(), 1),
+            ("timeout".into(), 2),
+        ]);
+        assert_eq!(
+            read_errors(&run, &a),
+            BTreeMap::from([("io".into(), 2), ("timeout".into(), 2)])
+        );
     }
 }

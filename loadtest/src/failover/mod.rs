@@ -14,24 +14,26 @@
 
 pub mod check;
 pub mod partition;
+pub mod report;
+pub mod scenario;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{bail, Context};
-use futures::StreamExt;
+use anyhow::Context;
 use serde::Serialize;
 use tokio::time::Instant;
-use topology_client::topology::Topology;
 
-use crate::cluster::{Cluster, ClusterOptions, TopologyMode};
+use crate::cluster::{Cluster, TopologyMode};
 use crate::logging::LogFormat;
-use crate::node::log::read_all;
 use crate::procs::{SIGCONT, SIGKILL, SIGSTOP};
-use crate::run::history::WriteRecord;
 use crate::run::{self, LoadConfig, Mode, RunReport};
+pub use check::ReadBack;
 use check::{Analysis, Fault};
+pub use report::WriterRef;
+use report::{ms_between, opt_ms, row};
+use scenario::Watch;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Victim {
@@ -145,23 +147,6 @@ impl FailoverArgs {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct WriterRef {
-    pub name: String,
-    pub epoch: u64,
-}
-
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct ReadBack {
-    /// Acknowledged writes checked.
-    pub checked: u64,
-    /// node -> acknowledged writes missing or different there after catch-up.
-    pub missing_on_node: std::collections::BTreeMap<String, u64>,
-    /// Acknowledged writes the proxy could not return (with X-Consistency: strong).
-    pub missing_via_proxy: u64,
-    pub examples: Vec<String>,
-}
-
-#[derive(Debug, Clone, Serialize)]
 pub struct FailoverReport {
     pub scenario: Fault,
     pub topology_mode: &'static str,
@@ -175,7 +160,7 @@ pub struct FailoverReport {
     pub fault_response: Option<String>,
     pub analysis: Analysis,
     pub read_back: ReadBack,
-    pub read_errors: std::collections::BTreeMap<String, u64>,
+    pub read_errors: BTreeMap<String, u64>,
     /// The pairs that carried the read-your-writes token (absent with --token-pair-rate 0).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token_reads: Option<run::pairs::PairReport>,
@@ -185,48 +170,16 @@ pub struct FailoverReport {
     pub kept_dir: Option<String>,
 }
 
-pub(crate) fn ms_between(a: Instant, b: Instant) -> f64 {
-    let d = if b >= a { b - a } else { Duration::ZERO };
-    (d.as_secs_f64() * 10_000.0).round() / 10.0
-}
-
 pub async fn main(args: FailoverArgs, log_format: LogFormat) -> anyhow::Result<u8> {
-    if !(args.token_pair_rate >= 0.0 && args.token_pair_rate.is_finite()) {
-        bail!(
-            "--token-pair-rate {}: must be 0 (none) or a positive number of pairs per second",
-            args.token_pair_rate
-        );
-    }
-    if args.fault_after >= args.duration {
-        bail!(
-            "--fault-after {:?} must be shorter than --duration {:?}",
-            args.fault_after,
-            args.duration
-        );
-    }
+    scenario::validate(&args)?;
     if let Some(p) = args.fault.partition {
         return partition::main(args, p, log_format).await;
     }
     let fault = args.fault();
-    let opts = ClusterOptions {
-        nodes: args.nodes,
-        api: args.api,
-        bin_dir: args.bin_dir.clone(),
-        node_args: if args.lag.is_zero() {
-            vec![]
-        } else {
-            vec![
-                "--lag".into(),
-                humantime::format_duration(args.lag).to_string(),
-            ]
-        },
-        log_format,
+    let opts = crate::cluster::ClusterOptions {
         read_your_writes: true,
-        ..ClusterOptions::default()
+        ..scenario::cluster_options(&args, log_format)
     };
-    if args.nodes < 2 {
-        bail!("--nodes {}: a failover needs at least 2 nodes", args.nodes);
-    }
     eprintln!(
         "failover {}: starting a {}-node cluster ...",
         fault.as_str(),
@@ -251,12 +204,7 @@ pub async fn main(args: FailoverArgs, log_format: LogFormat) -> anyhow::Result<u
         }
     };
     report.kept_dir = kept;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print!("{}", render_text(&report));
-    }
-    Ok(if report.passed { 0 } else { 1 })
+    report::print(args.json, &report, report.passed, render_text)
 }
 
 async fn scenario(
@@ -264,45 +212,11 @@ async fn scenario(
     fault: Fault,
     cluster: &mut Cluster,
 ) -> anyhow::Result<FailoverReport> {
-    let first = cluster.topology().await?;
-    let Some(old) = first.writer.clone() else {
-        bail!("writer-election has no writer before the fault");
-    };
-    let old_writer = WriterRef {
-        name: old.name.clone(),
-        epoch: first.epoch,
-    };
-
     // Topology timeline, to see when the election published the new writer.
-    let timeline: Arc<Mutex<Vec<(Instant, Topology)>>> = Arc::default();
-    let follower = {
-        let timeline = timeline.clone();
-        tokio::spawn(crate::topo::follow(
-            cluster.election_url.clone(),
-            move |_, t| {
-                if let Ok(mut v) = timeline.lock() {
-                    v.push((Instant::now(), t.clone()));
-                }
-            },
-        ))
-    };
+    let watch = Watch::start(cluster).await?;
+    let old = watch.old_writer.clone();
 
-    let cfg = LoadConfig {
-        target: run::parse_target(&cluster.proxy_url).await?,
-        mode: Mode::Open {
-            rate: args.rate,
-            connections: 64,
-        },
-        duration: args.duration,
-        read_ratio: args.read_ratio,
-        keys: 1000,
-        value_size: 64,
-        timeout: args.timeout,
-        headers: vec![],
-        unique_write_keys: true,
-        record_history: true,
-        progress: false,
-    };
+    let cfg = scenario::load_config(args, run::parse_target(&cluster.proxy_url).await?);
     let start = Instant::now();
     let pairs = (args.token_pair_rate > 0.0).then(|| {
         let mut pc = run::pairs::PairConfig::new(run::pairs::TokenUse::On);
@@ -351,15 +265,8 @@ async fn scenario(
         }
         None => None,
     };
-    follower.abort();
-
-    let new_topology = timeline.lock().ok().and_then(|v| {
-        v.iter()
-            .find(|(t, topo)| {
-                *t >= fault_at && topo.writer.as_ref().is_some_and(|w| w.name != old.name)
-            })
-            .cloned()
-    });
+    let timeline = watch.stop();
+    let publish = scenario::first_publication(&timeline, fault_at, &old.name);
     let current = cluster.topology().await.ok();
     let new_writer = current
         .as_ref()
@@ -368,46 +275,27 @@ async fn scenario(
         .map(|(name, epoch)| WriterRef { name, epoch });
 
     // Let every live node apply the whole log before reading back from it.
-    let lines = read_all(&cluster.stream_log).context("reading the shared log")?;
     let live: Vec<_> = cluster
         .nodes
         .iter()
         .filter(|n| !(fault == Fault::Kill && n.name == old.name))
         .cloned()
         .collect();
-    for n in &live {
-        wait_caught_up(&cluster.client, &n.url, lines.len() as u64).await?;
-    }
+    let (lines, read_back) = scenario::settle(cluster, &live, &outcome.history).await?;
 
     let fault_us = (fault_at - start).as_micros() as u64;
     let gone_us = (gone_at - start).as_micros() as u64;
     let analysis = check::analyze(&outcome.history, &lines, fault_us, gone_us, &old.name);
-    let read_back = read_back(&cluster.client, &cluster.proxy_url, &live, &outcome.history).await;
 
     let mut failures = check::failures(fault, &analysis, &old.name);
     if let Some(t) = &token_reads {
-        failures.extend(token_read_failures(&t.stats));
+        failures.extend(check::token_read_failures(&t.stats));
     }
-    for (node, missing) in &read_back.missing_on_node {
-        if *missing > 0 {
-            failures.push(format!(
-                "{missing} acknowledged writes missing or different on {node} after catch-up"
-            ));
-        }
-    }
-    if read_back.missing_via_proxy > 0 {
-        failures.push(format!(
-            "{} acknowledged writes not returned through rw-proxy",
-            read_back.missing_via_proxy
-        ));
-    }
-    if let (Some(max), Some(got)) = (args.max_failover_time, analysis.client_failover_ms) {
-        if got > max.as_secs_f64() * 1000.0 {
-            failures.push(format!(
-                "client-seen failover took {got} ms, over --max-failover-time {max:?}"
-            ));
-        }
-    }
+    failures.extend(check::read_back_failures(&read_back));
+    failures.extend(check::failover_time_failure(
+        args.max_failover_time,
+        analysis.client_failover_ms,
+    ));
     if fault == Fault::Switchover {
         if let Some(r) = &fault_response {
             if !r.starts_with("HTTP 2") {
@@ -426,7 +314,7 @@ async fn scenario(
         run::history::write_jsonl(path, &outcome.history)?;
     }
     let proxy_metrics = proxy_metrics(cluster).await;
-    let read_errors = read_errors(&outcome.report, &analysis);
+    let read_errors = check::read_errors(&outcome.report.errors, &analysis);
 
     Ok(FailoverReport {
         scenario: fault,
@@ -436,10 +324,10 @@ async fn scenario(
         },
         passed: failures.is_empty(),
         failures,
-        old_writer,
+        old_writer: old,
         new_writer,
         fault_at_ms: ms_between(start, fault_at),
-        election_publish_ms: new_topology.map(|(t, _)| ms_between(fault_at, t)),
+        election_publish_ms: publish.map(|t| ms_between(fault_at, t)),
         fault_response,
         analysis,
         read_back,
@@ -451,91 +339,31 @@ async fn scenario(
     })
 }
 
-/// A token read that misses the write before it breaks read-your-writes; so does a run whose
-/// token pairs checked nothing (then the check proved nothing).
-pub(crate) fn token_read_failures(p: &run::pairs::PairStats) -> Vec<String> {
-    let mut f = Vec::new();
-    if p.stale > 0 {
-        f.push(format!(
-            "{} of {} reads carrying a read-your-writes token did not return the write before \
-             them (e.g. {})",
-            p.stale,
-            p.checked,
-            p.stale_examples
-                .iter()
-                .take(3)
-                .cloned()
-                .collect::<Vec<_>>()
-                .join("; ")
-        ));
-    }
-    if p.checked == 0 {
-        f.push("no read carrying a read-your-writes token was answered: nothing checked".into());
-    }
-    f
-}
-
-/// The run counts errors of reads and writes together; the history has the write ones.
-pub(crate) fn read_errors(r: &RunReport, a: &Analysis) -> std::collections::BTreeMap<String, u64> {
-    r.errors
-        .iter()
-        .map(|(k, v)| {
-            let writes = a.writes.failed_by_kind.get(k).copied().unwrap_or(0);
-            (k.clone(), v.saturating_sub(writes))
-        })
-        .filter(|(_, v)| *v > 0)
-        .collect()
-}
-
 /// Injects the fault; returns what the target answered, when it is an HTTP call.
 async fn inject(fault: Fault, cluster: &Cluster, writer: &str) -> anyhow::Result<Option<String>> {
-    match fault {
+    let admin = |path: &'static str, body: &'static str| async move {
+        let node = cluster
+            .node(writer)
+            .with_context(|| format!("the writer {writer} is not one of our nodes"))?;
+        cluster
+            .client
+            .post(&format!("{}{path}", node.url), body)
+            .await
+    };
+    let r = match fault {
         Fault::Kill => {
             cluster.group.signal(writer, SIGKILL)?;
-            Ok(None)
+            return Ok(None);
         }
         Fault::Hang => {
             cluster.group.signal(writer, SIGSTOP)?;
-            Ok(None)
+            return Ok(None);
         }
-        Fault::Unready => {
-            let node = cluster
-                .node(writer)
-                .with_context(|| format!("the writer {writer} is not one of our nodes"))?;
-            let r = cluster
-                .client
-                .post(&format!("{}/admin/ready", node.url), "false")
-                .await?;
-            Ok(Some(format!("HTTP {} {}", r.status, r.text())))
-        }
-        Fault::Demote => {
-            let node = cluster
-                .node(writer)
-                .with_context(|| format!("the writer {writer} is not one of our nodes"))?;
-            let r = cluster
-                .client
-                .post(&format!("{}/admin/demote", node.url), "")
-                .await?;
-            Ok(Some(format!("HTTP {} {}", r.status, r.text())))
-        }
-        Fault::Switchover => {
-            let auth = format!("Bearer {}", cluster.token);
-            // A switchover answers only after the proxies drained and the new writer was
-            // promoted: longer than the cluster client's 5 s.
-            let r = crate::httpc::HttpClient::new(Duration::from_secs(60))
-                .send(
-                    http::Method::POST,
-                    &format!("{}/v1/switchover", cluster.election_url),
-                    &[
-                        ("Authorization", &auth),
-                        ("Content-Type", "application/json"),
-                    ],
-                    "{}",
-                )
-                .await?;
-            Ok(Some(format!("HTTP {} {}", r.status, r.text())))
-        }
-    }
+        Fault::Unready => admin("/admin/ready", "false").await?,
+        Fault::Demote => admin("/admin/demote", "").await?,
+        Fault::Switchover => cluster.switchover().await?,
+    };
+    Ok(Some(format!("HTTP {} {}", r.status, r.text())))
 }
 
 /// When a SIGKILLed child has really exited (a zombie, its sockets closed by the kernel), polled
@@ -571,80 +399,6 @@ fn threads_left(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count())
 }
 
-pub(crate) async fn wait_caught_up(
-    client: &crate::httpc::HttpClient,
-    url: &str,
-    lines: u64,
-) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let offset = client
-            .get(&format!("{url}/replication/offset"))
-            .await
-            .ok()
-            .and_then(|r| r.json().ok())
-            .and_then(|v| v["offset"].as_u64());
-        if offset.is_some_and(|o| o >= lines) {
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            bail!("{url} did not apply the {lines} log lines within 30s (offset {offset:?})");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Reads every acknowledged write back from every live node and through the proxy.
-pub(crate) async fn read_back(
-    client: &crate::httpc::HttpClient,
-    proxy_url: &str,
-    live: &[crate::cluster::NodeInfo],
-    history: &[WriteRecord],
-) -> ReadBack {
-    let acked: Vec<&WriteRecord> = history.iter().filter(|h| h.acked()).collect();
-    let mut rb = ReadBack {
-        checked: acked.len() as u64,
-        ..ReadBack::default()
-    };
-    // (name, base URL, extra headers)
-    type ReadTarget = (String, String, Vec<(&'static str, &'static str)>);
-    let mut targets: Vec<ReadTarget> = live
-        .iter()
-        .map(|n| (n.name.clone(), n.url.clone(), vec![]))
-        .collect();
-    targets.push((
-        "rw-proxy".into(),
-        proxy_url.to_owned(),
-        vec![("X-Consistency", "strong")],
-    ));
-    for (name, base, headers) in targets {
-        let results: Vec<Option<String>> = futures::stream::iter(acked.iter().map(|h| {
-            let url = format!("{base}/kv/{}", h.key);
-            let headers = headers.clone();
-            async move {
-                match client.send(http::Method::GET, &url, &headers, "").await {
-                    Ok(r) if r.status == 200 && r.body == h.value.as_bytes() => None,
-                    Ok(r) => Some(format!("{}: HTTP {}", h.key, r.status)),
-                    Err(e) => Some(format!("{}: {e}", h.key)),
-                }
-            }
-        }))
-        .buffer_unordered(16)
-        .collect()
-        .await;
-        let bad: Vec<String> = results.into_iter().flatten().collect();
-        for b in bad.iter().take(3) {
-            rb.examples.push(format!("{name}: {b}"));
-        }
-        if name == "rw-proxy" {
-            rb.missing_via_proxy = bad.len() as u64;
-        } else {
-            rb.missing_on_node.insert(name, bad.len() as u64);
-        }
-    }
-    rb
-}
-
 async fn proxy_metrics(cluster: &Cluster) -> Vec<String> {
     let Ok(r) = cluster
         .client
@@ -670,89 +424,9 @@ async fn proxy_metrics(cluster: &Cluster) -> Vec<String> {
         .collect()
 }
 
-/// `old (epoch N) -> new (epoch M)`, or `-> unchanged`.
-pub(crate) fn writer_change(old: &WriterRef, new: Option<&WriterRef>) -> String {
-    format!(
-        "{} (epoch {}) -> {}",
-        old.name,
-        old.epoch,
-        new.map(|n| format!("{} (epoch {})", n.name, n.epoch))
-            .unwrap_or_else(|| "unchanged".into())
-    )
-}
-
-/// The rows every failover report shares: the write history, the log and the read-back.
-pub(crate) fn history_rows(
-    a: &Analysis,
-    read_errors: &std::collections::BTreeMap<String, u64>,
-    read_back: &ReadBack,
-    load: &RunReport,
-    row: &mut dyn FnMut(&str, String),
-) {
-    let w = &a.writes;
-    row(
-        "writes sent / acked / failed",
-        format!("{} / {} / {}", w.sent, w.acked, w.failed),
-    );
-    row("failed writes by kind", format!("{:?}", w.failed_by_kind));
-    row(
-        "writes in flight at the fault",
-        w.in_flight_at_fault.to_string(),
-    );
-    row(
-        "held writes (max hold)",
-        format!("{} ({} ms)", w.held, w.max_held_ms),
-    );
-    row("read errors by kind", format!("{read_errors:?}"));
-    row(
-        "acked writes lost (must be 0)",
-        a.lost_acked_writes.to_string(),
-    );
-    row(
-        "epochs on two nodes (must be 0)",
-        a.log.epochs_on_two_nodes.len().to_string(),
-    );
-    row(
-        "epoch regressions in log",
-        a.log.epoch_regressions.to_string(),
-    );
-    row("epochs by node", format!("{:?}", a.log.epochs_by_node));
-    row(
-        "read-back missing (nodes, proxy)",
-        format!(
-            "{:?}, {}",
-            read_back.missing_on_node, read_back.missing_via_proxy
-        ),
-    );
-    row(
-        "load",
-        format!(
-            "{} requests, {:.0} req/s, write p99 {}, max {}",
-            load.requests,
-            load.requests_per_s,
-            crate::run::stats::fmt_us(load.latency.write.p99_us),
-            crate::run::stats::fmt_us(load.latency.write.max_us)
-        ),
-    );
-}
-
-/// PASS, or FAIL and one line per broken rule.
-pub(crate) fn verdict(s: &mut String, passed: bool, failures: &[String]) {
-    use std::fmt::Write;
-    if passed {
-        let _ = writeln!(s, "PASS");
-    } else {
-        let _ = writeln!(s, "FAIL");
-        for f in failures {
-            let _ = writeln!(s, "  - {f}");
-        }
-    }
-}
-
 pub fn render_text(r: &FailoverReport) -> String {
     use std::fmt::Write;
     let a = &r.analysis;
-    let opt = |v: Option<f64>| v.map(|x| format!("{x} ms")).unwrap_or_else(|| "-".into());
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -761,23 +435,34 @@ pub fn render_text(r: &FailoverReport) -> String {
         r.old_writer.name,
         r.topology_mode
     );
-    let mut row = |k: &str, v: String| {
-        let _ = writeln!(s, "  {k:<34} {v}");
-    };
     row(
+        &mut s,
         "writer before -> after",
-        writer_change(&r.old_writer, r.new_writer.as_ref()),
+        report::writer_change(&r.old_writer, r.new_writer.as_ref()),
     );
-    row("fault at", format!("{} ms into the load", r.fault_at_ms));
+    row(
+        &mut s,
+        "fault at",
+        format!("{} ms into the load", r.fault_at_ms),
+    );
     if let Some(resp) = &r.fault_response {
-        row("fault call answered", resp.clone());
+        row(&mut s, "fault call answered", resp.clone());
     }
-    row("election published new writer", opt(r.election_publish_ms));
-    row("client-seen failover time", opt(a.client_failover_ms));
-    history_rows(a, &r.read_errors, &r.read_back, &r.load, &mut row);
+    row(
+        &mut s,
+        "election published new writer",
+        opt_ms(r.election_publish_ms),
+    );
+    row(
+        &mut s,
+        "client-seen failover time",
+        opt_ms(a.client_failover_ms),
+    );
+    report::history_rows(&mut s, a, &r.read_errors, &r.read_back, &r.load);
     if let Some(t) = &r.token_reads {
         let st = &t.stats;
         row(
+            &mut s,
             "stale token reads (must be 0)",
             format!(
                 "{} of {} checked ({} read errors, reads by node {:?})",
@@ -785,36 +470,6 @@ pub fn render_text(r: &FailoverReport) -> String {
             ),
         );
     }
-    if let Some(k) = &r.kept_dir {
-        row("cluster files", k.clone());
-    }
-    verdict(&mut s, r.passed, &r.failures);
+    report::verdict(&mut s, r.kept_dir.as_deref(), r.passed, &r.failures);
     s
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_stale_token_read_or_none_checked_fails_the_run() {
-        let clean = run::pairs::PairStats {
-            checked: 10,
-            fresh: 10,
-            ..Default::default()
-        };
-        assert!(token_read_failures(&clean).is_empty());
-        let stale = run::pairs::PairStats {
-            checked: 10,
-            fresh: 9,
-            stale: 1,
-            stale_examples: vec!["p1: node-2 answered 404".into()],
-            ..Default::default()
-        };
-        let f = token_read_failures(&stale);
-        assert_eq!(f.len(), 1, "{f:?}");
-        assert!(f[0].contains("1 of 10") && f[0].contains("node-2"), "{f:?}");
-        let none = run::pairs::PairStats::default();
-        assert!(token_read_failures(&none)[0].contains("nothing checked"));
-    }
 }

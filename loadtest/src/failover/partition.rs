@@ -3,7 +3,7 @@
 //! `--fault-for`, is healed, and the report adds how long the system took to recover. What
 //! each fault must and must not do is in docs/network-faults.md; [`promises`] checks it.
 
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -11,14 +11,14 @@ use serde::Serialize;
 use tokio::time::Instant;
 use topology_client::topology::Topology;
 
-use super::check::{self, Analysis};
-use super::{ms_between, ReadBack, WriterRef};
-use crate::cluster::{Cluster, ClusterOptions};
+use super::check::{self, Analysis, ReadBack};
+use super::report::{self, ms_between, opt_ms, row, WriterRef};
+use super::scenario::{self, Watch};
+use crate::cluster::Cluster;
 use crate::logging::LogFormat;
 use crate::netns::cluster::{run_in_client, NetCluster, CLIENT, ELECTION, PROXY};
 use crate::netns::{Lab, NsHandle};
-use crate::node::log::read_all;
-use crate::run::{self, LoadConfig, Mode, RunReport};
+use crate::run::{self, RunReport};
 
 /// A host of the cluster, by its role at the time of the fault.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -210,7 +210,7 @@ pub struct PartitionReport {
     pub proxy_during_fault: ProxyDuringFault,
     pub analysis: Analysis,
     pub read_back: ReadBack,
-    pub read_errors: std::collections::BTreeMap<String, u64>,
+    pub read_errors: BTreeMap<String, u64>,
     pub load: RunReport,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kept_dir: Option<String>,
@@ -221,17 +221,7 @@ pub async fn main(
     partition: Partition,
     log_format: LogFormat,
 ) -> anyhow::Result<u8> {
-    if args.fault_after + args.fault_for >= args.duration {
-        bail!(
-            "--fault-after {:?} + --fault-for {:?} must end before --duration {:?}",
-            args.fault_after,
-            args.fault_for,
-            args.duration
-        );
-    }
-    if args.nodes < 2 {
-        bail!("--nodes {}: a failover needs at least 2 nodes", args.nodes);
-    }
+    // The flags were checked by super::main (scenario::validate).
     if let Err(why) = crate::netns::available() {
         bail!("--partition needs network namespaces: {why}");
     }
@@ -249,21 +239,7 @@ pub async fn main(
     let work = tokio::task::spawn_blocking(move || {
         run_in_client(client_ns, move || {
             Box::pin(async move {
-                let opts = ClusterOptions {
-                    nodes: a.nodes,
-                    api: a.api,
-                    bin_dir: a.bin_dir.clone(),
-                    node_args: if a.lag.is_zero() {
-                        vec![]
-                    } else {
-                        vec![
-                            "--lag".into(),
-                            humantime::format_duration(a.lag).to_string(),
-                        ]
-                    },
-                    log_format,
-                    ..ClusterOptions::default()
-                };
+                let opts = scenario::cluster_options(&a, log_format);
                 let mut net = NetCluster::start(lab, &opts).await?;
                 let mut cancel = cancel_rx;
                 let result = tokio::select! {
@@ -299,12 +275,7 @@ pub async fn main(
         }
     };
     let report = joined.context("the scenario thread failed")??;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print!("{}", render_text(&report));
-    }
-    Ok(if report.passed { 0 } else { 1 })
+    report::print(args.json, &report, report.passed, render_text)
 }
 
 async fn inject(p: Partition, c: &NetCluster, writer: &str) -> anyhow::Result<()> {
@@ -341,39 +312,10 @@ async fn scenario(
     net: &NetCluster,
 ) -> anyhow::Result<PartitionReport> {
     let c = &net.cluster;
-    let first = c.topology().await?;
-    let Some(old) = first.writer.clone() else {
-        bail!("writer-election has no writer before the fault");
-    };
-    let old_writer = WriterRef {
-        name: old.name.clone(),
-        epoch: first.epoch,
-    };
-    let timeline: Arc<Mutex<Vec<(Instant, Topology)>>> = Arc::default();
-    let follower = {
-        let timeline = timeline.clone();
-        tokio::spawn(crate::topo::follow(c.election_url.clone(), move |_, t| {
-            if let Ok(mut v) = timeline.lock() {
-                v.push((Instant::now(), t.clone()));
-            }
-        }))
-    };
-    let cfg = LoadConfig {
-        target: run::parse_target(&c.proxy_url).await?,
-        mode: Mode::Open {
-            rate: args.rate,
-            connections: 64,
-        },
-        duration: args.duration,
-        read_ratio: args.read_ratio,
-        keys: 1000,
-        value_size: 64,
-        timeout: args.timeout,
-        headers: vec![],
-        unique_write_keys: true,
-        record_history: true,
-        progress: false,
-    };
+    let watch = Watch::start(c).await?;
+    let (first, old_writer) = (watch.first.clone(), watch.old_writer.clone());
+    let old = &old_writer;
+    let cfg = scenario::load_config(args, run::parse_target(&c.proxy_url).await?);
     let start = Instant::now();
     let load = tokio::spawn(run::execute_at(cfg, c.proxy_url.clone(), start));
 
@@ -381,7 +323,6 @@ async fn scenario(
     let fault_at = Instant::now();
     if let Err(e) = inject(p, net, &old.name).await {
         load.abort();
-        follower.abort();
         return Err(e.context("injecting the fault"));
     }
     tracing::info!(partition = %p, writer = %old.name, "fault injected");
@@ -412,27 +353,8 @@ async fn scenario(
     let recovered_at = wait_recovered(c, Duration::from_secs(30)).await;
 
     let outcome = load.await.context("the load task failed")?;
-    follower.abort();
-
-    let timeline = timeline.lock().map(|v| v.clone()).unwrap_or_default();
-    let publish = timeline
-        .iter()
-        .find(|(t, topo)| {
-            *t >= fault_at && topo.writer.as_ref().is_some_and(|w| w.name != old.name)
-        })
-        .map(|(t, _)| *t);
-    let mut writers_after: Vec<(String, u64)> = Vec::new();
-    for (t, topo) in &timeline {
-        if *t < fault_at {
-            continue;
-        }
-        if let Some(w) = &topo.writer {
-            let key = (w.name.clone(), topo.epoch);
-            if key != (old.name.clone(), first.epoch) && !writers_after.contains(&key) {
-                writers_after.push(key);
-            }
-        }
-    }
+    let timeline = watch.stop();
+    let publish = scenario::first_publication(&timeline, fault_at, &old.name);
     let current = c.topology().await.ok();
     let final_epoch = current.as_ref().map_or(first.epoch, |t| t.epoch);
     let new_writer = current
@@ -441,13 +363,9 @@ async fn scenario(
         .filter(|(n, e)| *n != old.name || *e != first.epoch)
         .map(|(name, epoch)| WriterRef { name, epoch });
 
-    let lines = read_all(&c.stream_log).context("reading the shared log")?;
-    for n in &c.nodes {
-        super::wait_caught_up(&c.client, &n.url, lines.len() as u64).await?;
-    }
+    let (lines, read_back) = scenario::settle(c, &c.nodes, &outcome.history).await?;
     let fault_us = (fault_at - start).as_micros() as u64;
     let analysis = check::analyze(&outcome.history, &lines, fault_us, fault_us, &old.name);
-    let read_back = super::read_back(&c.client, &c.proxy_url, &c.nodes, &outcome.history).await;
     let failed_after_publish = publish.map_or(0, |t| {
         let limit = (t - start + Duration::from_secs(1)).as_micros() as u64;
         outcome
@@ -470,10 +388,10 @@ async fn scenario(
         expect: p.expect(),
         passed: false,
         failures: Vec::new(),
+        writer_changes: writer_changes(&timeline, fault_at, old),
         old_writer,
         new_writer,
         final_epoch,
-        writer_changes: writers_after.len() as u64,
         fault_at_ms: ms_between(start, fault_at),
         healed_at_ms: ms_between(start, healed_at),
         election_publish_ms: publish.map(|t| ms_between(fault_at, t)),
@@ -481,25 +399,37 @@ async fn scenario(
         failed_after_publish,
         old_epoch_acks_after_publish,
         proxy_during_fault: during,
-        read_errors: super::read_errors(&outcome.report, &analysis),
+        read_errors: check::read_errors(&outcome.report.errors, &analysis),
         analysis,
         read_back,
         load: outcome.report,
         kept_dir: None,
     };
     r.failures = promises(&r);
-    if let (Some(max), Some(got)) = (args.max_failover_time, r.analysis.client_failover_ms) {
-        if got > max.as_secs_f64() * 1000.0 {
-            r.failures.push(format!(
-                "client-seen failover took {got} ms, over --max-failover-time {max:?}"
-            ));
-        }
-    }
+    r.failures.extend(check::failover_time_failure(
+        args.max_failover_time,
+        r.analysis.client_failover_ms,
+    ));
     r.passed = r.failures.is_empty();
     if let Some(path) = &args.history {
         run::history::write_jsonl(path, &outcome.history)?;
     }
     Ok(r)
+}
+
+/// Distinct (writer, epoch) pairs published at or after `fault_at` other than `old`'s: 0 is no
+/// failover.
+fn writer_changes(timeline: &[(Instant, Topology)], fault_at: Instant, old: &WriterRef) -> u64 {
+    let mut seen: Vec<(&str, u64)> = Vec::new();
+    for (_, topo) in timeline.iter().filter(|(t, _)| *t >= fault_at) {
+        if let Some(w) = &topo.writer {
+            let key = (w.name.as_str(), topo.epoch);
+            if key != (old.name.as_str(), old.epoch) && !seen.contains(&key) {
+                seen.push(key);
+            }
+        }
+    }
+    seen.len() as u64
 }
 
 /// Heal -> election has a writer, the proxy is at its epoch and reaches the election, and a
@@ -519,12 +449,7 @@ async fn wait_recovered(c: &Cluster, within: Duration) -> Option<Instant> {
             }
             let r = c
                 .client
-                .send(
-                    http::Method::PUT,
-                    &format!("{}/kv/recovery-probe-{i}", c.proxy_url),
-                    &[],
-                    "probe",
-                )
+                .put(&format!("{}/kv/recovery-probe-{i}", c.proxy_url), "probe")
                 .await
                 .ok()?;
             (r.status == 200).then_some(())
@@ -542,19 +467,7 @@ async fn wait_recovered(c: &Cluster, within: Duration) -> Option<Instant> {
 pub fn promises(r: &PartitionReport) -> Vec<String> {
     let a = &r.analysis;
     let mut f = check::safety_failures(a);
-    for (node, missing) in &r.read_back.missing_on_node {
-        if *missing > 0 {
-            f.push(format!(
-                "{missing} acknowledged writes missing or different on {node} after catch-up"
-            ));
-        }
-    }
-    if r.read_back.missing_via_proxy > 0 {
-        f.push(format!(
-            "{} acknowledged writes not returned through rw-proxy",
-            r.read_back.missing_via_proxy
-        ));
-    }
+    f.extend(check::read_back_failures(&r.read_back));
     if r.recovery_ms.is_none() {
         f.push("the system did not recover within 30 s of the heal".into());
     }
@@ -609,32 +522,37 @@ pub fn promises(r: &PartitionReport) -> Vec<String> {
 pub fn render_text(r: &PartitionReport) -> String {
     use std::fmt::Write;
     let a = &r.analysis;
-    let opt = |v: Option<f64>| v.map(|x| format!("{x} ms")).unwrap_or_else(|| "-".into());
-    let mut s = String::new();
+    let mut out = String::new();
+    let s = &mut out;
     let _ = writeln!(
         s,
         "failover --partition {} (expect: {:?})",
         r.partition, r.expect
     );
-    let mut row = |k: &str, v: String| {
-        let _ = writeln!(s, "  {k:<34} {v}");
-    };
     row(
+        s,
         "writer before -> after",
-        super::writer_change(&r.old_writer, r.new_writer.as_ref()),
+        report::writer_change(&r.old_writer, r.new_writer.as_ref()),
     );
     row(
+        s,
         "writer changes after the fault",
         r.writer_changes.to_string(),
     );
     row(
+        s,
         "fault on / healed",
         format!("{} ms / {} ms into the load", r.fault_at_ms, r.healed_at_ms),
     );
-    row("election published new writer", opt(r.election_publish_ms));
-    row("client-seen failover time", opt(a.client_failover_ms));
-    row("recovery after the heal", opt(r.recovery_ms));
     row(
+        s,
+        "election published new writer",
+        opt_ms(r.election_publish_ms),
+    );
+    row(s, "client-seen failover time", opt_ms(a.client_failover_ms));
+    row(s, "recovery after the heal", opt_ms(r.recovery_ms));
+    row(
+        s,
         "proxy not ready during the fault",
         format!(
             "{} of {} samples, election_reachable min {:?}",
@@ -644,19 +562,18 @@ pub fn render_text(r: &PartitionReport) -> String {
         ),
     );
     row(
+        s,
         "failed 1 s after the publication",
         r.failed_after_publish.to_string(),
     );
     row(
+        s,
         "old-epoch acks after the publication",
         r.old_epoch_acks_after_publish.to_string(),
     );
-    super::history_rows(a, &r.read_errors, &r.read_back, &r.load, &mut row);
-    if let Some(k) = &r.kept_dir {
-        row("cluster files", k.clone());
-    }
-    super::verdict(&mut s, r.passed, &r.failures);
-    s
+    report::history_rows(s, a, &r.read_errors, &r.read_back, &r.load);
+    report::verdict(s, r.kept_dir.as_deref(), r.passed, &r.failures);
+    out
 }
 
 #[cfg(test)]
@@ -703,5 +620,37 @@ mod tests {
         ] {
             assert!(s.parse::<Partition>().is_err(), "{s}");
         }
+    }
+
+    #[test]
+    fn writer_changes_count_each_new_writer_and_epoch_after_the_fault_once() {
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let topo = |writer: Option<&str>, epoch: u64| -> Topology {
+            serde_json::from_value(serde_json::json!({
+                "epoch": epoch,
+                "revision": epoch,
+                "writer": writer.map(|w| serde_json::json!({ "name": w, "address": "a:1" })),
+            }))
+            .unwrap()
+        };
+        let old = WriterRef {
+            name: "node-1".into(),
+            epoch: 1,
+        };
+        let timeline = vec![
+            // Before the fault: not counted.
+            (at(0), topo(Some("node-3"), 9)),
+            // The old writer still published, then no writer: no change.
+            (at(10), topo(Some("node-1"), 1)),
+            (at(20), topo(None, 1)),
+            (at(30), topo(Some("node-2"), 2)),
+            // Republished (a new revision of the same writer): the same change.
+            (at(40), topo(Some("node-2"), 2)),
+            // The old writer back at a new epoch is a change too.
+            (at(50), topo(Some("node-1"), 3)),
+        ];
+        assert_eq!(writer_changes(&timeline, at(5), &old), 2);
+        assert_eq!(writer_changes(&timeline[..3], at(5), &old), 0);
     }
 }
