@@ -2,4 +2,6 @@
 //!
 //! Not the helpers of one crate's tests: those stay in that crate's `tests/support`.
 
+pub mod metrics;
 pub mod ports;
+pub mod wait;
