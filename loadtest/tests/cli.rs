@@ -2,20 +2,15 @@
 
 mod support;
 
-use std::process::Command;
+use std::path::Path;
 
 use support::loadtest_bin;
 
 #[test]
 fn version_names_the_version() {
     // No subcommand needed: --version answers before one is asked for.
-    let out = Command::new(loadtest_bin())
-        .arg("--version")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
     assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
+        test_kit::process::version_line(Path::new(loadtest_bin())),
         format!("loadtest {}", env!("CARGO_PKG_VERSION"))
     );
 }

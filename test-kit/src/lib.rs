@@ -4,4 +4,5 @@
 
 pub mod metrics;
 pub mod ports;
+pub mod process;
 pub mod wait;
