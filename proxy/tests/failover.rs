@@ -6,8 +6,8 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::election::{doc, writer_name, Election, FakeElection};
-use support::{eventually, get, send, Backend, Proxy, Reply};
+use support::election::{doc, static_election, writer_name, FakeElection};
+use support::{eventually, get, send, Backend, Proxy, Reply, WAIT};
 use topology_client::topology::Switchover;
 
 fn election_cfg(url: &str, extra: &str) -> String {
@@ -46,9 +46,9 @@ async fn killing_the_writer_holds_writes_until_the_new_writer_takes_them_with_th
         Backend::start("node-3").await,
     ];
     let list: Vec<(&str, _)> = nodes.iter().map(|n| (n.name.as_str(), n.addr)).collect();
-    let mut election = Election::start(&list).await;
+    let election = static_election(&list);
     let t = election
-        .wait_for("node-1 is the writer, two readers", |t| {
+        .wait_for("node-1 is the writer, two readers", WAIT, |t| {
             writer_name(t) == Some("node-1") && t.readers.len() == 2
         })
         .await;
@@ -89,7 +89,9 @@ async fn killing_the_writer_holds_writes_until_the_new_writer_takes_them_with_th
 
     election.resume();
     let t = election
-        .wait_for("node-2 is the writer", |t| writer_name(t) == Some("node-2"))
+        .wait_for("node-2 is the writer", WAIT, |t| {
+            writer_name(t) == Some("node-2")
+        })
         .await;
     assert_eq!(t.epoch, epoch + 1);
     for (i, w) in writes.into_iter().enumerate() {
@@ -121,9 +123,11 @@ async fn killing_the_writer_holds_writes_until_the_new_writer_takes_them_with_th
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_writer_for_longer_than_hold_writes_a_write_gets_503_with_retry_after() {
     let mut node = Backend::start("node-1").await;
-    let election = Election::start(&[("node-1", node.addr)]).await;
+    let election = static_election(&[("node-1", node.addr)]);
     election
-        .wait_for("node-1 is the writer", |t| writer_name(t) == Some("node-1"))
+        .wait_for("node-1 is the writer", WAIT, |t| {
+            writer_name(t) == Some("node-1")
+        })
         .await;
     let proxy = Proxy::start(&election_cfg(
         &election.url,
@@ -155,7 +159,9 @@ async fn without_a_writer_for_longer_than_hold_writes_a_write_gets_503_with_retr
         .contains("hold_writes"));
 
     // The election notices: no writer at all. Writes are held, then refused, all the same.
-    election.wait_for("no writer", |t| t.writer.is_none()).await;
+    election
+        .wait_for("no writer", WAIT, |t| t.writer.is_none())
+        .await;
     eventually("the proxy knows there is no writer", || async {
         get(proxy.admin, "/health/ready").await.json()["writer"].is_null()
     })
@@ -178,9 +184,11 @@ async fn without_a_writer_for_longer_than_hold_writes_a_write_gets_503_with_retr
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_max_held_writes_a_write_gets_503_at_once_and_held_ones_still_land() {
     let mut node = Backend::start("node-1").await;
-    let election = Election::start(&[("node-1", node.addr)]).await;
+    let election = static_election(&[("node-1", node.addr)]);
     let t = election
-        .wait_for("node-1 is the writer", |t| writer_name(t) == Some("node-1"))
+        .wait_for("node-1 is the writer", WAIT, |t| {
+            writer_name(t) == Some("node-1")
+        })
         .await;
     let proxy = Proxy::start(&election_cfg(
         &election.url,
@@ -188,7 +196,9 @@ async fn over_max_held_writes_a_write_gets_503_at_once_and_held_ones_still_land(
     ))
     .await;
     node.kill().await;
-    election.wait_for("no writer", |t| t.writer.is_none()).await;
+    election
+        .wait_for("no writer", WAIT, |t| t.writer.is_none())
+        .await;
     eventually("the proxy knows there is no writer", || async {
         get(proxy.admin, "/health/ready").await.json()["writer"].is_null()
     })
@@ -221,7 +231,7 @@ async fn over_max_held_writes_a_write_gets_503_at_once_and_held_ones_still_land(
     // through, with the epoch of that topology.
     node.restart().await;
     let back = election
-        .wait_for("node-1 is the writer again", |t| {
+        .wait_for("node-1 is the writer again", WAIT, |t| {
             writer_name(t) == Some("node-1")
         })
         .await;
@@ -244,9 +254,9 @@ async fn with_writer_election_gone_the_proxy_keeps_routing_and_stays_ready() {
         Backend::start("node-2").await,
     ];
     let list: Vec<(&str, _)> = nodes.iter().map(|n| (n.name.as_str(), n.addr)).collect();
-    let mut election = Election::start(&list).await;
+    let mut election = static_election(&list);
     let t = election
-        .wait_for("node-1 writer, node-2 reader", |t| {
+        .wait_for("node-1 writer, node-2 reader", WAIT, |t| {
             writer_name(t) == Some("node-1") && t.readers.len() == 1
         })
         .await;
@@ -291,7 +301,7 @@ async fn with_writer_election_gone_the_proxy_keeps_routing_and_stays_ready() {
     assert_eq!(outage_lines(&proxy.log()), 1, "logged once per outage");
 
     // Back: the follower reconnects, the age drops to 0.
-    election.spawn().await;
+    election.respawn();
     wait_metric(
         &proxy,
         "rw_proxy_election_reachable",
@@ -534,7 +544,7 @@ async fn a_held_write_whose_client_left_is_never_sent() {
 async fn with_a_list_of_election_urls_a_dead_one_is_skipped() {
     let a = Backend::start("a").await;
     let fake = FakeElection::start(doc(2, 1, Some(("a", a.addr)), &[], None)).await;
-    let dead = support::refusing_addr().await;
+    let dead = support::refusing_addr();
     let proxy = Proxy::start(&format!(
         "topology:\n  election_url:\n    - \"http://{dead}\"\n    - \"{}\"\nfailover: {{ hold_writes: 30s }}\n",
         fake.url

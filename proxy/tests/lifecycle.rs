@@ -2,20 +2,17 @@
 
 mod support;
 
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::{eventually, get, metric_value, send, static_topology, Backend, KeepAlive, Proxy};
+use support::{eventually, get, send, static_topology, Backend, KeepAlive, Proxy};
+use test_kit::metrics::value_or_zero;
 
 #[test]
 fn version_names_the_version_and_the_commit() {
-    let out = Command::new(env!("CARGO_BIN_EXE_rw-proxy"))
-        .arg("--version")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
     assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
+        test_kit::process::version_line(Path::new(env!("CARGO_BIN_EXE_rw-proxy"))),
         format!(
             "rw-proxy {} (commit {})",
             env!("CARGO_PKG_VERSION"),
@@ -225,7 +222,7 @@ async fn metrics_count_the_requests_just_made() {
     })
     .await;
     let m = proxy.metrics().await;
-    let v = |s: &str| metric_value(&m, s);
+    let v = |s: &str| value_or_zero(&m, s);
     assert_eq!(v(get_), 3.0, "{m}");
     assert_eq!(v(put), 2.0, "{m}");
     assert_eq!(
@@ -251,34 +248,12 @@ async fn metrics_count_the_requests_just_made() {
     );
 
     // The standard process series, of the proxy process (not of this test).
-    assert!(v("process_resident_memory_bytes") > 0.0, "{m}");
-    assert!(
-        v("process_virtual_memory_bytes") >= v("process_resident_memory_bytes"),
-        "{m}"
+    test_kit::process::assert_process_metrics(
+        &m,
+        "rw_proxy",
+        env!("RW_PROXY_COMMIT"),
+        env!("CARGO_PKG_VERSION"),
     );
-    // At least the listeners, the admin socket and the log file are open.
-    assert!(v("process_open_fds") > 0.0, "{m}");
-    assert!(v("process_max_fds") >= v("process_open_fds"), "{m}");
-    assert!(m.contains("\nprocess_cpu_seconds_total "), "{m}");
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64();
-    let started = v("process_start_time_seconds");
-    assert!(
-        started <= now + 1.0 && started > now - 600.0,
-        "started {started}, now {now}"
-    );
-    let commit = env!("RW_PROXY_COMMIT");
-    assert!(
-        commit == "unknown" || commit.bytes().all(|b| b.is_ascii_hexdigit()),
-        "{commit}"
-    );
-    let build_info = format!(
-        r#"rw_proxy_build_info{{commit="{commit}",version="{}"}}"#,
-        env!("CARGO_PKG_VERSION")
-    );
-    assert_eq!(v(&build_info), 1.0, "{build_info} in\n{m}");
 
     let health = get(proxy.admin, "/health").await;
     assert_eq!(health.status, 200);
@@ -291,28 +266,21 @@ async fn not_ready_without_a_topology() {
     // writer-election does not answer: no topology, so not ready, and writes find no writer.
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("p.yaml");
-    let port = |l: std::net::TcpListener| l.local_addr().unwrap();
-    let a = port(std::net::TcpListener::bind("127.0.0.1:0").unwrap());
-    let b = port(std::net::TcpListener::bind("127.0.0.1:0").unwrap());
+    let a = test_kit::ports::free_addr().unwrap();
+    let b = test_kit::ports::free_addr().unwrap();
     std::fs::write(
         &cfg,
         format!("listen: \"{a}\"\nadmin_listen: \"{b}\"\ntopology: {{ election_url: \"http://127.0.0.1:1\" }}\nfailover: {{ hold_writes: 100ms }}\n"),
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_rw-proxy"))
-        .arg("--config")
-        .arg(&cfg)
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    struct Kill<'a>(&'a mut std::process::Child);
-    impl Drop for Kill<'_> {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _guard = Kill(&mut child);
+    let _child = test_kit::process::KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_rw-proxy"))
+            .arg("--config")
+            .arg(&cfg)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     eventually("/health answers", || async {
         support::send(b, "GET", "/health", &[], b"")
             .await

@@ -10,6 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use support::election::{doc, FakeElection};
 use support::{eventually, get, send, Backend, Proxy, Reply};
+use test_kit::metrics::value_or_zero;
 use topology_client::topology::{NodeProgress, Replication, Topology};
 
 fn now_ms() -> u64 {
@@ -247,7 +248,7 @@ async fn a_write_carries_a_token_that_sends_its_reads_only_where_the_write_is() 
             0.0,
         ),
     ] {
-        assert_eq!(support::metric_value(&m, series), want, "{series}\n{m}");
+        assert_eq!(value_or_zero(&m, series), want, "{series}\n{m}");
     }
     assert!(
         m.contains(r#"rw_proxy_read_your_writes_total{reason="garbled",target="writer"} 0"#),
@@ -360,17 +361,17 @@ async fn without_the_writers_offset_the_time_decides_and_odd_tokens_read_from_th
     ] {
         let series =
             format!(r#"rw_proxy_read_your_writes_total{{reason="{reason}",target="writer"}}"#);
-        assert_eq!(support::metric_value(&m, &series), want, "{series}\n{m}");
+        assert_eq!(value_or_zero(&m, &series), want, "{series}\n{m}");
     }
     assert_eq!(
-        support::metric_value(
+        value_or_zero(
             &m,
             r#"rw_proxy_read_your_writes_total{reason="covered",target="readers"}"#
         ),
         12.0
     );
     assert_eq!(
-        support::metric_value(
+        value_or_zero(
             &m,
             r#"rw_proxy_read_your_writes_tokens_total{source="published"}"#
         ),
@@ -457,13 +458,13 @@ async fn a_lagging_reader_gets_no_reads_until_it_is_under_half_the_limit() {
     assert_eq!(ready["lagging_readers"], serde_json::json!(["r1"]));
     assert_eq!(ready["readers"], serde_json::json!(["r0", "r1"]));
     let m = proxy.metrics().await;
-    assert_eq!(support::metric_value(&m, "rw_proxy_lagging_readers"), 1.0);
+    assert_eq!(value_or_zero(&m, "rw_proxy_lagging_readers"), 1.0);
     assert_eq!(
-        support::metric_value(&m, r#"rw_proxy_reader_lag_offsets{reader="r1"}"#),
+        value_or_zero(&m, r#"rw_proxy_reader_lag_offsets{reader="r1"}"#),
         90.0
     );
     assert_eq!(
-        support::metric_value(&m, r#"rw_proxy_reader_lag_seconds{reader="r1"}"#),
+        value_or_zero(&m, r#"rw_proxy_reader_lag_seconds{reader="r1"}"#),
         0.09
     );
 
@@ -492,7 +493,7 @@ async fn a_lagging_reader_gets_no_reads_until_it_is_under_half_the_limit() {
         m.contains(r#"rw_proxy_reader_lag_offsets{reader="r0"} 0"#),
         "{m}"
     );
-    assert_eq!(support::metric_value(&m, "rw_proxy_lagging_readers"), 0.0);
+    assert_eq!(value_or_zero(&m, "rw_proxy_lagging_readers"), 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -527,7 +528,7 @@ async fn without_the_features_nothing_changes_until_a_reload_turns_them_on() {
         m.contains(r#"rw_proxy_read_your_writes_total{reason="not_caught_up",target="writer"} 0"#),
         "{m}"
     );
-    assert_eq!(support::metric_value(&m, "rw_proxy_lagging_readers"), 0.0);
+    assert_eq!(value_or_zero(&m, "rw_proxy_lagging_readers"), 0.0);
 
     // Turned on by a reload: the round in use is judged again at once.
     proxy.write_config(&following(

@@ -224,7 +224,7 @@ async fn forwarding_headers_and_request_id() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_that_refuses_connections_is_skipped() {
     let live = Backend::start("reader-live").await;
-    let dead = refusing_addr().await;
+    let dead = refusing_addr();
     let writer = Backend::start("writer").await;
     let proxy = Proxy::start(&static_topology(Some(writer.addr), &[dead, live.addr])).await;
     for _ in 0..6 {
@@ -242,7 +242,7 @@ async fn a_reader_that_refuses_connections_is_skipped() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_to_a_refusing_writer_are_held_then_get_503_and_are_never_sent_twice() {
-    let dead = refusing_addr().await;
+    let dead = refusing_addr();
     let reader = Backend::start("reader-0").await;
     let cfg = format!(
         "{}failover: {{ hold_writes: 300ms }}\n",

@@ -861,25 +861,18 @@ async fn malformed_requests_get_status_errors() {
     }
 }
 
-/// Just enough of an HTTP client (hyper) to send requests kube would never build.
+/// Just enough of an HTTP client to send requests kube would never build.
 mod reqwest_free_http {
-    use bytes::Bytes;
-    use http_body_util::{BodyExt, Full};
-    use hyper_util::client::legacy::Client as HyperClient;
-    use hyper_util::rt::TokioExecutor;
     use std::net::SocketAddr;
+    use std::time::Duration;
 
     pub struct Client {
         addr: SocketAddr,
-        inner: HyperClient<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
     }
 
     impl Client {
         pub fn new(addr: SocketAddr) -> Self {
-            Self {
-                addr,
-                inner: HyperClient::builder(TokioExecutor::new()).build_http(),
-            }
+            Self { addr }
         }
 
         pub async fn send(
@@ -889,29 +882,16 @@ mod reqwest_free_http {
             content_type: &str,
             body: &str,
         ) -> (u16, serde_json::Value) {
-            let mut request = http::Request::builder()
-                .method(method)
-                .uri(format!("http://{}{path}", self.addr));
+            let mut headers = Vec::new();
             if !content_type.is_empty() {
-                request = request.header(http::header::CONTENT_TYPE, content_type);
+                headers.push(("content-type", content_type));
             }
-            let request = request
-                .body(Full::new(Bytes::from(body.to_string())))
-                .unwrap_or_else(|e| panic!("request {method} {path}: {e}"));
-            let response = self
-                .inner
-                .request(request)
-                .await
-                .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
-            let status = response.status().as_u16();
-            let bytes = response
-                .into_body()
-                .collect()
-                .await
-                .map(|c| c.to_bytes())
-                .unwrap_or_else(|e| panic!("{method} {path}: body: {e}"));
-            let json = serde_json::from_slice(&bytes)
-                .unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e})"));
+            let url = format!("http://{}{path}", self.addr);
+            let (status, text) =
+                test_kit::http::call(method, &url, &headers, body, Duration::from_secs(60)).await;
+            assert_ne!(status, 0, "{method} {path}: {text}");
+            let json = serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {text}"));
             (status, json)
         }
     }

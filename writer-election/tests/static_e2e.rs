@@ -103,46 +103,18 @@ async fn elects_by_name_fails_over_and_keeps_the_old_writer_a_reader() {
         .keys()
         .any(|k| k.starts_with("writer_election_probe_duration_seconds_bucket")));
     // The standard process series, of the election process (not of this test).
-    let v = |k: &str| m.get(k).copied().unwrap_or(0.0);
-    assert!(v("process_resident_memory_bytes") > 0.0, "{text}");
-    assert!(
-        v("process_virtual_memory_bytes") >= v("process_resident_memory_bytes"),
-        "{text}"
+    test_kit::process::assert_process_metrics(
+        &text,
+        "writer_election",
+        env!("WRITER_ELECTION_COMMIT"),
+        env!("CARGO_PKG_VERSION"),
     );
-    // At least the listener and the probe connections are open.
-    assert!(v("process_open_fds") > 0.0, "{text}");
-    assert!(v("process_max_fds") >= v("process_open_fds"), "{text}");
-    assert!(m.contains_key("process_cpu_seconds_total"), "{text}");
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs_f64();
-    let started = v("process_start_time_seconds");
-    assert!(
-        started <= now + 1.0 && started > now - 600.0,
-        "started {started}, now {now}"
-    );
-    let commit = env!("WRITER_ELECTION_COMMIT");
-    assert!(
-        commit == "unknown" || commit.bytes().all(|b| b.is_ascii_hexdigit()),
-        "{commit}"
-    );
-    let build_info = format!(
-        r#"writer_election_build_info{{commit="{commit}",version="{}"}}"#,
-        env!("CARGO_PKG_VERSION")
-    );
-    assert_eq!(m.get(&build_info), Some(&1.0), "{build_info} in\n{text}");
 }
 
 #[test]
 fn version_names_the_version_and_the_commit() {
-    let out = std::process::Command::new(binary())
-        .arg("--version")
-        .output()
-        .expect("run writer-election --version");
-    assert!(out.status.success(), "{out:?}");
     assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
+        test_kit::process::version_line(&binary()),
         format!(
             "writer-election {} (commit {})",
             env!("CARGO_PKG_VERSION"),

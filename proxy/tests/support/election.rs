@@ -5,201 +5,42 @@
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, Once};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use tokio::net::TcpListener;
+use test_kit::stand_in::StandIn;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
-use topology_client::client::fetch_topology;
 use topology_client::topology::{NodeRef, Switchover, Topology};
 
-use super::{free_port, WAIT};
+pub use test_kit::election::{writer_name, Election};
 
-/// The writer-election binary next to rw-proxy's, built once if it is missing (`cargo nextest
-/// run -p rw-proxy` builds only this package's binaries).
-pub fn election_binary() -> PathBuf {
-    static BUILD: Once = Once::new();
-    let dir = Path::new(env!("CARGO_BIN_EXE_rw-proxy"))
-        .parent()
-        .expect("the rw-proxy binary is in a directory")
-        .to_path_buf();
-    let bin = dir.join("writer-election");
-    BUILD.call_once(|| {
-        if bin.is_file() {
-            return;
-        }
-        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let st = Command::new(cargo)
-            .current_dir(&workspace)
-            .args(["build", "--bins", "-p", "writer-election"])
-            .status()
-            .expect("running cargo build");
-        assert!(st.success(), "cargo build --bins -p writer-election failed");
-    });
-    assert!(
-        bin.is_file(),
-        "no writer-election binary at {}",
-        bin.display()
-    );
-    bin
-}
-
-/// A writer-election process in static mode. Killed on drop (also when a test panics).
-pub struct Election {
-    pub url: String,
-    child: Option<Child>,
-    dir: tempfile::TempDir,
-    paused: bool,
-}
-
-impl Election {
-    /// Probes every 100 ms and gives a node up after 2 failures, so failovers are quick. No
-    /// promotion calls: the test backends are plain HTTP servers, not storage nodes.
-    pub async fn start(nodes: &[(&str, SocketAddr)]) -> Election {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let port = free_port();
-        let mut cfg = format!("listen: \"127.0.0.1:{port}\"\ndiscovery:\n  static:\n    nodes:\n");
-        for (name, addr) in nodes {
-            cfg.push_str(&format!(
-                "      - {{ name: {name}, address: \"{addr}\" }}\n"
-            ));
-        }
+/// writer-election in static mode over `nodes`, its config and state file in a temp dir it owns.
+/// Probes every 100 ms and gives a node up after 2 failures, so failovers are quick. No promotion
+/// calls: the test backends are plain HTTP servers, not storage nodes. The port is fixed in the
+/// config, so a [`Election::respawn`] answers on the same URL.
+pub fn static_election(nodes: &[(&str, SocketAddr)]) -> Election {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let listen = test_kit::ports::free_addr().expect("a free port for writer-election");
+    let mut cfg = format!("listen: \"{listen}\"\ndiscovery:\n  static:\n    nodes:\n");
+    for (name, addr) in nodes {
         cfg.push_str(&format!(
-            "probe: {{ path: /health/ready, interval: 100ms, timeout: 300ms, failure_threshold: 2, success_threshold: 1 }}\n\
-             election: {{ candidate_order: name }}\n\
-             promotion: {{ preset: none }}\n\
-             state: {{ file: \"{}\" }}\n",
-            dir.path().join("election-state.json").display()
+            "      - {{ name: {name}, address: \"{addr}\" }}\n"
         ));
-        std::fs::write(dir.path().join("election.yaml"), cfg).expect("write election config");
-        let mut e = Election {
-            url: format!("http://127.0.0.1:{port}"),
-            child: None,
-            dir,
-            paused: false,
-        };
-        e.spawn().await;
-        e
     }
-
-    /// (Re)starts the process with the same config, port and state file; waits until it answers.
-    pub async fn spawn(&mut self) {
-        assert!(self.child.is_none(), "already running");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path())
-            .expect("election log file");
-        let child = Command::new(election_binary())
-            .arg("--config")
-            .arg(self.dir.path().join("election.yaml"))
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log file"))
-            .stderr(log)
-            .spawn()
-            .expect("start writer-election");
-        self.child = Some(child);
-        let deadline = Instant::now() + WAIT;
-        while fetch_topology(&self.url, None, None).await.is_err() {
-            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
-                panic!("writer-election exited: {status}\n{}", self.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "writer-election does not answer\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn log_path(&self) -> PathBuf {
-        self.dir.path().join("election.log")
-    }
-
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self.log_path()).unwrap_or_default()
-    }
-
-    /// SIGKILL; waits until the process is gone.
-    pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        self.paused = false;
-    }
-
-    fn signal(&self, sig: &str) {
-        let pid = self.child.as_ref().map(|c| c.id()).expect("running");
-        let st = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(pid.to_string())
-            .status()
-            .expect("run kill");
-        assert!(st.success(), "kill -{sig} {pid}");
-    }
-
-    /// SIGSTOP: it decides nothing and answers nothing until [`Election::resume`].
-    pub fn pause(&mut self) {
-        self.signal("STOP");
-        self.paused = true;
-    }
-
-    pub fn resume(&mut self) {
-        self.signal("CONT");
-        self.paused = false;
-    }
-
-    pub async fn topology(&self) -> Option<Topology> {
-        fetch_topology(&self.url, None, None).await.ok()
-    }
-
-    /// Polls `/v1/topology` until `cond` holds.
-    pub async fn wait_for(&self, what: &str, cond: impl Fn(&Topology) -> bool) -> Topology {
-        let deadline = Instant::now() + WAIT;
-        let mut last = None;
-        loop {
-            if let Some(t) = self.topology().await {
-                if cond(&t) {
-                    return t;
-                }
-                last = Some(t);
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for: {what}; last topology {last:?}\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for Election {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            // SIGKILL ends a stopped process too.
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        if std::thread::panicking() {
-            eprintln!("---- writer-election log ----\n{}", self.log());
-        }
-    }
-}
-
-pub fn writer_name(t: &Topology) -> Option<&str> {
-    t.writer.as_ref().map(|w| w.name.as_str())
+    cfg.push_str(&format!(
+        "probe: {{ path: /health/ready, interval: 100ms, timeout: 300ms, failure_threshold: 2, success_threshold: 1 }}\n\
+         election: {{ candidate_order: name }}\n\
+         promotion: {{ preset: none }}\n\
+         state: {{ file: \"{}\" }}\n",
+        dir.path().join("election-state.json").display()
+    ));
+    let config = dir.path().join("election.yaml");
+    std::fs::write(&config, cfg).expect("write election config");
+    Election::start(&config, &[]).owning(dir)
 }
 
 /// A topology document for the fake.
@@ -239,43 +80,20 @@ pub struct FakeElection {
     pub url: String,
     doc: watch::Sender<Topology>,
     state: Arc<FakeState>,
-    accept: JoinHandle<()>,
+    _server: StandIn,
 }
 
 impl FakeElection {
     pub async fn start(first: Topology) -> FakeElection {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind the fake election");
-        let addr = listener.local_addr().expect("address");
         let (doc, _) = watch::channel(first);
         let state = Arc::new(FakeState::default());
         let (d, s) = (doc.clone(), state.clone());
-        let accept = tokio::spawn(async move {
-            let mut conns = tokio::task::JoinSet::new();
-            loop {
-                tokio::select! {
-                    accepted = listener.accept() => {
-                        let Ok((stream, _)) = accepted else { continue };
-                        let (d, s) = (d.clone(), s.clone());
-                        conns.spawn(async move {
-                            let svc = hyper::service::service_fn(move |req| {
-                                fake_handle(d.clone(), s.clone(), req)
-                            });
-                            let _ = hyper::server::conn::http1::Builder::new()
-                                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                                .await;
-                        });
-                    }
-                    Some(_) = conns.join_next(), if !conns.is_empty() => {}
-                }
-            }
-        });
+        let server = StandIn::start(move |req| fake_handle(d.clone(), s.clone(), req)).await;
         FakeElection {
-            url: format!("http://{addr}"),
+            url: format!("http://{}", server.addr),
             doc,
             state,
-            accept,
+            _server: server,
         }
     }
 
@@ -304,12 +122,6 @@ impl FakeElection {
         if let Ok(mut q) = self.state.drained_answers.lock() {
             q.extend(statuses.iter().copied());
         }
-    }
-}
-
-impl Drop for FakeElection {
-    fn drop(&mut self) {
-        self.accept.abort();
     }
 }
 

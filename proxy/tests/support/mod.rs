@@ -5,7 +5,8 @@
 //! temp dir, so reload and SIGTERM are exercised for real. Everything started here is
 //! stopped on drop, also when a test panics.
 
-#![allow(dead_code)]
+// Every test file includes this module and uses a part of it.
+#![allow(dead_code, unused_imports)]
 
 pub mod election;
 
@@ -19,8 +20,9 @@ use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
+use test_kit::stand_in::{BoxError, StandIn};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
 /// Generous: the machine is small and shared.
@@ -60,75 +62,30 @@ pub struct Backend {
     pub name: String,
     pub addr: SocketAddr,
     record: Arc<Record>,
-    accept: Option<JoinHandle<()>>,
-}
-
-/// Accepts until aborted. Connection tasks live in the set: aborting this task drops it and
-/// with it every open connection, so a killed backend refuses and resets like a dead process.
-async fn serve(listener: TcpListener, name: String, record: Arc<Record>) {
-    let mut conns = tokio::task::JoinSet::new();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
-                let (n, r) = (name.clone(), record.clone());
-                conns.spawn(async move {
-                    let io = hyper_util::rt::TokioIo::new(stream);
-                    let svc =
-                        hyper::service::service_fn(move |req| handle(n.clone(), r.clone(), req));
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(io, svc)
-                        .await;
-                });
-            }
-            Some(_) = conns.join_next(), if !conns.is_empty() => {}
-        }
-    }
+    node: StandIn,
 }
 
 impl Backend {
     pub async fn start(name: &str) -> Backend {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind a backend on 127.0.0.1");
-        let addr = listener.local_addr().expect("backend address");
         let record = Arc::new(Record::default());
-        let accept = tokio::spawn(serve(listener, name.to_string(), record.clone()));
+        let (n, r) = (name.to_string(), record.clone());
+        let node = StandIn::start(move |req| handle(n.clone(), r.clone(), req)).await;
         Backend {
             name: name.to_string(),
-            addr,
+            addr: node.addr,
             record,
-            accept: Some(accept),
+            node,
         }
     }
 
     /// Like `kill -9`: the port refuses from now on and open connections are reset.
     pub async fn kill(&mut self) {
-        if let Some(a) = self.accept.take() {
-            a.abort();
-            let _ = a.await;
-        }
+        self.node.kill().await;
     }
 
     /// Back on the same address (after [`Backend::kill`]), keeping what it recorded.
     pub async fn restart(&mut self) {
-        self.kill().await;
-        let deadline = Instant::now() + WAIT;
-        let listener = loop {
-            match TcpListener::bind(self.addr).await {
-                Ok(l) => break l,
-                Err(e) if Instant::now() < deadline => {
-                    let _ = e;
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                Err(e) => panic!("cannot rebind {}: {e}", self.addr),
-            }
-        };
-        self.accept = Some(tokio::spawn(serve(
-            listener,
-            self.name.clone(),
-            self.record.clone(),
-        )));
+        self.node.restart().await;
     }
 
     pub fn seen(&self) -> Vec<Seen> {
@@ -189,16 +146,6 @@ impl Backend {
         answered.iter().find(|(p, _)| p == path).map(|(_, t)| *t)
     }
 }
-
-impl Drop for Backend {
-    fn drop(&mut self) {
-        if let Some(a) = self.accept.take() {
-            a.abort();
-        }
-    }
-}
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 async fn handle(
     name: String,
@@ -281,19 +228,10 @@ async fn handle(
     Ok(resp)
 }
 
-/// An address where nothing listens: connections are refused.
-pub async fn refusing_addr() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = l.local_addr().expect("addr");
-    drop(l);
-    addr
-}
-
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port on 127.0.0.1")
+/// An address where nothing listens: connections are refused. From test-kit's ports, so that no
+/// child process of a test beside this one binds it meanwhile.
+pub fn refusing_addr() -> SocketAddr {
+    test_kit::ports::free_addr().expect("a free port on 127.0.0.1")
 }
 
 /// A response as the test client got it.
@@ -379,20 +317,13 @@ pub async fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Polls `cond` until it holds or `WAIT` passes.
-pub async fn eventually<F, Fut>(what: &str, mut cond: F)
+/// Polls `cond` until it holds; panics naming `what` after `WAIT`.
+pub async fn eventually<F, Fut>(what: &str, cond: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = Instant::now() + WAIT;
-    while Instant::now() < deadline {
-        if cond().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for: {what}");
+    test_kit::wait::until(what, WAIT, cond).await
 }
 
 /// A running rw-proxy process.
@@ -409,11 +340,12 @@ impl Proxy {
     /// added) and waits until it is ready.
     pub async fn start(body: &str) -> Proxy {
         let mut last = String::new();
-        // Ports are picked free, but another process may take one before we bind: retry.
+        // Ports are picked free, below the ephemeral range, but a process that binds ports of its
+        // own choosing may take one before rw-proxy binds it: retry.
         for _ in 0..5 {
             let dir = tempfile::tempdir().expect("temp dir");
-            let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-            let admin: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+            let addr = test_kit::ports::free_addr().expect("a free port for listen");
+            let admin = test_kit::ports::free_addr().expect("a free port for admin_listen");
             let mut p = Proxy {
                 addr,
                 admin,
@@ -510,12 +442,7 @@ impl Proxy {
     }
 
     pub fn signal(&self, sig: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.pid().to_string())
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -{sig} failed");
+        test_kit::process::signal(self.pid(), sig);
     }
 
     /// Waits for the process to exit.
@@ -543,20 +470,8 @@ impl Proxy {
 
     /// The value of one sample line of /metrics (0 when absent).
     pub async fn metric(&self, series: &str) -> f64 {
-        metric_value(&self.metrics().await, series)
+        test_kit::metrics::value_or_zero(&self.metrics().await, series)
     }
-}
-
-pub fn metric_value(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix(series)?
-                .strip_prefix(' ')?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0.0)
 }
 
 impl Drop for Proxy {

@@ -1,26 +1,19 @@
 //! Shared by writer-election's end-to-end tests: fake storage nodes (real HTTP servers on
-//! 127.0.0.1 that can be stopped, hung, turned unready) and the writer-election binary as a child
-//! process that is killed when the test ends, also on panic.
+//! 127.0.0.1 that can be stopped, hung, turned unready), their configs, and the writer-election
+//! child process (test-kit's, killed when the test ends, also on panic).
 
-use std::collections::BTreeMap;
 use std::convert::Infallible;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
-use tokio::task::{JoinHandle, JoinSet};
-use writer_election::client::fetch_topology;
+use test_kit::stand_in::StandIn;
 use writer_election::topology::Topology;
 
 pub const START: &str = "/eclipse-datagrid/activate-distributor/start";
@@ -135,7 +128,7 @@ pub struct TestNode {
     pub name: String,
     pub addr: SocketAddr,
     pub state: Arc<NodeState>,
-    server: Option<JoinHandle<()>>,
+    node: StandIn,
 }
 
 async fn handle(
@@ -291,27 +284,6 @@ async fn library_node(
     answer(StatusCode::NOT_FOUND, "", false)
 }
 
-async fn serve(listener: TcpListener, state: Arc<NodeState>) {
-    // Connection tasks live in the set: aborting this task drops the set, which aborts every
-    // connection, so a stopped node refuses and resets like a killed process.
-    let mut conns = JoinSet::new();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
-                let state = state.clone();
-                conns.spawn(async move {
-                    let svc = service_fn(move |req| handle(state.clone(), req));
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
-                });
-            }
-            Some(_) = conns.join_next(), if !conns.is_empty() => {}
-        }
-    }
-}
-
 impl TestNode {
     pub async fn start(name: &str) -> TestNode {
         Self::start_api(name, Api::Plain).await
@@ -319,48 +291,31 @@ impl TestNode {
 
     /// A node serving the calls of `api`.
     pub async fn start_api(name: &str, api: Api) -> TestNode {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind test node");
-        let addr = listener.local_addr().expect("test node addr");
         let state = Arc::new(NodeState::default());
         *state.api.lock().unwrap() = api;
         state.ready.store(true, Ordering::SeqCst);
         state.finish_true_after.store(2, Ordering::SeqCst);
-        let server = tokio::spawn(serve(listener, state.clone()));
+        let s = state.clone();
+        let node = StandIn::start(move |req| handle(s.clone(), req)).await;
         TestNode {
             name: name.to_string(),
-            addr,
+            addr: node.addr,
             state,
-            server: Some(server),
+            node,
         }
     }
 
     /// Like `kill -9`: the port refuses, open connections are reset.
     pub async fn stop(&mut self) {
-        if let Some(s) = self.server.take() {
-            s.abort();
-            let _ = s.await;
-        }
+        self.node.kill().await;
     }
 
     /// Back on the same address, as a fresh process (not promoted).
     pub async fn restart(&mut self) {
-        self.stop().await;
+        self.node.kill().await;
         self.state.promoted.store(false, Ordering::SeqCst);
         self.state.switching.store(false, Ordering::SeqCst);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let listener = loop {
-            match TcpListener::bind(self.addr).await {
-                Ok(l) => break l,
-                Err(e) if Instant::now() < deadline => {
-                    let _ = e;
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                Err(e) => panic!("cannot rebind {}: {e}", self.addr),
-            }
-        };
-        self.server = Some(tokio::spawn(serve(listener, self.state.clone())));
+        self.node.restart().await;
     }
 
     pub fn set_ready(&self, ready: bool) {
@@ -435,14 +390,6 @@ impl TestNode {
     }
 }
 
-impl Drop for TestNode {
-    fn drop(&mut self) {
-        if let Some(s) = self.server.take() {
-            s.abort();
-        }
-    }
-}
-
 pub async fn nodes(n: usize) -> Vec<TestNode> {
     api_nodes(n, Api::Plain).await
 }
@@ -500,150 +447,7 @@ promotion:
     s
 }
 
-pub fn binary() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_writer-election"))
-}
-
-/// The writer-election binary as a child process; SIGKILLed on drop.
-pub struct Election {
-    child: Option<Child>,
-    pub url: String,
-    pub logs: Arc<Mutex<Vec<String>>>,
-}
-
-impl Election {
-    /// Starts `writer-election --config <config>` and waits until it listens.
-    pub fn start(config: &Path, env: &[(&str, &str)]) -> Election {
-        Election::start_command(Command::new(binary()), config, env)
-    }
-
-    /// As [`Election::start`], with the binary already named by `cmd` (e.g. behind
-    /// `ip netns exec <ns>`, which execs it: the child's pid is the binary's).
-    pub fn start_command(mut cmd: Command, config: &Path, env: &[(&str, &str)]) -> Election {
-        cmd.arg("--config")
-            .arg(config)
-            .arg("--log-format")
-            .arg("json")
-            .env("RUST_LOG", "info,writer_election=debug")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("spawn writer-election");
-        let stderr = child.stderr.take().expect("stderr");
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = std::sync::mpsc::channel::<String>();
-        let logs2 = logs.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if line.contains("writer-election started") {
-                    if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-                        if let Some(l) = v["fields"]["listen"].as_str() {
-                            let _ = tx.send(l.to_string());
-                        }
-                    }
-                }
-                logs2.lock().unwrap().push(line);
-            }
-        });
-        let mut e = Election {
-            child: Some(child),
-            url: String::new(),
-            logs,
-        };
-        match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(listen) => e.url = format!("http://{listen}"),
-            Err(_) => panic!("writer-election did not start; logs:\n{}", e.log_text()),
-        }
-        e
-    }
-
-    pub fn log_text(&self) -> String {
-        self.logs.lock().unwrap().join("\n")
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
-    }
-
-    /// SIGKILL, and wait for the process to be gone.
-    pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// SIGTERM; the exit status once it stopped (SIGKILL after 20 s).
-    pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
-        let mut c = self.child.take()?;
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(c.id().to_string())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(Some(st)) = c.try_wait() {
-                return Some(st);
-            }
-            if Instant::now() > deadline {
-                let _ = c.kill();
-                return c.wait().ok();
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    pub async fn topology(&self) -> Option<Topology> {
-        fetch_topology(&self.url, None, None).await.ok()
-    }
-
-    /// Polls /v1/topology until `cond` holds; panics with the logs on timeout.
-    pub async fn wait_for(
-        &self,
-        what: &str,
-        timeout: Duration,
-        cond: impl Fn(&Topology) -> bool,
-    ) -> Topology {
-        let deadline = Instant::now() + timeout;
-        let mut last = None;
-        loop {
-            if let Some(t) = self.topology().await {
-                if cond(&t) {
-                    return t;
-                }
-                last = Some(t);
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "timed out after {timeout:?} waiting until {what}; last topology: {last:#?}\nlogs:\n{}",
-                    self.log_text()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    }
-
-    pub async fn get(&self, path: &str) -> (u16, String) {
-        http_call("GET", &format!("{}{path}", self.url), &[], "").await
-    }
-}
-
-impl Drop for Election {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("--- writer-election logs ---\n{}", self.log_text());
-        }
-        self.kill();
-    }
-}
-
-pub fn writer_name(t: &Topology) -> Option<&str> {
-    t.writer.as_ref().map(|w| w.name.as_str())
-}
+pub use test_kit::election::{binary, writer_name, Election};
 
 pub fn all_ready(t: &Topology, n: usize) -> bool {
     t.nodes.len() == n && t.nodes.iter().all(|x| x.ready)
@@ -656,42 +460,11 @@ pub async fn http_call(
     headers: &[(&str, &str)],
     body: &str,
 ) -> (u16, String) {
-    let client: hyper_util::client::legacy::Client<_, Full<Bytes>> =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .build_http();
-    let mut b = Request::builder().method(method).uri(url);
-    for (k, v) in headers {
-        b = b.header(*k, *v);
-    }
-    let Ok(req) = b.body(Full::new(Bytes::from(body.to_string()))) else {
-        return (0, "bad request".into());
-    };
-    match tokio::time::timeout(Duration::from_secs(150), client.request(req)).await {
-        Ok(Ok(resp)) => {
-            let status = resp.status().as_u16();
-            let body = resp
-                .into_body()
-                .collect()
-                .await
-                .map(|b| b.to_bytes())
-                .unwrap_or_default();
-            (status, String::from_utf8_lossy(&body).into_owned())
-        }
-        Ok(Err(e)) => (0, e.to_string()),
-        Err(_) => (0, "timeout".into()),
-    }
+    test_kit::http::call(method, url, headers, body, Duration::from_secs(150)).await
 }
 
 /// The metric lines of a Prometheus text page, name{labels} -> value.
-pub fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .filter_map(|l| {
-            let (k, v) = l.rsplit_once(' ')?;
-            Some((k.to_string(), v.parse().ok()?))
-        })
-        .collect()
-}
+pub use test_kit::metrics::parse as parse_metrics;
 
 /// In-process services log through the test writer (shown for failing tests).
 pub fn init_logs() {

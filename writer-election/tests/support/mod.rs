@@ -8,16 +8,10 @@ pub mod cluster;
 pub mod fake_k8s;
 pub mod fake_proxy;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-/// Polls `condition` every 20 ms until it holds; panics naming `what` after `timeout`.
-/// Use generous timeouts: the test machine is small and shared.
+/// Waits until `condition` holds; panics naming `what` after `timeout` (test-kit's wait, for a
+/// condition that needs no await). Use generous timeouts: the test machine is small and shared.
 pub async fn wait_until(timeout: Duration, what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !condition() {
-        if Instant::now() >= deadline {
-            panic!("timed out after {timeout:?} waiting until {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    test_kit::wait::until(what, timeout, || std::future::ready(condition())).await
 }
