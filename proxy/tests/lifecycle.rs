@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use support::{eventually, get, send, static_topology, Backend, KeepAlive, Proxy};
 use test_kit::metrics::value_or_zero;
+use test_kit::process::check_config;
 
 #[test]
 fn version_names_the_version_and_the_commit() {
@@ -30,20 +31,12 @@ fn check_validates_and_names_the_key() {
         "topology: { static: { writer: \"127.0.0.1:9001\" } }\n",
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_rw-proxy"))
-        .args(["--check", "--config"])
-        .arg(&good)
-        .output()
-        .unwrap();
+    let out = check_config(Path::new(env!("CARGO_BIN_EXE_rw-proxy")), &good);
     assert!(out.status.success(), "{out:?}");
 
     let bad = dir.path().join("bad.yaml");
     std::fs::write(&bad, "timeouts: { connect: 5x }\n").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_rw-proxy"))
-        .args(["--check", "--config"])
-        .arg(&bad)
-        .output()
-        .unwrap();
+    let out = check_config(Path::new(env!("CARGO_BIN_EXE_rw-proxy")), &bad);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -53,18 +46,14 @@ fn check_validates_and_names_the_key() {
 
     let unknown = dir.path().join("unknown.yaml");
     std::fs::write(&unknown, "routing:\n  method: {}\n").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_rw-proxy"))
-        .args(["--check", "--config"])
-        .arg(&unknown)
-        .output()
-        .unwrap();
+    let out = check_config(Path::new(env!("CARGO_BIN_EXE_rw-proxy")), &unknown);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("routing.method: unknown field `method`"));
 
-    let out = Command::new(env!("CARGO_BIN_EXE_rw-proxy"))
-        .args(["--check", "--config", "/nonexistent/rw-proxy.yaml"])
-        .output()
-        .unwrap();
+    let out = check_config(
+        Path::new(env!("CARGO_BIN_EXE_rw-proxy")),
+        Path::new("/nonexistent/rw-proxy.yaml"),
+    );
     assert!(!out.status.success());
 
     let out = Command::new(env!("CARGO_BIN_EXE_rw-proxy"))

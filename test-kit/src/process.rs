@@ -1,7 +1,7 @@
 //! The workspace's binaries as child processes of a test.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::{Child, Command, Output};
 use std::sync::Mutex;
 
 /// The path of binary `bin` of workspace package `package`, from any crate's tests. Cargo builds
@@ -48,6 +48,15 @@ pub fn version_line(bin: &Path) -> String {
         .unwrap_or_else(|e| panic!("running {} --version: {e}", bin.display()));
     assert!(out.status.success(), "{out:?}");
     String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Runs `bin --check --config <config>` (the config check both services have) to its end.
+pub fn check_config(bin: &Path, config: &Path) -> Output {
+    Command::new(bin)
+        .args(["--check", "--config"])
+        .arg(config)
+        .output()
+        .unwrap_or_else(|e| panic!("running {} --check: {e}", bin.display()))
 }
 
 /// Sends `sig` (a name: `TERM`, `STOP`, ...) to `pid`, with kill(1); panics if that fails.
@@ -162,15 +171,11 @@ mod tests {
         assert_process_metrics(&p, "svc", "abc123", "1.2.3");
     }
 
-    /// An executable script in `dir` that prints `out` and exits with `code`.
-    fn script(dir: &Path, out: &str, code: i32) -> PathBuf {
+    /// An executable shell script in `dir` with `body`.
+    fn script(dir: &Path, body: &str) -> PathBuf {
         use std::os::unix::fs::PermissionsExt;
         let p = dir.join("tool");
-        std::fs::write(
-            &p,
-            format!("#!/bin/sh\necho '{out}'\necho noise >&2\nexit {code}\n"),
-        )
-        .unwrap();
+        std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
         p
     }
@@ -179,16 +184,32 @@ mod tests {
     fn version_line_is_what_the_binary_prints() {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(
-            version_line(&script(dir.path(), "  tool 1.0 ", 0)),
+            version_line(&script(dir.path(), "echo '  tool 1.0 '; echo noise >&2")),
             "tool 1.0"
         );
+    }
+
+    #[test]
+    fn check_config_passes_the_config_and_reports_the_exit() {
+        let dir = tempfile::tempdir().unwrap();
+        // Exits 0 only when called as `--check --config <the file given>`.
+        let tool = script(
+            dir.path(),
+            "[ \"$1 $2 $3\" = \"--check --config /some/file.yaml\" ]",
+        );
+        assert!(check_config(&tool, Path::new("/some/file.yaml"))
+            .status
+            .success());
+        assert!(!check_config(&tool, Path::new("/other.yaml"))
+            .status
+            .success());
     }
 
     #[test]
     #[should_panic]
     fn a_failing_version_run_fails() {
         let dir = tempfile::tempdir().unwrap();
-        version_line(&script(dir.path(), "tool 1.0", 1));
+        version_line(&script(dir.path(), "echo 'tool 1.0'; exit 1"));
     }
 
     #[test]

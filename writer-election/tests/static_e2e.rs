@@ -472,11 +472,7 @@ fn check_validates_and_names_the_key() {
         "discovery: { static: { nodes: [ { name: a, address: \"127.0.0.1:1\" } ] } }\nstate: { file: ./s.json }\n",
     )
     .unwrap();
-    let out = std::process::Command::new(binary())
-        .args(["--check", "--config"])
-        .arg(&good)
-        .output()
-        .unwrap();
+    let out = test_kit::process::check_config(&binary(), &good);
     assert!(
         out.status.success(),
         "{}",
@@ -489,11 +485,7 @@ fn check_validates_and_names_the_key() {
         "discovery: { static: { nodes: [ { name: a, address: \"127.0.0.1:1\" } ] } }\nstate: { file: ./s.json }\nprobe: { timeout: fast }\n",
     )
     .unwrap();
-    let out = std::process::Command::new(binary())
-        .args(["--check", "--config"])
-        .arg(&bad)
-        .output()
-        .unwrap();
+    let out = test_kit::process::check_config(&binary(), &bad);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("probe.timeout"), "{err}");
@@ -502,11 +494,7 @@ fn check_validates_and_names_the_key() {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../config")
             .join(shipped);
-        let out = std::process::Command::new(binary())
-            .args(["--check", "--config"])
-            .arg(&path)
-            .output()
-            .unwrap();
+        let out = test_kit::process::check_config(&binary(), &path);
         assert!(
             out.status.success(),
             "{shipped}: {}",
