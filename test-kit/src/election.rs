@@ -196,31 +196,22 @@ impl Election {
         fetch_topology(&self.url, None, None).await.ok()
     }
 
-    /// Polls /v1/topology until `cond` holds; panics naming `what`, with the last topology and
-    /// the logs, after `timeout`.
+    /// Polls /v1/topology until `cond` holds; panics naming `what`, with the last topology,
+    /// after `timeout` (the logs follow as the process is dropped).
     pub async fn wait_for(
         &self,
         what: &str,
         timeout: Duration,
         cond: impl Fn(&Topology) -> bool,
     ) -> Topology {
-        let deadline = Instant::now() + timeout;
-        let mut last = None;
-        loop {
-            if let Some(t) = self.topology().await {
-                if cond(&t) {
-                    return t;
-                }
-                last = Some(t);
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "timed out after {timeout:?} waiting until {what}; last topology: {last:#?}\nlogs:\n{}",
-                    self.log_text()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        wait_for_topology(&self.url, what, timeout, cond).await
+    }
+
+    /// The value of one series of /metrics, if it is there; panics unless /metrics answers 200.
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        let (status, text) = self.get("/metrics").await;
+        assert_eq!(status, 200, "GET /metrics: {text}");
+        crate::metrics::value(&text, series)
     }
 
     /// GET `path`; (status, body), status 0 when it does not answer.
@@ -242,6 +233,30 @@ impl Drop for Election {
             eprintln!("--- writer-election logs ---\n{}", self.log_text());
         }
         self.kill();
+    }
+}
+
+/// Polls `url`'s /v1/topology (a writer-election child or one in the test's own process) until
+/// `cond` holds; panics naming `what`, with the last topology, after `timeout`.
+pub async fn wait_for_topology(
+    url: &str,
+    what: &str,
+    timeout: Duration,
+    cond: impl Fn(&Topology) -> bool,
+) -> Topology {
+    let deadline = Instant::now() + timeout;
+    let mut last = None;
+    loop {
+        if let Ok(t) = fetch_topology(url, None, None).await {
+            if cond(&t) {
+                return t;
+            }
+            last = Some(t);
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting until {what}; last topology: {last:#?}");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
 

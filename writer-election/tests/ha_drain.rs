@@ -6,14 +6,13 @@
 mod support;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use k8s_openapi::api::rbac::v1::Role;
 use support::cluster::*;
 use support::fake_k8s::{role_from_manifests, FakeApiServer, StoragePod, DEFAULT_NAMESPACE};
 use support::fake_proxy::{Ack, FakeProxy};
 use tokio::sync::watch;
-use writer_election::client::fetch_topology;
 use writer_election::config::ElectionConfig;
 use writer_election::topology::Topology;
 use writer_election::{start, ServiceHandle, ServiceOptions};
@@ -81,21 +80,7 @@ async fn wait(what: &str, mut cond: impl FnMut() -> bool) {
 }
 
 async fn wait_topology(url: &str, what: &str, cond: impl Fn(&Topology) -> bool) -> Topology {
-    let deadline = Instant::now() + LONG;
-    let mut last = None;
-    loop {
-        if let Ok(t) = fetch_topology(url, None, None).await {
-            if cond(&t) {
-                return t;
-            }
-            last = Some(t);
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting until {what}; last: {last:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    test_kit::election::wait_for_topology(url, what, LONG, cond).await
 }
 
 async fn metric(url: &str, name: &str) -> Option<f64> {
@@ -139,14 +124,10 @@ async fn proxies_on_a_follower_are_part_of_the_leaders_drain_barrier() {
         "proxy-on-follower",
         Ack::WhenReleased(gate),
     );
-    let deadline = Instant::now() + LONG;
-    while metric(&leader.url(), "writer_election_clients").await != Some(2.0) {
-        assert!(
-            Instant::now() < deadline,
-            "the leader never counted the follower's proxy"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    test_kit::wait::until("the leader counts the follower's proxy", LONG, || async {
+        metric(&leader.url(), "writer_election_clients").await == Some(2.0)
+    })
+    .await;
 
     let url = format!("{}/v1/switchover", leader.url());
     let call = tokio::spawn(async move {
@@ -164,14 +145,10 @@ async fn proxies_on_a_follower_are_part_of_the_leaders_drain_barrier() {
             |t| t.switchover.is_some() && writer_name(t) == Some("storagenode-0"),
         )
         .await;
-    let deadline = Instant::now() + LONG;
-    while on_leader.acks().is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "proxy-on-leader never acknowledged"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait("proxy-on-leader acknowledges", || {
+        !on_leader.acks().is_empty()
+    })
+    .await;
     assert_eq!(
         metric(&leader.url(), "writer_election_switchover_pending_clients").await,
         Some(1.0)

@@ -242,16 +242,9 @@ fn shows(t: &Topology, epoch: u64, writer: &str) -> bool {
     t.epoch == epoch && t.writer.as_ref().is_some_and(|w| w.name == writer)
 }
 
-/// Polls `cond` every 50 ms until it holds; panics naming `what` after [`LONG`].
-async fn until<Fut: std::future::Future<Output = bool>>(what: &str, mut cond: impl FnMut() -> Fut) {
-    let deadline = Instant::now() + LONG;
-    while !cond().await {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {LONG:?} waiting until {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+/// Polls `cond` until it holds; panics naming `what` after [`LONG`].
+async fn until<Fut: std::future::Future<Output = bool>>(what: &str, cond: impl FnMut() -> Fut) {
+    test_kit::wait::until(what, LONG, cond).await
 }
 
 impl Cluster {

@@ -14,19 +14,10 @@ use writer_election::{start, ServiceOptions};
 const LONG: Duration = Duration::from_secs(60);
 
 async fn wait_writer(url: &str, want: Option<&str>) -> writer_election::topology::Topology {
-    let deadline = std::time::Instant::now() + LONG;
-    loop {
-        if let Ok(t) = writer_election::client::fetch_topology(url, None, None).await {
-            if writer_name(&t) == want {
-                return t;
-            }
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out waiting for writer {want:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    test_kit::election::wait_for_topology(url, &format!("writer {want:?}"), LONG, |t| {
+        writer_name(t) == want
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -135,19 +126,10 @@ async fn five_hundred_nodes_are_probed_and_published() {
     ));
     let cfg = ElectionConfig::from_yaml_str(&yaml).expect("config");
     let svc = start(cfg, ServiceOptions::default()).await.expect("start");
-    let deadline = std::time::Instant::now() + LONG;
-    let t = loop {
-        if let Ok(t) = writer_election::client::fetch_topology(&svc.url(), None, None).await {
-            if all_ready(&t, 500) && t.writer.is_some() {
-                break t;
-            }
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "500 nodes never all ready"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let t = test_kit::election::wait_for_topology(&svc.url(), "500 nodes all ready", LONG, |t| {
+        all_ready(t, 500) && t.writer.is_some()
+    })
+    .await;
     assert_eq!(writer_name(&t), Some("node-0"));
     assert_eq!(t.readers.len(), 499);
     // node-10 after node-9: natural order.
@@ -159,20 +141,12 @@ async fn five_hundred_nodes_are_probed_and_published() {
         .iter()
         .map(|n| n.state.probes.load(std::sync::atomic::Ordering::SeqCst))
         .collect();
-    let deadline = std::time::Instant::now() + LONG;
-    loop {
-        let all_again = nodes
+    support::wait_until(LONG, "every node is probed again", || {
+        nodes
             .iter()
             .zip(&before)
-            .all(|(n, b)| n.state.probes.load(std::sync::atomic::Ordering::SeqCst) > *b);
-        if all_again {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "some nodes are not probed any more"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+            .all(|(n, b)| n.state.probes.load(std::sync::atomic::Ordering::SeqCst) > *b)
+    })
+    .await;
     svc.stop().await;
 }

@@ -7,6 +7,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use support::cluster::*;
+use support::wait_until;
 
 const LONG: Duration = Duration::from_secs(60);
 
@@ -24,20 +25,7 @@ fn setup(nodes: &[TestNode], api: Api, extra: &str) -> Setup {
 }
 
 async fn metric(e: &Election, key: &str) -> f64 {
-    let (status, text) = e.get("/metrics").await;
-    assert_eq!(status, 200);
-    parse_metrics(&text).get(key).copied().unwrap_or(0.0)
-}
-
-/// Polls `cond` every 25 ms; panics with the logs after `timeout`.
-async fn eventually(e: &Election, what: &str, timeout: Duration, cond: impl Fn() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !cond() {
-        if Instant::now() > deadline {
-            panic!("timed out waiting until {what}\nlogs:\n{}", e.log_text());
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    e.metric(key).await.unwrap_or(0.0)
 }
 
 const CHECK_OK: &str = r#"writer_election_writer_checks_total{result="ok"}"#;
@@ -75,7 +63,7 @@ async fn preset_promotes_and_checks(api: Api) {
     }
     // The check loop: the writer is asked again and again, and answers true.
     let before = nodes[0].check_calls();
-    eventually(&e, "the writer is checked again", LONG, || {
+    wait_until(LONG, "the writer is checked again", || {
         nodes[0].check_calls() >= before + 3
     })
     .await;
@@ -200,7 +188,7 @@ async fn a_writer_that_lost_its_role_is_promoted_again_at_its_epoch() {
 
     // Like a restarted writer process: up and ready, but no longer the distributor.
     nodes[0].lose_role();
-    eventually(&e, "node-0 is activated again", LONG, || {
+    wait_until(LONG, "node-0 is activated again", || {
         nodes[0].promoted() && nodes[0].start_calls() == 2
     })
     .await;
@@ -263,7 +251,7 @@ async fn a_check_without_an_answer_changes_nothing() {
     .await;
     nodes[0].set_check_fails(true);
     let before = nodes[0].check_calls();
-    eventually(&e, "several failed checks", LONG, || {
+    wait_until(LONG, "several failed checks", || {
         nodes[0].check_calls() >= before + 5
     })
     .await;

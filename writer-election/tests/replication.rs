@@ -39,22 +39,15 @@ fn node<'a>(r: &'a Replication, name: &str) -> &'a writer_election::topology::No
 }
 
 async fn metric(e: &Election, key: &str) -> f64 {
-    let (status, text) = e.get("/metrics").await;
-    assert_eq!(status, 200);
-    parse_metrics(&text).get(key).copied().unwrap_or(0.0)
+    e.metric(key).await.unwrap_or(0.0)
 }
 
 /// Polls /metrics until `key` is at least `min`.
 async fn wait_metric(e: &Election, key: &str, min: f64) {
-    let deadline = std::time::Instant::now() + LONG;
-    while metric(e, key).await < min {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out waiting until {key} >= {min}; logs:\n{}",
-            e.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    test_kit::wait::until(&format!("{key} >= {min}"), LONG, || async {
+        metric(e, key).await >= min
+    })
+    .await;
 }
 
 const ROUNDS_OK: &str = r#"writer_election_progress_rounds_total{result="ok"}"#;

@@ -5,10 +5,11 @@
 mod support;
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use support::cluster::*;
 use support::fake_proxy::{Ack, FakeProxy};
+use support::wait_until;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use writer_election::topology::Topology;
@@ -43,20 +44,15 @@ fn recorded_epoch(state: &PathBuf) -> u64 {
 }
 
 async fn metric(e: &Election, name: &str) -> Option<f64> {
-    let (_, text) = e.get("/metrics").await;
-    parse_metrics(&text).get(name).copied()
+    e.metric(name).await
 }
 
 /// Until the election counts `n` clients (they have made their first query).
 async fn wait_clients(e: &Election, n: usize) {
-    let deadline = Instant::now() + LONG;
-    while metric(e, "writer_election_clients").await != Some(n as f64) {
-        assert!(
-            Instant::now() < deadline,
-            "the election never saw {n} clients"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    test_kit::wait::until(&format!("the election sees {n} clients"), LONG, || async {
+        metric(e, "writer_election_clients").await == Some(n as f64)
+    })
+    .await;
 }
 
 async fn ready_cluster(e: &Election) -> Topology {
@@ -95,11 +91,7 @@ async fn the_new_writer_is_published_only_after_every_proxy_drained() {
     b.wait_seen("the draining switchover", |t| t.switchover.is_some())
         .await;
     // proxy-a acknowledged; proxy-b holds out: the switchover must still be draining.
-    let deadline = Instant::now() + LONG;
-    while a.acks().is_empty() {
-        assert!(Instant::now() < deadline, "proxy-a never acknowledged");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until(LONG, "proxy-a acknowledges", || !a.acks().is_empty()).await;
     assert_eq!(a.acks()[0].status, 204, "{:?}", a.acks());
     let t = e.topology().await.expect("topology");
     let sw = t

@@ -144,10 +144,10 @@ impl FakeProxy {
 
     /// Waits until this proxy has seen a document matching `cond`.
     pub async fn wait_seen(&self, what: &str, cond: impl Fn(&Topology) -> bool) {
-        let deadline = Instant::now() + LONG;
-        while !self.seen().iter().any(|(_, t)| cond(t)) {
-            assert!(Instant::now() < deadline, "{}: never saw {what}", self.id);
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let what = format!("{} to see {what}", self.id);
+        test_kit::wait::until(&what, LONG, || {
+            std::future::ready(self.seen().iter().any(|(_, t)| cond(t)))
+        })
+        .await;
     }
 }
