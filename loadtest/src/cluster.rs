@@ -593,11 +593,10 @@ impl Cluster {
         let config = |topology| proxy_config(opts, &at.proxy_listen, &at.admin_listen, topology);
         let spawn = |cluster: &mut Cluster, cfg: &serde_json::Value| -> anyhow::Result<()> {
             write_config(&path, cfg)?;
-            if !cluster.proxy_config_ok(&path)? {
+            if let Some(why) = cluster.proxy_check(&path)? {
                 bail!(
-                    "rw-proxy --check rejects the generated config {}: {}",
-                    path.display(),
-                    cluster.proxy_check_output(&path)?
+                    "rw-proxy --check rejects the generated config {}: {why}",
+                    path.display()
                 );
             }
             let mut cmd = cluster.child_command(
@@ -647,30 +646,21 @@ impl Cluster {
         self.wait_healthy("rw-proxy", &ready).await
     }
 
-    fn proxy_check_output(&self, cfg: &Path) -> anyhow::Result<String> {
+    /// What `rw-proxy --check` says against `cfg`, or None when it accepts it.
+    fn proxy_check(&self, cfg: &Path) -> anyhow::Result<Option<String>> {
         let out = Command::new(&self.bins.rw_proxy)
             .arg("--check")
             .arg("--config")
             .arg(cfg)
             .output()
             .with_context(|| format!("running {} --check", self.bins.rw_proxy.display()))?;
-        Ok(format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ))
-    }
-
-    fn proxy_config_ok(&self, cfg: &Path) -> anyhow::Result<bool> {
-        let st = Command::new(&self.bins.rw_proxy)
-            .arg("--check")
-            .arg("--config")
-            .arg(cfg)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .with_context(|| format!("running {} --check", self.bins.rw_proxy.display()))?;
-        Ok(st.success())
+        Ok((!out.status.success()).then(|| {
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        }))
     }
 
     pub fn child_log(&self, name: &str) -> PathBuf {

@@ -626,14 +626,7 @@ mod tests {
     fn writer_changes_count_each_new_writer_and_epoch_after_the_fault_once() {
         let t0 = Instant::now();
         let at = |ms| t0 + Duration::from_millis(ms);
-        let topo = |writer: Option<&str>, epoch: u64| -> Topology {
-            serde_json::from_value(serde_json::json!({
-                "epoch": epoch,
-                "revision": epoch,
-                "writer": writer.map(|w| serde_json::json!({ "name": w, "address": "a:1" })),
-            }))
-            .unwrap()
-        };
+        use crate::failover::scenario::tests::topo;
         let old = WriterRef {
             name: "node-1".into(),
             epoch: 1,

@@ -233,7 +233,7 @@ async fn read_back(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use clap::Parser;
 
@@ -288,12 +288,12 @@ mod tests {
             .is_empty());
     }
 
-    fn topo(writer: Option<&str>, epoch: u64) -> Topology {
+    /// A topology document naming `writer` (or none) at `epoch`.
+    pub(crate) fn topo(writer: Option<&str>, epoch: u64) -> Topology {
         serde_json::from_value(serde_json::json!({
             "epoch": epoch,
             "revision": epoch,
             "writer": writer.map(|w| serde_json::json!({ "name": w, "address": "a:1" })),
-            "nodes": [],
         }))
         .unwrap()
     }
