@@ -8,7 +8,6 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::process::Command;
 use std::time::Duration;
 
 use loadtest::cluster::{Cluster, ClusterOptions, MaxReaderLag};
@@ -125,21 +124,6 @@ async fn token_reads_see_their_write_and_still_go_to_readers_that_caught_up() {
     tokio::task::block_in_place(|| c.stop(WAIT));
 }
 
-fn metric(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.split([' ', '{']).next() == Some(name))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-}
-
-async fn proxy_metric(c: &Cluster, name: &str) -> Option<f64> {
-    let r = c
-        .client
-        .get(&format!("{}/metrics", c.admin_url))
-        .await
-        .ok()?;
-    metric(&r.text(), name)
-}
-
 /// Plain reads through the proxy, counted by the node that answered.
 async fn reads_by_node(c: &Cluster, n: usize, headers: &[(&str, &str)]) -> BTreeMap<String, u64> {
     let mut by = BTreeMap::new();
@@ -166,17 +150,22 @@ async fn reads_by_node(c: &Cluster, n: usize, headers: &[(&str, &str)]) -> BTree
     by
 }
 
+/// `POST /admin/lag` on the node at `url`.
+async fn set_lag(c: &Cluster, url: &str, lag: &str) {
+    let r = c
+        .client
+        .post(&format!("{url}/admin/lag"), lag.to_owned())
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
 async fn write_through_proxy(c: &Cluster, n: usize) {
     for i in 0..n {
         let key = format!("gate-{}", i % 10);
         let r = c
             .client
-            .send(
-                http::Method::PUT,
-                &format!("{}/kv/{key}", c.proxy_url),
-                &[],
-                format!("v{i}"),
-            )
+            .put(&format!("{}/kv/{key}", c.proxy_url), format!("v{i}"))
             .await
             .unwrap_or_else(|e| panic!("PUT {key} through the proxy: {e:#}"));
         assert_eq!(r.status, 200, "{}", r.text());
@@ -196,19 +185,14 @@ async fn a_reader_past_max_reader_lag_gets_no_reads_until_it_caught_up() {
     let writer = writer_name(&c).await;
     let laggard = c.nodes.iter().find(|n| n.name != writer).unwrap().clone();
 
-    let r = c
-        .client
-        .post(&format!("{}/admin/lag", laggard.url), "1h")
-        .await
-        .unwrap();
-    assert_eq!(r.status, 200, "{}", r.text());
+    set_lag(&c, &laggard.url, "1h").await;
     write_through_proxy(&c, 60).await;
     let cr = &c;
     wait_for(
         "the proxy to take the lagging reader out",
         WAIT,
         || async move {
-            (proxy_metric(cr, "rw_proxy_lagging_readers").await == Some(1.0)).then_some(())
+            (cr.proxy_metric("rw_proxy_lagging_readers").await == Some(1.0)).then_some(())
         },
     )
     .await
@@ -226,15 +210,10 @@ async fn a_reader_past_max_reader_lag_gets_no_reads_until_it_caught_up() {
     assert_eq!(out.values().sum::<u64>(), 200);
 
     // Caught up: back in the pool once under half the limit.
-    let r = c
-        .client
-        .post(&format!("{}/admin/lag", laggard.url), "0s")
-        .await
-        .unwrap();
-    assert_eq!(r.status, 200, "{}", r.text());
+    set_lag(&c, &laggard.url, "0s").await;
     let cr = &c;
     wait_for("the proxy to take the reader back", WAIT, || async move {
-        (proxy_metric(cr, "rw_proxy_lagging_readers").await == Some(0.0)).then_some(())
+        (cr.proxy_metric("rw_proxy_lagging_readers").await == Some(0.0)).then_some(())
     })
     .await
     .unwrap();
@@ -252,19 +231,7 @@ async fn a_token_of_an_older_epoch_goes_to_the_writer() {
     let topo = c.topology().await.unwrap();
     let writer = topo.writer.clone().unwrap().name;
     // A switchover, so that the cluster's epoch has an older one before it.
-    let auth = format!("Bearer {}", c.token);
-    let r = loadtest::httpc::HttpClient::new(Duration::from_secs(60))
-        .send(
-            http::Method::POST,
-            &format!("{}/v1/switchover", c.election_url),
-            &[
-                ("Authorization", &auth),
-                ("Content-Type", "application/json"),
-            ],
-            "{}",
-        )
-        .await
-        .unwrap();
+    let r = c.switchover().await.unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
     let cr = &c;
     let old_writer = &writer;
@@ -317,30 +284,17 @@ async fn a_token_of_an_older_epoch_goes_to_the_writer() {
 }
 
 fn failover_with_lag(fault: &[&str]) -> serde_json::Value {
-    let bin_dir = ensure_service_binaries();
-    let out = Command::new(loadtest_bin())
-        .arg("failover")
-        .args(fault)
-        .args([
-            "--duration",
-            "4s",
-            "--fault-after",
-            "1500ms",
-            "--rate",
-            "100",
-        ])
-        .args(["--lag", "300ms", "--token-pair-rate", "60", "--json"])
-        .arg("--bin-dir")
-        .arg(&bin_dir)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(&stdout).unwrap_or_else(|e| {
-        panic!(
-            "no JSON report ({e}): {stdout}\nstderr:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
+    let mut args = fault.to_vec();
+    args.extend([
+        "--duration",
+        "4s",
+        "--fault-after",
+        "1500ms",
+        "--rate",
+        "100",
+    ]);
+    args.extend(["--lag", "300ms", "--token-pair-rate", "60"]);
+    failover_json(&args).1
 }
 
 /// Across a change of writer, with readers that lag: a token of the old epoch reads from the

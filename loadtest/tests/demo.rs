@@ -83,13 +83,11 @@ async fn demo_serves_through_the_proxy_and_ctrl_c_leaves_nothing_behind() {
     let cookie = r.header("set-cookie").unwrap_or_default();
     assert!(cookie.starts_with("rwp_read_after=v1-"), "{cookie:?}");
     let c = client();
-    let got = loadtest::procs::wait_for("the value through the proxy", WAIT, || {
-        let c = c.clone();
-        let url = format!("{proxy}/kv/greeting");
-        async move { c.get(&url).await.ok().filter(|r| r.status == 200) }
-    })
-    .await
-    .unwrap();
+    let got = get_ok(
+        "the value through the proxy",
+        &format!("{proxy}/kv/greeting"),
+    )
+    .await;
     assert_eq!(got.text(), "hello");
 
     // The write went to the one node writer-election promoted through the MicroStream calls;

@@ -7,31 +7,16 @@ use std::process::Command;
 use support::*;
 
 fn failover(fault: &[&str]) -> (i32, serde_json::Value) {
-    let bin_dir = ensure_service_binaries();
-    let out = Command::new(loadtest_bin())
-        .arg("failover")
-        .args(fault)
-        .args([
-            "--duration",
-            "4s",
-            "--fault-after",
-            "1500ms",
-            "--rate",
-            "150",
-            "--json",
-        ])
-        .arg("--bin-dir")
-        .arg(&bin_dir)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_else(|e| {
-        panic!(
-            "no JSON report ({e}): {stdout}\nstderr:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    (out.status.code().unwrap_or(-1), report)
+    let mut args = fault.to_vec();
+    args.extend([
+        "--duration",
+        "4s",
+        "--fault-after",
+        "1500ms",
+        "--rate",
+        "150",
+    ]);
+    failover_json(&args)
 }
 
 /// The invariants hold whatever the proxy can do: nothing acknowledged is lost, no epoch is

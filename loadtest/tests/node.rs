@@ -10,11 +10,8 @@ use support::*;
 
 #[tokio::test]
 async fn a_write_on_one_node_appears_on_the_other() {
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("stream.log");
-    let mut g = Group::new();
-    let a = start_node(&mut g, "node-a", &log, &["--no-promotion-needed"]).await;
-    let b = start_node(&mut g, "node-b", &log, &["--no-promotion-needed"]).await;
+    let mut s = SharedLog::new();
+    let (a, b) = s.writers().await;
 
     let r = put(&a, "greeting", "hello", Some(1)).await;
     assert_eq!(r.status, 200, "{}", r.text());
@@ -24,13 +21,7 @@ async fn a_write_on_one_node_appears_on_the_other() {
     assert_eq!(r.header("x-writer-epoch"), Some("1"));
 
     let c = client();
-    let got = wait_for("the write to reach node-b", WAIT, || {
-        let c = c.clone();
-        let url = format!("{b}/kv/greeting");
-        async move { c.get(&url).await.ok().filter(|r| r.status == 200) }
-    })
-    .await
-    .unwrap();
+    let got = get_ok("the write to reach node-b", &format!("{b}/kv/greeting")).await;
     assert_eq!(got.text(), "hello");
     assert_eq!(got.header("x-node"), Some("node-b"));
 
@@ -55,16 +46,13 @@ async fn a_write_on_one_node_appears_on_the_other() {
 
     let off = c.get(&format!("{a}/replication/offset")).await.unwrap();
     assert_eq!(off.json().unwrap()["offset"], 2);
-    g.shutdown(WAIT);
+    s.group.shutdown(WAIT);
 }
 
 #[tokio::test]
 async fn a_lower_epoch_is_refused_after_a_higher_one_was_accepted_elsewhere() {
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("stream.log");
-    let mut g = Group::new();
-    let a = start_node(&mut g, "node-a", &log, &["--no-promotion-needed"]).await;
-    let b = start_node(&mut g, "node-b", &log, &["--no-promotion-needed"]).await;
+    let mut s = SharedLog::new();
+    let (a, b) = s.writers().await;
 
     assert_eq!(put(&a, "k", "old-writer", Some(3)).await.status, 200);
     assert_eq!(put(&b, "k", "new-writer", Some(4)).await.status, 200);
@@ -102,7 +90,7 @@ async fn a_lower_epoch_is_refused_after_a_higher_one_was_accepted_elsewhere() {
     assert_eq!(who["highest_epoch"], 4);
     assert_eq!(who["role"], "reader");
 
-    let lines = read_all(&log).unwrap();
+    let lines = read_all(&s.log).unwrap();
     let epochs: Vec<(String, u64)> = lines
         .iter()
         .map(|l| match l {
@@ -114,16 +102,13 @@ async fn a_lower_epoch_is_refused_after_a_higher_one_was_accepted_elsewhere() {
         epochs,
         vec![("node-a".to_owned(), 3), ("node-b".to_owned(), 4)]
     );
-    g.shutdown(WAIT);
+    s.group.shutdown(WAIT);
 }
 
 #[tokio::test]
 async fn concurrent_writers_never_interleave_lines() {
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("stream.log");
-    let mut g = Group::new();
-    let a = start_node(&mut g, "node-a", &log, &["--no-promotion-needed"]).await;
-    let b = start_node(&mut g, "node-b", &log, &["--no-promotion-needed"]).await;
+    let mut s = SharedLog::new();
+    let (a, b) = s.writers().await;
 
     let mut tasks = Vec::new();
     for w in 0..8 {
@@ -142,7 +127,7 @@ async fn concurrent_writers_never_interleave_lines() {
     for t in tasks {
         total += t.await.unwrap();
     }
-    let lines = read_all(&log).unwrap();
+    let lines = read_all(&s.log).unwrap();
     assert_eq!(lines.len(), total);
     for (i, l) in lines.iter().enumerate() {
         match l {
@@ -150,15 +135,13 @@ async fn concurrent_writers_never_interleave_lines() {
             Line::Corrupt { reason, .. } => panic!("line {}: {reason}", i + 1),
         }
     }
-    g.shutdown(WAIT);
+    s.group.shutdown(WAIT);
 }
 
 #[tokio::test]
 async fn readiness_can_be_switched_off_and_on() {
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("stream.log");
-    let mut g = Group::new();
-    let a = start_node(&mut g, "node-a", &log, &[]).await;
+    let mut s = SharedLog::new();
+    let a = s.node("node-a", &[]).await;
     let c = client();
     let api_ready = format!("{a}{}", Api::Microstream.ready_path());
     assert_eq!(
@@ -183,7 +166,7 @@ async fn readiness_can_be_switched_off_and_on() {
         200
     );
     assert_eq!(c.get(&api_ready).await.unwrap().status, 200);
-    g.shutdown(WAIT);
+    s.group.shutdown(WAIT);
 }
 
 /// PUT, POST and DELETE on `url`, each without and with an epoch header: all must be refused
@@ -285,17 +268,14 @@ async fn every_api_refuses_writes_until_promoted_through_its_own_paths() {
 
 #[tokio::test]
 async fn the_legacy_activation_promotes_in_one_call() {
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("stream.log");
-    let mut g = Group::new();
+    let mut s = SharedLog::new();
     let api = Api::MicrostreamLegacy;
-    let url = start_node(
-        &mut g,
-        "node-a",
-        &log,
-        &["--api", api.as_str(), "--promotion-delay", "200ms"],
-    )
-    .await;
+    let url = s
+        .node(
+            "node-a",
+            &["--api", api.as_str(), "--promotion-delay", "200ms"],
+        )
+        .await;
     let c = client();
     let t0 = std::time::Instant::now();
     let r = c
@@ -314,23 +294,17 @@ async fn the_legacy_activation_promotes_in_one_call() {
         .unwrap();
     assert_eq!(dist.text(), "true");
     assert_eq!(put(&url, "k", "v", Some(1)).await.status, 200);
-    g.shutdown(WAIT);
+    s.group.shutdown(WAIT);
 }
 
 #[tokio::test]
 async fn promotion_gates_writes_and_catches_up_past_the_lag() {
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("stream.log");
-    let mut g = Group::new();
-    let a = start_node(&mut g, "node-a", &log, &["--no-promotion-needed"]).await;
+    let mut s = SharedLog::new();
+    let a = s.node("node-a", &["--no-promotion-needed"]).await;
     // An hour of lag: b applies nothing by tailing during this test.
-    let b = start_node(
-        &mut g,
-        "node-b",
-        &log,
-        &["--lag", "1h", "--promotion-delay", "50ms"],
-    )
-    .await;
+    let b = s
+        .node("node-b", &["--lag", "1h", "--promotion-delay", "50ms"])
+        .await;
     let c = client();
     let api = Api::Microstream;
 
@@ -386,22 +360,19 @@ async fn promotion_gates_writes_and_catches_up_past_the_lag() {
     let r = put(&b, "k3", "x", Some(1)).await;
     assert_eq!(r.status, 409, "{}", r.text());
     assert_eq!(r.json().unwrap()["error"], "stale_epoch");
-    g.shutdown(WAIT);
+    s.group.shutdown(WAIT);
 }
 
 #[tokio::test]
 async fn a_demoted_writer_refuses_writes_until_promoted_again() {
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("stream.log");
-    let mut g = Group::new();
+    let mut s = SharedLog::new();
     let api = Api::EclipseDatagrid;
-    let url = start_node(
-        &mut g,
-        "node-a",
-        &log,
-        &["--api", api.as_str(), "--promotion-delay", "0s"],
-    )
-    .await;
+    let url = s
+        .node(
+            "node-a",
+            &["--api", api.as_str(), "--promotion-delay", "0s"],
+        )
+        .await;
     let c = client();
     promote(&url, api).await;
     assert_eq!(put(&url, "k", "v1", Some(1)).await.status, 200);
@@ -416,7 +387,7 @@ async fn a_demoted_writer_refuses_writes_until_promoted_again() {
     assert_eq!(dist.text(), "false");
     assert_every_write_refused_nad(&url, api).await;
     assert_eq!(
-        log_lines(&log),
+        log_lines(&s.log),
         1,
         "only the write made before the demotion"
     );
@@ -425,24 +396,21 @@ async fn a_demoted_writer_refuses_writes_until_promoted_again() {
 
     promote(&url, api).await;
     assert_eq!(put(&url, "k", "v2", Some(1)).await.status, 200);
-    assert_eq!(log_lines(&log), 2);
-    g.shutdown(WAIT);
+    assert_eq!(log_lines(&s.log), 2);
+    s.group.shutdown(WAIT);
 }
 
 #[tokio::test]
 async fn a_backup_node_refuses_the_distributor_calls_and_every_write() {
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("stream.log");
-    let mut g = Group::new();
+    let mut s = SharedLog::new();
     let c = client();
     for api in [Api::Microstream, Api::MicrostreamLegacy] {
-        let url = start_node(
-            &mut g,
-            &format!("backup-{api}"),
-            &log,
-            &["--api", api.as_str(), "--backup", "--promotion-delay", "0s"],
-        )
-        .await;
+        let url = s
+            .node(
+                &format!("backup-{api}"),
+                &["--api", api.as_str(), "--backup", "--promotion-delay", "0s"],
+            )
+            .await;
         let calls = if api.two_step_activation() {
             vec![api.start_path(), api.finish_path(), api.finish_path()]
         } else {
@@ -475,8 +443,8 @@ async fn a_backup_node_refuses_the_distributor_calls_and_every_write() {
             200
         );
     }
-    assert_eq!(log_lines(&log), 0);
-    g.shutdown(WAIT);
+    assert_eq!(log_lines(&s.log), 0);
+    s.group.shutdown(WAIT);
 }
 
 #[test]
@@ -503,13 +471,11 @@ fn a_backup_that_needs_no_promotion_is_refused_at_start() {
 
 #[tokio::test]
 async fn sigterm_stops_the_node() {
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("stream.log");
-    let mut g = Group::new();
-    let _a = start_node(&mut g, "node-a", &log, &[]).await;
-    g.signal("node-a", loadtest::procs::SIGTERM).unwrap();
+    let mut s = SharedLog::new();
+    let _a = s.node("node-a", &[]).await;
+    s.group.signal("node-a", loadtest::procs::SIGTERM).unwrap();
     let st = wait_for("node-a to exit", WAIT, || {
-        let exited = g.reap();
+        let exited = s.group.reap();
         async move { exited.into_iter().next() }
     })
     .await
@@ -520,16 +486,13 @@ async fn sigterm_stops_the_node() {
 #[tokio::test]
 async fn a_torn_line_left_by_a_dead_writer_is_sealed_and_skipped() {
     use std::io::Write;
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("stream.log");
+    let mut s = SharedLog::new();
     // What a writer killed in the middle of an append leaves behind.
-    std::fs::File::create(&log)
+    std::fs::File::create(&s.log)
         .unwrap()
         .write_all(br#"{"seq":1,"ts_ms":1,"node":"dead","epoch":1,"op":"put","key":"a","val"#)
         .unwrap();
-    let mut g = Group::new();
-    let a = start_node(&mut g, "node-a", &log, &["--no-promotion-needed"]).await;
-    let b = start_node(&mut g, "node-b", &log, &["--no-promotion-needed"]).await;
+    let (a, b) = s.writers().await;
 
     let r = put(&a, "k", "v", Some(1)).await;
     assert_eq!(r.status, 200, "{}", r.text());
@@ -543,38 +506,29 @@ async fn a_torn_line_left_by_a_dead_writer_is_sealed_and_skipped() {
         Some("2"),
         "the torn line counts in the offset a reader needs"
     );
-    let lines = read_all(&log).unwrap();
+    let lines = read_all(&s.log).unwrap();
     assert_eq!(lines.len(), 2);
     assert!(matches!(lines[0], Line::Corrupt { line_no: 1, .. }));
     assert!(matches!(&lines[1], Line::Record(r) if r.key == "k" && r.seq == 2));
 
     let c = client();
-    let got = wait_for("node-b to apply past the torn line", WAIT, || {
-        let c = c.clone();
-        let url = format!("{b}/kv/k");
-        async move { c.get(&url).await.ok().filter(|r| r.status == 200) }
-    })
-    .await
-    .unwrap();
+    let got = get_ok("node-b to apply past the torn line", &format!("{b}/kv/k")).await;
     assert_eq!(got.text(), "v");
     let off = c.get(&format!("{b}/replication/offset")).await.unwrap();
     assert_eq!(off.json().unwrap()["offset"], 2);
-    g.shutdown(WAIT);
+    s.group.shutdown(WAIT);
 }
 
 #[tokio::test]
 async fn a_stopped_node_does_not_block_the_others() {
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("stream.log");
-    let mut g = Group::new();
-    let a = start_node(&mut g, "node-a", &log, &["--no-promotion-needed"]).await;
-    let b = start_node(&mut g, "node-b", &log, &["--no-promotion-needed"]).await;
+    let mut s = SharedLog::new();
+    let (a, b) = s.writers().await;
     assert_eq!(put(&a, "k1", "v", Some(1)).await.status, 200);
-    g.signal("node-a", loadtest::procs::SIGSTOP).unwrap();
+    s.group.signal("node-a", loadtest::procs::SIGSTOP).unwrap();
     // An idle writer holds no lock on the stream: the new one writes at once.
     let r = put(&b, "k2", "v", Some(2)).await;
     assert_eq!(r.status, 200, "{}", r.text());
-    g.signal("node-a", loadtest::procs::SIGCONT).unwrap();
+    s.group.signal("node-a", loadtest::procs::SIGCONT).unwrap();
     let r = put(&a, "k3", "v", Some(1)).await;
     assert_eq!(
         r.status,
@@ -582,7 +536,7 @@ async fn a_stopped_node_does_not_block_the_others() {
         "the resumed old writer is fenced: {}",
         r.text()
     );
-    g.shutdown(WAIT);
+    s.group.shutdown(WAIT);
 }
 
 async fn offset_of(url: &str) -> u64 {
@@ -606,17 +560,11 @@ async fn set_lag(url: &str, lag: &str) -> serde_json::Value {
 /// reader does not have it. The lag is switched at runtime to hold the reader there.
 #[tokio::test]
 async fn a_write_reports_the_offset_a_reader_needs_and_the_lag_changes_at_runtime() {
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("stream.log");
-    let mut g = Group::new();
-    let a = start_node(&mut g, "node-a", &log, &["--no-promotion-needed"]).await;
-    let b = start_node(
-        &mut g,
-        "node-b",
-        &log,
-        &["--no-promotion-needed", "--lag", "1h"],
-    )
-    .await;
+    let mut s = SharedLog::new();
+    let a = s.node("node-a", &["--no-promotion-needed"]).await;
+    let b = s
+        .node("node-b", &["--no-promotion-needed", "--lag", "1h"])
+        .await;
     let c = client();
     let lag = c.get(&format!("{b}/admin/lag")).await.unwrap();
     assert_eq!(lag.json().unwrap()["lag_ms"], 3_600_000);
@@ -632,13 +580,11 @@ async fn a_write_reports_the_offset_a_reader_needs_and_the_lag_changes_at_runtim
     let changed = set_lag(&b, "0s").await;
     assert_eq!(changed["was_ms"], 3_600_000);
     assert_eq!(changed["lag_ms"], 0);
-    let got = wait_for("node-b to catch up once its lag is gone", WAIT, || {
-        let c = c.clone();
-        let url = format!("{b}/kv/k1");
-        async move { c.get(&url).await.ok().filter(|r| r.status == 200) }
-    })
-    .await
-    .unwrap();
+    let got = get_ok(
+        "node-b to catch up once its lag is gone",
+        &format!("{b}/kv/k1"),
+    )
+    .await;
     assert_eq!(got.text(), "v1");
     assert_eq!(offset_of(&b).await, n1);
 
@@ -652,17 +598,11 @@ async fn a_write_reports_the_offset_a_reader_needs_and_the_lag_changes_at_runtim
     assert_eq!(offset_of(&b).await, n2 - 1, "one short of the write");
     assert_eq!(c.get(&format!("{b}/kv/k2")).await.unwrap().status, 404);
     set_lag(&b, "0s").await;
-    wait_for("node-b to reach the second write", WAIT, || {
-        let c = c.clone();
-        let url = format!("{b}/kv/k2");
-        async move { c.get(&url).await.ok().filter(|r| r.status == 200) }
-    })
-    .await
-    .unwrap();
+    get_ok("node-b to reach the second write", &format!("{b}/kv/k2")).await;
     assert_eq!(offset_of(&b).await, n2);
 
     let bad = c.post(&format!("{b}/admin/lag"), "soon").await.unwrap();
     assert_eq!(bad.status, 400, "{}", bad.text());
     assert_eq!(bad.json().unwrap()["error"], "invalid_body");
-    g.shutdown(WAIT);
+    s.group.shutdown(WAIT);
 }

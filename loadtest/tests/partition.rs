@@ -193,30 +193,18 @@ fn partition(spec: &str) -> Option<(i32, serde_json::Value)> {
     if !can_run(&format!("failover --partition {spec}")) {
         return None;
     }
-    let bin_dir = ensure_service_binaries();
-    let out = Command::new(loadtest_bin())
-        .args(["failover", "--partition", spec])
-        .args([
-            "--duration",
-            "7s",
-            "--fault-after",
-            "2s",
-            "--fault-for",
-            "3s",
-        ])
-        .args(["--rate", "150", "--json"])
-        .arg("--bin-dir")
-        .arg(&bin_dir)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_else(|e| {
-        panic!(
-            "no JSON report ({e}): {stdout}\nstderr:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
-    Some((out.status.code().unwrap_or(-1), report))
+    Some(failover_json(&[
+        "--partition",
+        spec,
+        "--duration",
+        "7s",
+        "--fault-after",
+        "2s",
+        "--fault-for",
+        "3s",
+        "--rate",
+        "150",
+    ]))
 }
 
 fn assert_safe(r: &serde_json::Value) {

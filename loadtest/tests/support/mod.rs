@@ -1,11 +1,11 @@
 //! Shared by the integration tests: real processes on 127.0.0.1, stopped by a Drop guard.
 #![allow(dead_code)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use loadtest::httpc::HttpClient;
+use loadtest::httpc::{HttpClient, Reply};
 use loadtest::procs::{free_port, wait_for, Group};
 
 /// Generous: the machine is small and shared.
@@ -48,6 +48,70 @@ pub async fn start_node(group: &mut Group, name: &str, log: &Path, extra: &[&str
     url
 }
 
+/// Demo nodes sharing one log in a temporary directory of their own; the group's Drop stops
+/// them.
+pub struct SharedLog {
+    pub group: Group,
+    pub log: PathBuf,
+    pub dir: tempfile::TempDir,
+}
+
+impl SharedLog {
+    pub fn new() -> SharedLog {
+        let dir = tempfile::tempdir().unwrap();
+        SharedLog {
+            group: Group::new(),
+            log: dir.path().join("stream.log"),
+            dir,
+        }
+    }
+
+    /// Starts `loadtest node --name name` on the log; its base URL.
+    pub async fn node(&mut self, name: &str, extra: &[&str]) -> String {
+        start_node(&mut self.group, name, &self.log, extra).await
+    }
+
+    /// node-a and node-b, both taking writes without a promotion.
+    pub async fn writers(&mut self) -> (String, String) {
+        (
+            self.node("node-a", &["--no-promotion-needed"]).await,
+            self.node("node-b", &["--no-promotion-needed"]).await,
+        )
+    }
+}
+
+/// GETs `url` until it answers 200 (`what` names the wait when it times out); that answer.
+pub async fn get_ok(what: &str, url: &str) -> Reply {
+    let c = client();
+    wait_for(what, WAIT, || {
+        let c = c.clone();
+        async move { c.get(url).await.ok().filter(|r| r.status == 200) }
+    })
+    .await
+    .unwrap()
+}
+
+/// `loadtest failover ARGS --json` with the service binaries: its exit code and its report.
+pub fn failover_json(args: &[&str]) -> (i32, serde_json::Value) {
+    let bin_dir = ensure_service_binaries();
+    let out = Command::new(loadtest_bin())
+        .arg("failover")
+        .args(args)
+        .arg("--json")
+        .arg("--bin-dir")
+        .arg(&bin_dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report = serde_json::from_str(&stdout).unwrap_or_else(|e| {
+        panic!(
+            "no JSON report ({e}): {stdout}\nstderr:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.code().unwrap_or(-1), report)
+}
+
 /// Promotes the node at `url` through `api`'s activation calls, as writer-election does.
 pub async fn promote(url: &str, api: loadtest::node::api::Api) {
     let c = client();
@@ -74,7 +138,7 @@ pub async fn promote(url: &str, api: loadtest::node::api::Api) {
     .unwrap();
 }
 
-pub async fn put(url: &str, key: &str, value: &str, epoch: Option<u64>) -> loadtest::httpc::Reply {
+pub async fn put(url: &str, key: &str, value: &str, epoch: Option<u64>) -> Reply {
     let e = epoch.map(|e| e.to_string());
     let mut headers = vec![];
     if let Some(e) = &e {
