@@ -6,11 +6,10 @@
 mod support;
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use k8s_openapi::api::rbac::v1::Role;
 use support::cluster::*;
-use support::fake_k8s::{role_from_manifests, FakeApiServer, StoragePod, DEFAULT_NAMESPACE};
+use support::fake_k8s::{FakeApiServer, DEFAULT_NAMESPACE};
 use support::fake_proxy::{Ack, FakeProxy};
 use tokio::sync::watch;
 use writer_election::config::ElectionConfig;
@@ -21,30 +20,6 @@ const LONG: Duration = Duration::from_secs(60);
 const NS: &str = DEFAULT_NAMESPACE;
 const LEADER_LEASE: &str = "writer-election-leader";
 const URL_ANNOTATION: &str = "writer-election.microstream.one/url";
-
-fn rbac_role() -> Role {
-    let path =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../k8s/writer-election/rbac.yaml");
-    let yaml = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    role_from_manifests(&yaml).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-async fn fake_api(nodes: &[TestNode]) -> FakeApiServer {
-    init_logs();
-    let api = FakeApiServer::start()
-        .await
-        .expect("fake API server")
-        .with_role(rbac_role());
-    let now = SystemTime::now();
-    for (i, n) in nodes.iter().enumerate() {
-        api.add_pod(
-            StoragePod::new(format!("storagenode-{i}"))
-                .port("http", n.addr.port())
-                .created_at(now - Duration::from_secs(600 - 100 * i as u64)),
-        );
-    }
-    api
-}
 
 async fn run(api: &FakeApiServer, token: &std::path::Path, identity: &str) -> ServiceHandle {
     let yaml = format!(
@@ -91,7 +66,7 @@ async fn metric(url: &str, name: &str) -> Option<f64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxies_on_a_follower_are_part_of_the_leaders_drain_barrier() {
     let nodes = nodes(3).await;
-    let api = Arc::new(fake_api(&nodes).await);
+    let api = Arc::new(storage_api(&nodes).await);
     let dir = tempfile::tempdir().expect("tempdir");
     let token = dir.path().join("token");
     std::fs::write(&token, "t0ken\n").expect("token file");

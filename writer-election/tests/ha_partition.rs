@@ -18,10 +18,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use axum::extract::{ConnectInfo, State};
 use axum::http::{Method, StatusCode, Uri};
-use k8s_openapi::api::rbac::v1::Role;
 use serde_json::Value;
 use support::cluster::{http_call, parse_metrics, Election, FINISH, START};
-use support::fake_k8s::{role_from_manifests, FakeApiServer, StoragePod, DEFAULT_NAMESPACE};
+use support::fake_k8s::{shipped_role, FakeApiServer, StoragePod, DEFAULT_NAMESPACE};
 use tokio::task::JoinHandle;
 use writer_election::client::fetch_topology;
 use writer_election::topology::Topology;
@@ -171,13 +170,6 @@ impl Drop for Cluster {
     }
 }
 
-fn rbac_role() -> Role {
-    let path =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../k8s/writer-election/rbac.yaml");
-    let yaml = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    role_from_manifests(&yaml).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
 fn config() -> String {
     format!(
         r#"listen: "0.0.0.0:{ELECTION_PORT}"
@@ -253,7 +245,7 @@ impl Cluster {
         let api = Arc::new(
             FakeApiServer::start_on(listener)
                 .expect("fake API server")
-                .with_role(rbac_role()),
+                .with_role(shipped_role()),
         );
         let nodes_ip = lab.ip(NODES).expect("nodes host").to_string();
         let now = SystemTime::now();

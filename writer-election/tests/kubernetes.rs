@@ -6,14 +6,11 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
-use k8s_openapi::api::rbac::v1::Role;
 use support::cluster::*;
-use support::fake_k8s::{
-    role_from_manifests, FakeApiServer, Outage, StoragePod, DEFAULT_NAMESPACE,
-};
+use support::fake_k8s::{shipped_role, FakeApiServer, Outage, StoragePod, DEFAULT_NAMESPACE};
 use writer_election::client::fetch_topology;
 use writer_election::config::ElectionConfig;
 use writer_election::permissions;
@@ -28,32 +25,6 @@ const HOLDER: &str = "writer-election.microstream.one/holder";
 const UID: &str = "writer-election.microstream.one/writer-uid";
 const ADDRESS: &str = "writer-election.microstream.one/writer-address";
 const ROLE_LABEL: &str = "microstream.one/role";
-
-fn rbac_role() -> Role {
-    let path =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../k8s/writer-election/rbac.yaml");
-    let yaml = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    role_from_manifests(&yaml).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-async fn fake_api(nodes: &[TestNode]) -> FakeApiServer {
-    init_logs();
-    let api = FakeApiServer::start()
-        .await
-        .expect("fake API server")
-        .with_role(rbac_role());
-    let now = SystemTime::now();
-    for (i, n) in nodes.iter().enumerate() {
-        // Older pods first, so `candidate_order: oldest` and `name` agree unless a test says so.
-        let created = now - Duration::from_secs(600 - 100 * i as u64);
-        api.add_pod(
-            StoragePod::new(format!("storagenode-{i}"))
-                .port("http", n.addr.port())
-                .created_at(created),
-        );
-    }
-    api
-}
 
 fn k8s_config(extra: &str) -> ElectionConfig {
     let yaml = format!(
@@ -90,21 +61,7 @@ async fn topology(url: &str) -> Option<Topology> {
 }
 
 async fn wait_topology(url: &str, what: &str, cond: impl Fn(&Topology) -> bool) -> Topology {
-    let deadline = Instant::now() + LONG;
-    let mut last = None;
-    loop {
-        if let Some(t) = topology(url).await {
-            if cond(&t) {
-                return t;
-            }
-            last = Some(t);
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting until {what}; last: {last:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    test_kit::election::wait_for_topology(url, what, LONG, cond).await
 }
 
 async fn history_of(url: &str) -> Vec<HistoryEntry> {
@@ -154,7 +111,7 @@ fn role_label(api: &FakeApiServer, name: &str) -> Option<String> {
 
 /// Every request the fake saw was granted by the Role (none got 403).
 fn assert_rbac_clean(api: &FakeApiServer) {
-    let granted = permissions::granted_by(&rbac_role()).expect("rbac.yaml's Role");
+    let granted = permissions::granted_by(&shipped_role()).expect("rbac.yaml's Role");
     let requests = api.requests();
     assert!(!requests.is_empty());
     for r in &requests {
@@ -235,7 +192,7 @@ impl Drop for LeaseHistory {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pod_deleted_fails_over_records_the_lease_labels_pods_and_emits_an_event() {
     let nodes = nodes(3).await;
-    let api = Arc::new(fake_api(&nodes).await);
+    let api = Arc::new(storage_api(&nodes).await);
     let history = LeaseHistory::start(api.clone());
     let svc = run(&api, "", "we-0").await;
 
@@ -311,7 +268,7 @@ async fn pod_deleted_fails_over_records_the_lease_labels_pods_and_emits_an_event
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_resumes_from_the_lease_and_a_recreated_writer_pod_is_a_reader() {
     let nodes = nodes(3).await;
-    let api = Arc::new(fake_api(&nodes).await);
+    let api = Arc::new(storage_api(&nodes).await);
     let extra = "election: { candidate_order: oldest }\n";
     let svc = run(&api, extra, "we-0").await;
     wait_topology(&svc.url(), "storagenode-0 writer, all ready", |t| {
@@ -366,7 +323,7 @@ async fn a_backup_pod_is_no_candidate_while_it_exists_and_its_recreation_is() {
     // distributor calls, like a backup node.
     let nodes = api_nodes(3, Api::Microstream).await;
     nodes[0].set_backup(true);
-    let api = fake_api(&nodes).await;
+    let api = storage_api(&nodes).await;
     let yaml = format!(
         r#"listen: "127.0.0.1:0"
 discovery:
@@ -434,7 +391,7 @@ promotion: {{ preset: microstream }}
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn losing_the_api_never_fails_over() {
     let mut nodes = nodes(3).await;
-    let api = Arc::new(fake_api(&nodes).await);
+    let api = Arc::new(storage_api(&nodes).await);
     let svc = run(&api, "", "we-0").await;
     wait_topology(&svc.url(), "storagenode-0 writer, all ready", |t| {
         writer_name(t) == Some("storagenode-0") && all_ready(t, 3)
@@ -443,15 +400,17 @@ async fn losing_the_api_never_fails_over() {
     let metrics_url = format!("{}/metrics", svc.url());
 
     api.set_outage(Outage::Down);
-    let deadline = Instant::now() + LONG;
-    loop {
-        let (_, text) = http_call("GET", &metrics_url, &[], "").await;
-        if parse_metrics(&text).get("writer_election_kubernetes_api_up") == Some(&0.0) {
-            break;
+    let metric = |series: &'static str| {
+        let url = metrics_url.clone();
+        async move {
+            let (_, text) = http_call("GET", &url, &[], "").await;
+            test_kit::metrics::value(&text, series)
         }
-        assert!(Instant::now() < deadline, "api_up never went to 0");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    };
+    test_kit::wait::until("api_up goes to 0", LONG, || async {
+        metric("writer_election_kubernetes_api_up").await == Some(0.0)
+    })
+    .await;
 
     // The writer dies during the outage: probes see it, but no failover happens.
     nodes[0].stop().await;
@@ -462,21 +421,12 @@ async fn losing_the_api_never_fails_over() {
     })
     .await;
     assert_eq!(writer_name(&t), Some("storagenode-0"));
-    let deadline = Instant::now() + LONG;
-    loop {
-        let (_, text) = http_call("GET", &metrics_url, &[], "").await;
-        let m = parse_metrics(&text);
-        if m.get("writer_election_failovers_blocked_total{reason=\"api_unreachable\"}")
-            .is_some_and(|v| *v >= 1.0)
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the blocked failover was not counted:\n{text}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    test_kit::wait::until("the blocked failover is counted", LONG, || async {
+        metric(r#"writer_election_failovers_blocked_total{reason="api_unreachable"}"#)
+            .await
+            .is_some_and(|v| v >= 1.0)
+    })
+    .await;
     let t = topology(&svc.url()).await.expect("topology");
     assert_eq!(
         writer_name(&t),
@@ -504,7 +454,7 @@ async fn losing_the_api_never_fails_over() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fencing_deletes_the_old_writer_pod_before_promoting() {
     let nodes = nodes(3).await;
-    let api = Arc::new(fake_api(&nodes).await);
+    let api = Arc::new(storage_api(&nodes).await);
     let svc = run(
         &api,
         "fencing: { delete_old_writer_pod: true, timeout: 60s }\n",
@@ -570,7 +520,7 @@ async fn fencing_deletes_the_old_writer_pod_before_promoting() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_of_the_record_by_someone_else_is_followed() {
     let nodes = nodes(3).await;
-    let api = Arc::new(fake_api(&nodes).await);
+    let api = Arc::new(storage_api(&nodes).await);
     let svc = run(&api, "", "we-0").await;
     wait_topology(&svc.url(), "storagenode-0 writer, all ready", |t| {
         writer_name(t) == Some("storagenode-0") && all_ready(t, 3)
@@ -610,7 +560,7 @@ async fn competing_deciders_never_record_two_holders_for_one_epoch() {
     // record write carries a resourceVersion, so whoever loses a race re-reads instead of
     // overwriting. (HA leader election is what keeps two replicas from deciding at all.)
     let mut nodes = nodes(3).await;
-    let api = Arc::new(fake_api(&nodes).await);
+    let api = Arc::new(storage_api(&nodes).await);
     let history = LeaseHistory::start(api.clone());
     let a = run(&api, "election: { exclude: [storagenode-0] }\n", "we-a").await;
     let b = run(&api, "election: { exclude: [storagenode-1] }\n", "we-b").await;
@@ -647,7 +597,7 @@ async fn competing_deciders_never_record_two_holders_for_one_epoch() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ha_replicas_elect_one_leader_and_the_other_takes_over() {
     let nodes = nodes(3).await;
-    let api = Arc::new(fake_api(&nodes).await);
+    let api = Arc::new(storage_api(&nodes).await);
     let history = LeaseHistory::start(api.clone());
     let dir = tempfile::tempdir().expect("tempdir");
     let token = dir.path().join("token");
@@ -797,7 +747,7 @@ async fn ha_replicas_elect_one_leader_and_the_other_takes_over() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_that_cannot_renew_stops_leading() {
     let nodes = nodes(2).await;
-    let api = Arc::new(fake_api(&nodes).await);
+    let api = Arc::new(storage_api(&nodes).await);
     let extra =
         "ha: { enabled: true, lease_duration: 2s, renew_deadline: 1500ms, retry_period: 250ms }\n";
     let a = run(&api, extra, "we-a").await;
@@ -818,7 +768,7 @@ async fn a_leader_that_cannot_renew_stops_leading() {
 #[test]
 fn the_role_grants_what_the_code_calls_and_no_more() {
     // Every verb the role grants is used by some code path (the tests above exercise them).
-    let granted = permissions::granted_by(&rbac_role()).expect("rbac.yaml's Role");
+    let granted = permissions::granted_by(&shipped_role()).expect("rbac.yaml's Role");
     let all: std::collections::BTreeSet<_> = permissions::ALL.iter().cloned().collect();
     assert_eq!(granted, all);
 }
@@ -826,7 +776,7 @@ fn the_role_grants_what_the_code_calls_and_no_more() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_runs_in_kubernetes_mode_from_a_kubeconfig() {
     let nodes = nodes(2).await;
-    let api = Arc::new(fake_api(&nodes).await);
+    let api = Arc::new(storage_api(&nodes).await);
     let dir = tempfile::tempdir().expect("tempdir");
     let kubeconfig = dir.path().join("kubeconfig");
     api.write_kubeconfig(&kubeconfig, NS).expect("kubeconfig");

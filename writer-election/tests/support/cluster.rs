@@ -14,6 +14,8 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use test_kit::stand_in::StandIn;
+
+use super::fake_k8s::{shipped_role, FakeApiServer, StoragePod};
 use writer_election::topology::Topology;
 
 pub const START: &str = "/eclipse-datagrid/activate-distributor/start";
@@ -388,6 +390,27 @@ impl TestNode {
     pub fn address(&self) -> String {
         self.addr.to_string()
     }
+}
+
+/// A fake API server that enforces the shipped Role and has a storage pod `storagenode-<i>` for
+/// each of `nodes` (its `http` port the node's), older pods first, so `candidate_order: oldest`
+/// and `name` agree unless a test says otherwise.
+pub async fn storage_api(nodes: &[TestNode]) -> FakeApiServer {
+    init_logs();
+    let api = FakeApiServer::start()
+        .await
+        .expect("fake API server")
+        .with_role(shipped_role());
+    let now = std::time::SystemTime::now();
+    for (i, n) in nodes.iter().enumerate() {
+        let created = now - Duration::from_secs(600 - 100 * i as u64);
+        api.add_pod(
+            StoragePod::new(format!("storagenode-{i}"))
+                .port("http", n.addr.port())
+                .created_at(created),
+        );
+    }
+    api
 }
 
 pub async fn nodes(n: usize) -> Vec<TestNode> {

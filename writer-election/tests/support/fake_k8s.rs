@@ -44,6 +44,15 @@ use tokio::net::TcpListener;
 
 pub use pods::{StoragePod, STORAGE_LABEL_KEY, STORAGE_LABEL_VALUE};
 pub use rbac::role_from_manifests;
+
+/// The Role writer-election ships (k8s/writer-election/rbac.yaml), for [`FakeApiServer::with_role`]:
+/// a call it does not grant fails the test.
+pub fn shipped_role() -> Role {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../k8s/writer-election/rbac.yaml");
+    let yaml = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    role_from_manifests(&yaml).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
 pub use resources::Kind;
 
 use server::{lock, Shared};
