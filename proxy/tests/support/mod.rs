@@ -445,23 +445,15 @@ impl Proxy {
         test_kit::process::signal(self.pid(), sig);
     }
 
-    /// Waits for the process to exit.
+    /// Waits for the process to exit (the log follows if it does not, as the proxy is dropped).
     pub async fn wait_exit(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(child) = self.child.as_mut() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    self.child = None;
-                    return status;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "rw-proxy did not exit\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let child = self.child.as_mut().expect("rw-proxy is running");
+        let status = test_kit::wait::for_some("rw-proxy to exit", WAIT, || {
+            std::future::ready(child.try_wait().ok().flatten())
+        })
+        .await;
+        self.child = None;
+        status
     }
 
     pub async fn metrics(&self) -> String {
