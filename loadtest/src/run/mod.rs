@@ -13,6 +13,13 @@
 //! scheduled time (`latency.all/read/write`), the service time from the actual send
 //! (`latency.service`), and the generator's own lateness against the schedule
 //! (`schedule_lateness`), so a late generator is seen as such and not taken for a slow server.
+//!
+//! The requests go out on the generator's own connections ([`conn`]), not through the
+//! workspace's pooled outbound client (`topology_client::http`, which loadtest's control traffic
+//! uses through [`crate::httpc`]): a pool opens, reuses and drops connections on its own terms,
+//! so a measured request could pay for a connect it did not ask for or go out on a connection
+//! another worker warmed. Here each worker holds one connection and every counted request went
+//! out on it exactly once.
 
 pub mod conn;
 pub mod history;
@@ -514,6 +521,36 @@ fn micros(d: Duration) -> u64 {
     d.as_micros() as u64
 }
 
+/// When the next request is due, having waited for it in open loop; None once the run is over
+/// (its duration, or `limit` requests claimed). Closed loop: now, the request is due at once.
+async fn next_slot(shared: &Shared, limit: Option<u64>) -> Option<Instant> {
+    let cfg = &shared.cfg;
+    match cfg.mode {
+        Mode::Open { rate, .. } => {
+            let i = shared.next.fetch_add(1, Ordering::Relaxed);
+            let off = intended_offset(i, rate);
+            if off >= cfg.duration || limit.is_some_and(|l| i >= l) {
+                return None;
+            }
+            let t = shared.start + off;
+            match &shared.pacer {
+                Some(p) => p.sleep_until(t.into_std()).await,
+                None => tokio::time::sleep_until(t).await,
+            }
+            Some(t)
+        }
+        Mode::Closed { .. } => {
+            if let Some(l) = limit {
+                if shared.next.fetch_add(1, Ordering::Relaxed) >= l {
+                    return None;
+                }
+            }
+            let now = Instant::now();
+            (now < shared.start + cfg.duration).then_some(now)
+        }
+    }
+}
+
 async fn worker(id: usize, shared: Arc<Shared>) -> WorkerOut {
     let cfg = &shared.cfg;
     let mut rng = SmallRng::seed_from_u64(rand::rng().random());
@@ -521,29 +558,9 @@ async fn worker(id: usize, shared: Arc<Shared>) -> WorkerOut {
     let mut stats = Stats::default();
     let mut history = Vec::new();
     let mut writes: u64 = 0;
-    let end = shared.start + cfg.duration;
     loop {
-        let intended = match cfg.mode {
-            Mode::Open { rate, .. } => {
-                let i = shared.next.fetch_add(1, Ordering::Relaxed);
-                let off = intended_offset(i, rate);
-                if off >= cfg.duration {
-                    break;
-                }
-                let t = shared.start + off;
-                match &shared.pacer {
-                    Some(p) => p.sleep_until(t.into_std()).await,
-                    None => tokio::time::sleep_until(t).await,
-                }
-                t
-            }
-            Mode::Closed { .. } => {
-                let now = Instant::now();
-                if now >= end {
-                    break;
-                }
-                now
-            }
+        let Some(intended) = next_slot(&shared, None).await else {
+            break;
         };
         let is_read = rng.random::<f64>() < cfg.read_ratio;
         let (class, method, key, value) = if is_read {
@@ -916,5 +933,72 @@ mod tests {
         assert_eq!(t.prefix, "/api/kv/");
         assert!(parse_target("https://127.0.0.1").await.is_err());
         assert!(parse_target("127.0.0.1:80").await.is_err());
+    }
+
+    fn shared(mode: Mode, duration: Duration) -> Shared {
+        Shared {
+            cfg: LoadConfig {
+                target: Target {
+                    addr: SocketAddr::from(([127, 0, 0, 1], 1)),
+                    authority: "127.0.0.1:1".into(),
+                    prefix: "/kv/".into(),
+                },
+                mode,
+                duration,
+                read_ratio: 0.0,
+                keys: 1,
+                value_size: 1,
+                timeout: Duration::from_secs(1),
+                headers: vec![],
+                unique_write_keys: true,
+                record_history: false,
+                progress: false,
+            },
+            start: Instant::now(),
+            pacer: None,
+            next: AtomicU64::new(0),
+            done: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+        }
+    }
+
+    #[tokio::test]
+    async fn slots_follow_the_schedule_and_stop_at_the_limit_or_the_end() {
+        // Open loop: slot i is due at start + i/rate, whoever claims it; the limit ends the
+        // run before the duration does.
+        let open = shared(
+            Mode::Open {
+                rate: 10.0,
+                connections: 1,
+            },
+            Duration::from_secs(10),
+        );
+        for i in 0..3 {
+            let due = next_slot(&open, Some(3)).await;
+            assert_eq!(due, Some(open.start + intended_offset(i, 10.0)));
+        }
+        assert_eq!(next_slot(&open, Some(3)).await, None);
+        // Without a limit the duration ends it: ten slots in 10 ms at 1000/s.
+        let open = shared(
+            Mode::Open {
+                rate: 1000.0,
+                connections: 1,
+            },
+            Duration::from_millis(10),
+        );
+        let mut n = 0;
+        while next_slot(&open, None).await.is_some() {
+            n += 1;
+        }
+        assert_eq!(n, 10);
+
+        // Closed loop: due at once; a limit counts claims, the duration ends it anyway.
+        let closed = shared(Mode::Closed { connections: 1 }, Duration::from_secs(1));
+        assert!(next_slot(&closed, Some(2)).await.is_some());
+        assert!(next_slot(&closed, Some(2)).await.is_some());
+        assert_eq!(next_slot(&closed, Some(2)).await, None);
+        assert!(next_slot(&closed, None).await.is_some());
+        let over = shared(Mode::Closed { connections: 1 }, Duration::ZERO);
+        assert_eq!(next_slot(&over, None).await, None);
     }
 }

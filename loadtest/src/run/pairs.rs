@@ -25,8 +25,7 @@ use super::conn::{Conn, ErrorKind};
 use super::history::WriteRecord;
 use super::stats::{OpClass, Stats};
 use super::{
-    build_request, header_str, intended_offset, micros, response_epoch, send_one, value_for, Mode,
-    Shared, WorkerOut,
+    build_request, header_str, micros, response_epoch, send_one, value_for, Mode, Shared, WorkerOut,
 };
 
 /// What `--read-your-writes` asks for.
@@ -305,30 +304,9 @@ pub(super) async fn pair_worker(id: usize, shared: Arc<Shared>, pc: Arc<PairConf
     let mut history = Vec::new();
     let mut carried = Carried::default();
     let mut n: u64 = 0;
-    let end = shared.start + cfg.duration;
     loop {
-        let intended = match cfg.mode {
-            Mode::Open { rate, .. } => {
-                let i = shared.next.fetch_add(1, Ordering::Relaxed);
-                let off = intended_offset(i, rate);
-                if off >= cfg.duration || pc.pairs.is_some_and(|p| i >= p) {
-                    break;
-                }
-                let t = shared.start + off;
-                match &shared.pacer {
-                    Some(p) => p.sleep_until(t.into_std()).await,
-                    None => tokio::time::sleep_until(t).await,
-                }
-                t
-            }
-            Mode::Closed { .. } => {
-                let i = shared.next.fetch_add(1, Ordering::Relaxed);
-                let now = Instant::now();
-                if now >= end || pc.pairs.is_some_and(|p| i >= p) {
-                    break;
-                }
-                now
-            }
+        let Some(intended) = super::next_slot(&shared, pc.pairs).await else {
+            break;
         };
         n += 1;
         let key = format!("p{}-{id}-{n}", pc.run_id);
