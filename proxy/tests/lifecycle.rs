@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use support::{eventually, get, send, static_topology, Backend, KeepAlive, Proxy};
 use test_kit::metrics::value_or_zero;
-use test_kit::process::check_config;
+use test_kit::process::{check_config, check_config_text};
 
 #[test]
 fn version_names_the_version_and_the_commit() {
@@ -24,19 +24,16 @@ fn version_names_the_version_and_the_commit() {
 
 #[test]
 fn check_validates_and_names_the_key() {
-    let dir = tempfile::tempdir().unwrap();
-    let good = dir.path().join("good.yaml");
-    std::fs::write(
-        &good,
+    let out = check_config_text(
+        Path::new(env!("CARGO_BIN_EXE_rw-proxy")),
         "topology: { static: { writer: \"127.0.0.1:9001\" } }\n",
-    )
-    .unwrap();
-    let out = check_config(Path::new(env!("CARGO_BIN_EXE_rw-proxy")), &good);
+    );
     assert!(out.status.success(), "{out:?}");
 
-    let bad = dir.path().join("bad.yaml");
-    std::fs::write(&bad, "timeouts: { connect: 5x }\n").unwrap();
-    let out = check_config(Path::new(env!("CARGO_BIN_EXE_rw-proxy")), &bad);
+    let out = check_config_text(
+        Path::new(env!("CARGO_BIN_EXE_rw-proxy")),
+        "timeouts: { connect: 5x }\n",
+    );
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -44,9 +41,10 @@ fn check_validates_and_names_the_key() {
         "{err}"
     );
 
-    let unknown = dir.path().join("unknown.yaml");
-    std::fs::write(&unknown, "routing:\n  method: {}\n").unwrap();
-    let out = check_config(Path::new(env!("CARGO_BIN_EXE_rw-proxy")), &unknown);
+    let out = check_config_text(
+        Path::new(env!("CARGO_BIN_EXE_rw-proxy")),
+        "routing:\n  method: {}\n",
+    );
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("routing.method: unknown field `method`"));
 

@@ -59,6 +59,14 @@ pub fn check_config(bin: &Path, config: &Path) -> Output {
         .unwrap_or_else(|e| panic!("running {} --check: {e}", bin.display()))
 }
 
+/// [`check_config`] of a config file holding `yaml` (in a temp dir of its own).
+pub fn check_config_text(bin: &Path, yaml: &str) -> Output {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("a temp dir: {e}"));
+    let path = dir.path().join("config.yaml");
+    std::fs::write(&path, yaml).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+    check_config(bin, &path)
+}
+
 /// Sends `sig` (a name: `TERM`, `STOP`, ...) to `pid`, with kill(1); panics if that fails.
 pub fn signal(pid: u32, sig: &str) {
     let st = Command::new("kill")
@@ -203,6 +211,15 @@ mod tests {
         assert!(!check_config(&tool, Path::new("/other.yaml"))
             .status
             .success());
+    }
+
+    #[test]
+    fn check_config_text_hands_over_a_file_with_the_text() {
+        let dir = tempfile::tempdir().unwrap();
+        // Exits 0 only when the file it is given holds exactly "a: 1".
+        let tool = script(dir.path(), "[ \"$(cat \"$3\")\" = \"a: 1\" ]");
+        assert!(check_config_text(&tool, "a: 1").status.success());
+        assert!(!check_config_text(&tool, "a: 2").status.success());
     }
 
     #[test]

@@ -465,27 +465,17 @@ async fn sigterm_stops_cleanly() {
 
 #[test]
 fn check_validates_and_names_the_key() {
-    let dir = tempfile::tempdir().unwrap();
-    let good = dir.path().join("good.yaml");
-    std::fs::write(
-        &good,
-        "discovery: { static: { nodes: [ { name: a, address: \"127.0.0.1:1\" } ] } }\nstate: { file: ./s.json }\n",
-    )
-    .unwrap();
-    let out = test_kit::process::check_config(&binary(), &good);
+    let good = "discovery: { static: { nodes: [ { name: a, address: \"127.0.0.1:1\" } ] } }\n\
+                state: { file: ./s.json }\n";
+    let out = test_kit::process::check_config_text(&binary(), good);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let bad = dir.path().join("bad.yaml");
-    std::fs::write(
-        &bad,
-        "discovery: { static: { nodes: [ { name: a, address: \"127.0.0.1:1\" } ] } }\nstate: { file: ./s.json }\nprobe: { timeout: fast }\n",
-    )
-    .unwrap();
-    let out = test_kit::process::check_config(&binary(), &bad);
+    let bad = format!("{good}probe: {{ timeout: fast }}\n");
+    let out = test_kit::process::check_config_text(&binary(), &bad);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("probe.timeout"), "{err}");
