@@ -102,12 +102,7 @@ async fn demo_serves_through_the_proxy_and_ctrl_c_leaves_nothing_behind() {
             .unwrap();
         assert_eq!(d.status, 200, "{url}: {}", d.text());
         if d.text() == "true" {
-            let who = c
-                .get(&format!("{url}/whoami"))
-                .await
-                .unwrap()
-                .json()
-                .unwrap();
+            let who = whoami(&url).await;
             distributors.push(who["name"].as_str().unwrap().to_owned());
         }
     }

@@ -44,8 +44,7 @@ async fn a_write_on_one_node_appears_on_the_other() {
     .await
     .unwrap();
 
-    let off = c.get(&format!("{a}/replication/offset")).await.unwrap();
-    assert_eq!(off.json().unwrap()["offset"], 2);
+    assert_eq!(offset_of(&a).await, 2);
     s.group.shutdown(WAIT);
 }
 
@@ -80,12 +79,7 @@ async fn a_lower_epoch_is_refused_after_a_higher_one_was_accepted_elsewhere() {
     assert_eq!(r.status, 400);
     assert_eq!(r.json().unwrap()["error"], "invalid_epoch");
 
-    let who = client()
-        .get(&format!("{a}/whoami"))
-        .await
-        .unwrap()
-        .json()
-        .unwrap();
+    let who = whoami(&a).await;
     assert_eq!(who["name"], "node-a");
     assert_eq!(who["highest_epoch"], 4);
     assert_eq!(who["role"], "reader");
@@ -352,7 +346,7 @@ async fn promotion_gates_writes_and_catches_up_past_the_lag() {
 
     let r = put(&b, "k2", "x", Some(2)).await;
     assert_eq!(r.status, 200, "{}", r.text());
-    let who = c.get(&format!("{b}/whoami")).await.unwrap().json().unwrap();
+    let who = whoami(&b).await;
     assert_eq!(who["role"], "writer");
     assert_eq!(who["promoted"], true);
     assert_eq!(who["api"], "microstream");
@@ -426,12 +420,7 @@ async fn a_backup_node_refuses_the_distributor_calls_and_every_write() {
             .unwrap();
         assert_eq!(dist.status, 400, "{api}: {}", dist.text());
         assert_every_write_refused_nad(&url, api).await;
-        let who = c
-            .get(&format!("{url}/whoami"))
-            .await
-            .unwrap()
-            .json()
-            .unwrap();
+        let who = whoami(&url).await;
         assert_eq!(who["backup"], true);
         assert_eq!(who["promoted"], false);
         // Still a replica: ready, and serving reads.
@@ -511,11 +500,9 @@ async fn a_torn_line_left_by_a_dead_writer_is_sealed_and_skipped() {
     assert!(matches!(lines[0], Line::Corrupt { line_no: 1, .. }));
     assert!(matches!(&lines[1], Line::Record(r) if r.key == "k" && r.seq == 2));
 
-    let c = client();
     let got = get_ok("node-b to apply past the torn line", &format!("{b}/kv/k")).await;
     assert_eq!(got.text(), "v");
-    let off = c.get(&format!("{b}/replication/offset")).await.unwrap();
-    assert_eq!(off.json().unwrap()["offset"], 2);
+    assert_eq!(offset_of(&b).await, 2);
     s.group.shutdown(WAIT);
 }
 
@@ -537,14 +524,6 @@ async fn a_stopped_node_does_not_block_the_others() {
         r.text()
     );
     s.group.shutdown(WAIT);
-}
-
-async fn offset_of(url: &str) -> u64 {
-    let r = client()
-        .get(&format!("{url}/replication/offset"))
-        .await
-        .unwrap();
-    r.json().unwrap()["offset"].as_u64().unwrap()
 }
 
 async fn set_lag(url: &str, lag: &str) -> serde_json::Value {

@@ -112,6 +112,25 @@ pub fn failover_json(args: &[&str]) -> (i32, serde_json::Value) {
     (out.status.code().unwrap_or(-1), report)
 }
 
+/// The offset the node at `url` has applied (`GET /replication/offset`).
+pub async fn offset_of(url: &str) -> u64 {
+    let r = client()
+        .get(&format!("{url}/replication/offset"))
+        .await
+        .unwrap();
+    r.json().unwrap()["offset"].as_u64().unwrap()
+}
+
+/// What the node at `url` says of itself (`GET /whoami`).
+pub async fn whoami(url: &str) -> serde_json::Value {
+    client()
+        .get(&format!("{url}/whoami"))
+        .await
+        .unwrap()
+        .json()
+        .unwrap()
+}
+
 /// Promotes the node at `url` through `api`'s activation calls, as writer-election does.
 pub async fn promote(url: &str, api: loadtest::node::api::Api) {
     let c = client();
