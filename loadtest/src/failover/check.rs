@@ -377,7 +377,6 @@ pub fn read_errors(run_errors: &BTreeMap<String, u64>, a: &Analysis) -> BTreeMap
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::node::log::OpKind;
 
     #[test]
     fn a_write_logged_twice_is_a_failure_and_a_demotion_needs_the_writer_back() {
@@ -395,15 +394,14 @@ mod tests {
     }
 
     fn rec(seq: u64, node: &str, epoch: u64, key: &str, value: &str) -> Line {
-        Line::Record(Record {
+        Line::Record(crate::node::log::record(
             seq,
-            ts_ms: 0,
-            node: node.into(),
+            0,
+            node,
             epoch,
-            op: OpKind::Put,
-            key: key.into(),
-            value: Some(value.into()),
-        })
+            key,
+            Some(value),
+        ))
     }
 
     fn w(

@@ -167,25 +167,38 @@ pub fn read_all(path: &Path) -> io::Result<Vec<Line>> {
     Ok(lines)
 }
 
+/// A record as `node` appends it: a put of `value`, or a delete when there is none.
+#[cfg(test)]
+pub(crate) fn record(
+    seq: u64,
+    ts_ms: u64,
+    node: &str,
+    epoch: u64,
+    key: &str,
+    value: Option<&str>,
+) -> Record {
+    Record {
+        seq,
+        ts_ms,
+        node: node.into(),
+        epoch,
+        op: if value.is_some() {
+            OpKind::Put
+        } else {
+            OpKind::Delete
+        },
+        key: key.into(),
+        value: value.map(str::to_owned),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::io::Write;
 
     fn rec(seq: u64, epoch: u64, key: &str, value: Option<&str>) -> Record {
-        Record {
-            seq,
-            ts_ms: 1,
-            node: "n".into(),
-            epoch,
-            op: if value.is_some() {
-                OpKind::Put
-            } else {
-                OpKind::Delete
-            },
-            key: key.into(),
-            value: value.map(str::to_owned),
-        }
+        record(seq, 1, "n", epoch, key, value)
     }
 
     #[test]

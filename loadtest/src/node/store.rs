@@ -196,19 +196,7 @@ mod tests {
     use std::io::Write;
 
     fn line(seq: u64, ts_ms: u64, epoch: u64, key: &str, value: Option<&str>) -> String {
-        let r = Record {
-            seq,
-            ts_ms,
-            node: "w".into(),
-            epoch,
-            op: if value.is_some() {
-                OpKind::Put
-            } else {
-                OpKind::Delete
-            },
-            key: key.into(),
-            value: value.map(str::to_owned),
-        };
+        let r = crate::node::log::record(seq, ts_ms, "w", epoch, key, value);
         serde_json::to_string(&r).unwrap() + "\n"
     }
 
