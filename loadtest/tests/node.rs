@@ -264,12 +264,7 @@ async fn every_api_refuses_writes_until_promoted_through_its_own_paths() {
 async fn the_legacy_activation_promotes_in_one_call() {
     let mut s = SharedLog::new();
     let api = Api::MicrostreamLegacy;
-    let url = s
-        .node(
-            "node-a",
-            &["--api", api.as_str(), "--promotion-delay", "200ms"],
-        )
-        .await;
+    let url = s.api_node("node-a", api, "200ms").await;
     let c = client();
     let t0 = std::time::Instant::now();
     let r = c
@@ -361,12 +356,7 @@ async fn promotion_gates_writes_and_catches_up_past_the_lag() {
 async fn a_demoted_writer_refuses_writes_until_promoted_again() {
     let mut s = SharedLog::new();
     let api = Api::EclipseDatagrid;
-    let url = s
-        .node(
-            "node-a",
-            &["--api", api.as_str(), "--promotion-delay", "0s"],
-        )
-        .await;
+    let url = s.api_node("node-a", api, "0s").await;
     let c = client();
     promote(&url, api).await;
     assert_eq!(put(&url, "k", "v1", Some(1)).await.status, 200);

@@ -71,6 +71,20 @@ impl SharedLog {
         start_node(&mut self.group, name, &self.log, extra).await
     }
 
+    /// A node of `api` that finishes a promotion `promotion_delay` after it began.
+    pub async fn api_node(
+        &mut self,
+        name: &str,
+        api: loadtest::node::api::Api,
+        promotion_delay: &str,
+    ) -> String {
+        self.node(
+            name,
+            &["--api", api.as_str(), "--promotion-delay", promotion_delay],
+        )
+        .await
+    }
+
     /// node-a and node-b, both taking writes without a promotion.
     pub async fn writers(&mut self) -> (String, String) {
         (
