@@ -159,6 +159,31 @@ impl Active {
     }
 }
 
+/// Whether `a` needs replication progress and its topology has a writer but none: every read
+/// with a young token then goes to the writer and the lag gate lets every reader in.
+fn lacks_replication(a: &Active) -> bool {
+    (a.settings.read_your_writes.is_some() || a.settings.lag.is_some())
+        && a.topology.writer.is_some()
+        && a.topology.replication.is_none()
+}
+
+/// One log line when replication progress goes missing for a view that needs it, and one when
+/// it is back: otherwise an operator who enabled read-your-writes without `election.progress`
+/// sees only the writer's load grow.
+fn report_replication(before: &Active, after: &Active) {
+    match (lacks_replication(before), lacks_replication(after)) {
+        (false, true) => tracing::warn!(
+            epoch = after.topology.epoch,
+            "the topology carries no replication progress (election.progress not configured,              a static topology, or no progress round of this epoch yet): reads with a              read-your-writes token go to the writer, and routing.max_reader_lag keeps no              reader out"
+        ),
+        (true, false) if after.topology.replication.is_some() => tracing::info!(
+            epoch = after.topology.epoch,
+            "replication progress published again: read-your-writes and the lag gate use it"
+        ),
+        _ => {}
+    }
+}
+
 /// Epoch and revision of the topology in use; the write hold (hold.rs) waits on changes of it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct TopologyVersion {
@@ -254,6 +279,7 @@ impl Shared {
     fn swap_in(&self, current: &Active, settings: Arc<Settings>, topology: Arc<TopologySnapshot>) {
         let next = Active::build(settings, topology, &current.lagging);
         self.report_lag(current, &next);
+        report_replication(current, &next);
         self.active.store(Arc::new(next));
     }
 

@@ -564,3 +564,39 @@ async fn without_the_features_nothing_changes_until_a_reload_turns_them_on() {
     assert!(put(&proxy, "/kv/c").await.header("set-cookie").is_some());
     assert_eq!(readers_of(&proxy, 4, &[]).await, names(&["r0"]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_your_writes_without_replication_progress_is_logged_once_and_its_return_too() {
+    const MISSING: &str = "the topology carries no replication progress";
+    const BACK: &str = "replication progress published again";
+    let nodes = Nodes::start(2).await;
+    // As from a writer-election without election.progress: no replication at all.
+    let fake = FakeElection::start(nodes.document(4, 1, None)).await;
+    let proxy = Proxy::start(&following(
+        &fake,
+        "routing: { read_your_writes: { enabled: true } }",
+    ))
+    .await;
+    eventually("the warning about missing progress", || async {
+        proxy.log().contains(MISSING)
+    })
+    .await;
+    // Another document without it (a reader fewer: the proxy only takes a changed one): no
+    // second warning.
+    let mut fewer = nodes.document(4, 2, None);
+    fewer.readers.pop();
+    publish(&fake, &proxy, fewer).await;
+    publish(
+        &fake,
+        &proxy,
+        nodes.document(4, 3, Some(round(4, now_ms(), &[("r0", 100, 0)]))),
+    )
+    .await;
+    eventually("the line saying progress is back", || async {
+        proxy.log().contains(BACK)
+    })
+    .await;
+    let log = proxy.log();
+    assert_eq!(log.matches(MISSING).count(), 1, "{log}");
+    assert_eq!(log.matches(BACK).count(), 1, "{log}");
+}
