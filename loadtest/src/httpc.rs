@@ -61,11 +61,20 @@ impl HttpClient {
         headers: &[(&str, &str)],
         body: impl Into<Bytes>,
     ) -> anyhow::Result<Reply> {
+        // A node's or the election's logs name loadtest as the caller, not writer-election
+        // (the shared client's default).
+        let mut named: Vec<(&str, &str)> = headers.to_vec();
+        if !named
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("user-agent"))
+        {
+            named.push(("user-agent", "loadtest"));
+        }
         let (status, headers, body) = call_with(
             &self.inner,
             method.clone(),
             url,
-            headers,
+            &named,
             body.into(),
             self.timeout,
         )

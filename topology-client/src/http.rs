@@ -80,7 +80,7 @@ pub async fn call(
     call_with(client, method, url, &[], body, timeout).await
 }
 
-/// [`call`] with extra request headers.
+/// [`call`] with extra request headers (a `User-Agent` among them replaces the default one).
 pub async fn call_with(
     client: &HttpClient,
     method: http::Method,
@@ -89,10 +89,15 @@ pub async fn call_with(
     body: Bytes,
     timeout: Duration,
 ) -> Result<(http::StatusCode, http::HeaderMap, Bytes), CallError> {
-    let mut b = http::Request::builder()
-        .method(method)
-        .uri(url)
-        .header(http::header::USER_AGENT, "writer-election");
+    let mut b = http::Request::builder().method(method).uri(url);
+    // The callers are writer-election's probes, promotion calls and forwarding; another caller
+    // (loadtest) names itself with a `User-Agent` of its own.
+    if !headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("user-agent"))
+    {
+        b = b.header(http::header::USER_AGENT, "writer-election");
+    }
     for (k, v) in headers {
         b = b.header(*k, *v);
     }
@@ -123,4 +128,54 @@ pub async fn call_with(
 
 pub fn node_url(address: &str, path: &str) -> String {
     format!("http://{address}{path}")
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// The head of the one request `send` makes to a server that answers 204.
+    async fn head_sent(headers: &[(&str, &str)]) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/x", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = Vec::new();
+            while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                let mut chunk = [0u8; 1024];
+                let n = s.read(&mut chunk).await.unwrap();
+                assert!(n > 0, "closed before the head ended");
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            s.write_all(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n")
+                .await
+                .unwrap();
+            String::from_utf8_lossy(&buf).to_lowercase()
+        });
+        let client = build_client(Duration::from_secs(2));
+        let (status, _, _) = call_with(
+            &client,
+            http::Method::GET,
+            &url,
+            headers,
+            Bytes::new(),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+        assert_eq!(status, http::StatusCode::NO_CONTENT);
+        server.await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_default_user_agent_gives_way_to_the_callers() {
+        let head = head_sent(&[]).await;
+        assert!(head.contains("user-agent: writer-election\r\n"), "{head}");
+        let head = head_sent(&[("User-Agent", "loadtest")]).await;
+        assert!(head.contains("user-agent: loadtest\r\n"), "{head}");
+        assert_eq!(head.matches("user-agent:").count(), 1, "{head}");
+    }
 }
