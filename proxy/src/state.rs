@@ -174,7 +174,10 @@ fn report_replication(before: &Active, after: &Active) {
     match (lacks_replication(before), lacks_replication(after)) {
         (false, true) => tracing::warn!(
             epoch = after.topology.epoch,
-            "the topology carries no replication progress (election.progress not configured,              a static topology, or no progress round of this epoch yet): reads with a              read-your-writes token go to the writer, and routing.max_reader_lag keeps no              reader out"
+            "the topology carries no replication progress (election.progress not configured, \
+             a static topology, or no progress round of this epoch yet): reads with a \
+             read-your-writes token go to the writer, and routing.max_reader_lag keeps no \
+             reader out"
         ),
         (true, false) if after.topology.replication.is_some() => tracing::info!(
             epoch = after.topology.epoch,

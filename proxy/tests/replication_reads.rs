@@ -567,7 +567,10 @@ async fn without_the_features_nothing_changes_until_a_reload_turns_them_on() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_your_writes_without_replication_progress_is_logged_once_and_its_return_too() {
-    const MISSING: &str = "the topology carries no replication progress";
+    const MISSING: &str = "the topology carries no replication progress (election.progress not \
+                           configured, a static topology, or no progress round of this epoch \
+                           yet): reads with a read-your-writes token go to the writer, and \
+                           routing.max_reader_lag keeps no reader out";
     const BACK: &str = "replication progress published again";
     let nodes = Nodes::start(2).await;
     // As from a writer-election without election.progress: no replication at all.
