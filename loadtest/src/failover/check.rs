@@ -1,7 +1,8 @@
 //! The history check of a failover run, as plain functions over the client's write history and
 //! the shared log: what was acknowledged and lost, which epochs two nodes accepted, how long
-//! the client saw no writer, which writes failed or were held; and the rules both scenarios
-//! judge the read-back, the token reads and the failover time by.
+//! the client saw no writer, which writes failed or were held; the rules both scenarios judge
+//! the read-back and the failover time by; and the token-read rule of the process faults (the
+//! partition scenario sends no token pairs).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;

@@ -216,7 +216,7 @@ pub struct PartitionReport {
     pub kept_dir: Option<String>,
 }
 
-pub async fn main(
+pub(super) async fn main(
     args: super::FailoverArgs,
     partition: Partition,
     log_format: LogFormat,
