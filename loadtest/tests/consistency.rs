@@ -151,15 +151,6 @@ async fn reads_by_node(c: &Cluster, n: usize, headers: &[(&str, &str)]) -> BTree
 }
 
 /// `POST /admin/lag` on the node at `url`.
-async fn set_lag(c: &Cluster, url: &str, lag: &str) {
-    let r = c
-        .client
-        .post(&format!("{url}/admin/lag"), lag.to_owned())
-        .await
-        .unwrap();
-    assert_eq!(r.status, 200, "{}", r.text());
-}
-
 async fn write_through_proxy(c: &Cluster, n: usize) {
     for i in 0..n {
         let key = format!("gate-{}", i % 10);
@@ -185,7 +176,7 @@ async fn a_reader_past_max_reader_lag_gets_no_reads_until_it_caught_up() {
     let writer = writer_name(&c).await;
     let laggard = c.nodes.iter().find(|n| n.name != writer).unwrap().clone();
 
-    set_lag(&c, &laggard.url, "1h").await;
+    set_lag(&laggard.url, "1h").await;
     write_through_proxy(&c, 60).await;
     let cr = &c;
     wait_for(
@@ -210,7 +201,7 @@ async fn a_reader_past_max_reader_lag_gets_no_reads_until_it_caught_up() {
     assert_eq!(out.values().sum::<u64>(), 200);
 
     // Caught up: back in the pool once under half the limit.
-    set_lag(&c, &laggard.url, "0s").await;
+    set_lag(&laggard.url, "0s").await;
     let cr = &c;
     wait_for("the proxy to take the reader back", WAIT, || async move {
         (cr.proxy_metric("rw_proxy_lagging_readers").await == Some(0.0)).then_some(())

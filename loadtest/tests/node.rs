@@ -516,15 +516,6 @@ async fn a_stopped_node_does_not_block_the_others() {
     s.group.shutdown(WAIT);
 }
 
-async fn set_lag(url: &str, lag: &str) -> serde_json::Value {
-    let r = client()
-        .post(&format!("{url}/admin/lag"), lag.to_owned())
-        .await
-        .unwrap();
-    assert_eq!(r.status, 200, "{}", r.text());
-    r.json().unwrap()
-}
-
 /// The offset a write reports is exactly the one at which a reader serves it: one less and the
 /// reader does not have it. The lag is switched at runtime to hold the reader there.
 #[tokio::test]

@@ -135,6 +135,16 @@ pub async fn offset_of(url: &str) -> u64 {
     r.json().unwrap()["offset"].as_u64().unwrap()
 }
 
+/// Sets the simulated replication lag of the node at `url` (`POST /admin/lag`); its answer.
+pub async fn set_lag(url: &str, lag: &str) -> serde_json::Value {
+    let r = client()
+        .post(&format!("{url}/admin/lag"), lag.to_owned())
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json().unwrap()
+}
+
 /// What the node at `url` says of itself (`GET /whoami`).
 pub async fn whoami(url: &str) -> serde_json::Value {
     client()
