@@ -275,17 +275,7 @@ async fn a_token_of_an_older_epoch_goes_to_the_writer() {
 }
 
 fn failover_with_lag(fault: &[&str]) -> serde_json::Value {
-    let mut args = fault.to_vec();
-    args.extend([
-        "--duration",
-        "4s",
-        "--fault-after",
-        "1500ms",
-        "--rate",
-        "100",
-    ]);
-    args.extend(["--lag", "300ms", "--token-pair-rate", "60"]);
-    failover_json(&args).1
+    short_failover(fault, 100, &["--lag", "300ms", "--token-pair-rate", "60"]).1
 }
 
 /// Across a change of writer, with readers that lag: a token of the old epoch reads from the

@@ -7,16 +7,7 @@ use std::process::Command;
 use support::*;
 
 fn failover(fault: &[&str]) -> (i32, serde_json::Value) {
-    let mut args = fault.to_vec();
-    args.extend([
-        "--duration",
-        "4s",
-        "--fault-after",
-        "1500ms",
-        "--rate",
-        "150",
-    ]);
-    failover_json(&args)
+    short_failover(fault, 150, &[])
 }
 
 /// The invariants hold whatever the proxy can do: nothing acknowledged is lost, no epoch is

@@ -126,6 +126,23 @@ pub fn failover_json(args: &[&str]) -> (i32, serde_json::Value) {
     (out.status.code().unwrap_or(-1), report)
 }
 
+/// `loadtest failover` with `fault` (and `extra` flags) over CI's short run: 4 s of load at
+/// `rate`/s, the fault 1.5 s in.
+pub fn short_failover(fault: &[&str], rate: u32, extra: &[&str]) -> (i32, serde_json::Value) {
+    let rate = rate.to_string();
+    let mut args = fault.to_vec();
+    args.extend([
+        "--duration",
+        "4s",
+        "--fault-after",
+        "1500ms",
+        "--rate",
+        &rate,
+    ]);
+    args.extend(extra);
+    failover_json(&args)
+}
+
 /// The offset the node at `url` has applied (`GET /replication/offset`).
 pub async fn offset_of(url: &str) -> u64 {
     let r = client()
