@@ -25,18 +25,19 @@ pub async fn call(
         Ok(r) => r,
         Err(e) => return (0, format!("bad request: {e}")),
     };
-    match tokio::time::timeout(timeout, client.request(req)).await {
-        Ok(Ok(resp)) => {
-            let status = resp.status().as_u16();
-            let body = resp
-                .into_body()
-                .collect()
-                .await
-                .map(|b| b.to_bytes())
-                .unwrap_or_default();
-            (status, String::from_utf8_lossy(&body).into_owned())
+    // The whole exchange, body included: a server that sends its head and then stalls (a
+    // stopped process, a long poll) must not hold the test past `timeout`.
+    let exchange = async {
+        let resp = client.request(req).await.map_err(|e| e.to_string())?;
+        let status = resp.status().as_u16();
+        match resp.into_body().collect().await {
+            Ok(b) => Ok((status, String::from_utf8_lossy(&b.to_bytes()).into_owned())),
+            Err(e) => Err(format!("reading the body of a {status} answer: {e}")),
         }
-        Ok(Err(e)) => (0, e.to_string()),
+    };
+    match tokio::time::timeout(timeout, exchange).await {
+        Ok(Ok(answer)) => answer,
+        Ok(Err(e)) => (0, e),
         Err(_) => (0, "timeout".into()),
     }
 }
