@@ -250,30 +250,36 @@ async fn blocking_query_wakes_on_a_change() {
     }
 
     // A change while a long query is open answers it at once (well before its wait).
-    let url = e.url.clone();
-    let rev = t.revision;
-    let q = tokio::spawn(async move {
-        let started = Instant::now();
-        let r = fetch_topology(&url, Some(rev), Some(Duration::from_secs(120))).await;
-        (r, started.elapsed())
-    });
+    let long_query = |rev: u64| {
+        let url = e.url.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let r = fetch_topology(&url, Some(rev), Some(Duration::from_secs(120))).await;
+            (r.expect("blocking query answer"), started.elapsed())
+        })
+    };
+    let q = long_query(same.revision.max(t.revision));
     // Let the query reach the server before the change.
     tokio::time::sleep(Duration::from_millis(200)).await;
     nodes[2].set_ready(false);
-    let (r, took) = q.await.expect("join");
-    let t2 = r.expect("blocking query answer");
-    assert!(t2.revision > rev);
+    let (mut t2, took) = q.await.expect("join");
+    assert!(t2.revision > same.revision.max(t.revision));
     assert!(
         took < Duration::from_secs(100),
         "woken by the change, not by the wait"
     );
-    if !t2.nodes.iter().any(|n| n.name == "node-2" && !n.ready) {
-        // Another change came first (a busy machine can fail a probe): it woke the query just
-        // as well; node-2's own change follows in a later revision.
-        e.wait_for("node-2 unready", LONG, |t| {
-            t.nodes.iter().any(|n| n.name == "node-2" && !n.ready)
-        })
-        .await;
+    let deadline = Instant::now() + LONG;
+    while !t2.nodes.iter().any(|n| n.name == "node-2" && !n.ready) {
+        // Another change came first (a busy machine can fail a probe) and woke it just as
+        // well: node-2's own change must wake the next query the same way.
+        assert!(Instant::now() < deadline, "node-2 never published unready");
+        let (next, took) = long_query(t2.revision).await.expect("join");
+        assert!(next.revision > t2.revision);
+        assert!(
+            took < Duration::from_secs(100),
+            "woken by the change, not by the wait"
+        );
+        t2 = next;
     }
 
     // An `after` from another replica or an earlier process (above ours) answers at once.
