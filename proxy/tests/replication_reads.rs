@@ -10,7 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use support::election::{doc, FakeElection};
 use support::{eventually, get, send, Backend, Proxy, Reply};
-use test_kit::metrics::value_or_zero;
+use test_kit::metrics::{value, value_or_zero};
 use topology_client::topology::{NodeProgress, Replication, Topology};
 
 fn now_ms() -> u64 {
@@ -493,7 +493,7 @@ async fn a_lagging_reader_gets_no_reads_until_it_is_under_half_the_limit() {
         m.contains(r#"rw_proxy_reader_lag_offsets{reader="r0"} 0"#),
         "{m}"
     );
-    assert_eq!(value_or_zero(&m, "rw_proxy_lagging_readers"), 0.0);
+    assert_eq!(value(&m, "rw_proxy_lagging_readers"), Some(0.0), "{m}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -528,7 +528,7 @@ async fn without_the_features_nothing_changes_until_a_reload_turns_them_on() {
         m.contains(r#"rw_proxy_read_your_writes_total{reason="not_caught_up",target="writer"} 0"#),
         "{m}"
     );
-    assert_eq!(value_or_zero(&m, "rw_proxy_lagging_readers"), 0.0);
+    assert_eq!(value(&m, "rw_proxy_lagging_readers"), Some(0.0), "{m}");
 
     // Turned on by a reload: the round in use is judged again at once.
     proxy.write_config(&following(
