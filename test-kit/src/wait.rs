@@ -6,20 +6,19 @@ use std::time::{Duration, Instant};
 /// How often a condition is looked at again.
 const POLL: Duration = Duration::from_millis(20);
 
-/// Polls `cond` until it holds; panics naming `what` once `timeout` has passed. Use generous
+/// Polls `cond` until it holds; panics naming `what` once `timeout` has passed, also while a
+/// look at the condition is still running (a request to a hung process). Use generous
 /// timeouts: test machines are small and shared.
 pub async fn until<F, Fut>(what: &str, timeout: Duration, mut cond: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
-    let deadline = Instant::now() + timeout;
-    while !cond().await {
-        if Instant::now() >= deadline {
-            panic!("timed out after {timeout:?} waiting for: {what}");
-        }
-        tokio::time::sleep(POLL).await;
-    }
+    for_some(what, timeout, || {
+        let look = cond();
+        async move { look.await.then_some(()) }
+    })
+    .await
 }
 
 /// Polls `get` until it returns `Some`, and returns that; panics naming `what` once `timeout` has
@@ -31,8 +30,11 @@ where
 {
     let deadline = Instant::now() + timeout;
     loop {
-        if let Some(v) = get().await {
-            return v;
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, get()).await {
+            Ok(Some(v)) => return v,
+            Ok(None) => {}
+            Err(_) => panic!("timed out after {timeout:?} waiting for: {what}"),
         }
         if Instant::now() >= deadline {
             panic!("timed out after {timeout:?} waiting for: {what}");
@@ -60,6 +62,17 @@ mod tests {
     #[should_panic(expected = "waiting for: the moon")]
     async fn names_what_it_waited_for_when_it_gives_up() {
         until("the moon", Duration::ZERO, || async { false }).await;
+    }
+
+    #[tokio::test]
+    #[should_panic(expected = "waiting for: an answer from a hung peer")]
+    async fn a_look_that_hangs_ends_at_the_deadline() {
+        until(
+            "an answer from a hung peer",
+            Duration::from_millis(50),
+            std::future::pending::<bool>,
+        )
+        .await;
     }
 
     #[tokio::test]
